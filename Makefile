@@ -1,0 +1,32 @@
+# The two commands of the Quick start: `make run` and `make test`. Both create .venv and
+# install what they need, so a fresh clone needs nothing but Python 3.11+.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DB     ?= webinar-flows.db
+
+.PHONY: run test test-fast clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+## run: validate the default config, process examples/events.jsonl into a fresh
+## $(DB), print every result line and one lead's route.
+run: $(VENV)/.installed
+	rm -f $(DB) $(DB)-wal $(DB)-shm
+	$(BIN)/webinar-flows validate
+	$(BIN)/webinar-flows process examples/events.jsonl --db $(DB)
+	@echo "--- route of lead-001 on webinar-2026-02 ---"
+	$(BIN)/webinar-flows route --lead lead-001 --webinar webinar-2026-02 --db $(DB)
+
+## test: the whole suite.
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(DB) $(DB)-wal $(DB)-shm .pytest_cache .hypothesis dist build

@@ -1,0 +1,352 @@
+"""Pass 2 of the config check: references between files, and the spec's boundaries.
+
+Every finding is located in the file that holds the offending name. A refusal names the
+boundary it protects, so an architect learns why, not only what.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+from urllib.request import url2pathname
+
+from jsonschema import Draft202012Validator
+
+from .errors import Problem
+from .model import Config, RuleSpec
+from .yamlfile import YamlDoc
+
+FORBIDDEN_WORDS = frozenset({"partner", "partners", "sale", "sales", "sell", "selling", "qualification",
+                             "qualifications", "qualify", "qualified", "crm", "deal", "deals"})
+EVALUATION_FIELDS = ("evaluated_at",)
+_META = Draft202012Validator(Draft202012Validator.META_SCHEMA)
+
+
+class _Reporter:
+    def __init__(self, docs: dict[str, YamlDoc]):
+        self.by_kind: dict[str, list[YamlDoc]] = {}
+        for doc in docs.values():
+            self.by_kind.setdefault(doc.kind, []).append(doc)
+
+    def doc(self, kind: str) -> YamlDoc:
+        return self.by_kind[kind][0]
+
+    def error(self, doc: YamlDoc, path: tuple, code: str, message: str) -> None:
+        doc.problem(path, code, message)
+
+    def warning(self, doc: YamlDoc, path: tuple, code: str, message: str) -> None:
+        doc.problem(path, code, message, severity="warning")
+
+
+def run(config: Config, docs: dict[str, YamlDoc]) -> list[Problem]:
+    """Run every pass-2 check; problems land on the docs, which the caller collects."""
+    report = _Reporter(docs)
+    _check_events(config, report)
+    _check_emitters(config, report)
+    _check_rules(config, report)
+    _check_route(config, report)
+    _check_usage(config, report)
+    return []
+
+
+def words(name: str) -> set[str]:
+    return {w.lower() for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", name) if w}
+
+
+def _vocabulary(report: _Reporter, doc: YamlDoc, path: tuple, what: str, name: str) -> None:
+    bad = words(name) & FORBIDDEN_WORDS
+    if bad:
+        report.error(doc, path, "forbidden_vocabulary",
+                     f"{what} '{name}' names {', '.join(sorted(bad))} logic: the spec forbids partner, sales, "
+                     "qualification, CRM and deal logic in the client scenario layer")
+
+
+def _properties(config: Config, event: str) -> dict[str, Any] | None:
+    spec = config.events.get(event)
+    if spec is None:
+        return None
+    props = spec.payload.get("properties")
+    return props if isinstance(props, dict) else {}
+
+
+def _check_events(config: Config, report: _Reporter) -> None:
+    doc = report.doc("events")
+    for name, spec in config.events.items():
+        base = ("events", name)
+        _vocabulary(report, doc, base, "event", name)
+        for err in _META.iter_errors(spec.payload):
+            report.error(doc, base + ("payload",) + tuple(err.absolute_path), "invalid_payload_schema",
+                         f"payload of {name} is not a valid JSON Schema: {err.message}")
+        props = _properties(config, name) or {}
+        for i, fieldname in enumerate(spec.identity):
+            if fieldname not in props:
+                report.error(doc, base + ("identity", i), "unknown_field",
+                             f"identity field '{fieldname}' is not a payload field of {name}")
+        for fieldname in spec.repeatable_when:
+            if fieldname not in props:
+                report.error(doc, base + ("repeatable_when", fieldname), "unknown_field",
+                             f"repeatable_when field '{fieldname}' is not a payload field of {name}")
+        for path, ref in _refs(spec.payload, base + ("payload",)):
+            problem = ref_problem(config.root, ref)
+            if problem:
+                report.error(doc, path, *problem)
+
+
+def _refs(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield path + (key,), value
+            else:
+                yield from _refs(value, path + (key,))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _refs(item, path + (i,))
+
+
+def ref_problem(root: Path, ref: str) -> tuple[str, str] | None:
+    """Why a payload `$ref` may not be followed, or None: only files inside the config are."""
+    base = root.resolve().as_uri() + "/events.yaml"
+    target = urlsplit(urljoin(base, ref))
+    if target.scheme != "file" or target.netloc:
+        return "remote_ref", (f"$ref '{ref}' points outside the config: only local references are allowed "
+                              "(the engine never fetches a schema over the network)")
+    path = Path(url2pathname(target.path)).resolve()
+    if not path.is_relative_to(root.resolve()):
+        return "ref_outside_config", f"$ref '{ref}' points outside the config directory"
+    if not path.is_file():
+        return "unknown_ref", f"$ref '{ref}': no such file in the config directory"
+    return None
+
+
+def _check_emitters(config: Config, report: _Reporter) -> None:
+    doc = report.doc("emitters")
+    external: dict[str, str] = {}
+    for name, spec in config.emitters.items():
+        _vocabulary(report, doc, ("emitters", name), "emitter", name)
+        for event in spec.events:
+            if event not in config.events:
+                report.error(doc, ("emitters", name, "events", event), "unknown_event",
+                             f"emitter '{name}' lists unknown event '{event}'")
+            elif not spec.internal:
+                external.setdefault(event, name)
+    for name, spec in config.emitters.items():
+        for event in spec.events:
+            if spec.internal and event in external:
+                report.error(doc, ("emitters", name, "events", event), "internal_event_external_emitter",
+                             f"'{event}' is listed by internal emitter '{name}' and by external emitter "
+                             f"'{external[event]}': an internal service's output must not be sendable from outside")
+
+
+def _rule_locations(report: _Reporter) -> list[tuple[YamlDoc, tuple]]:
+    found = []
+    for doc in report.by_kind.get("rules", []):
+        for i, _ in enumerate((doc.data or {}).get("rules", [])):
+            found.append((doc, ("rules", i)))
+    return found
+
+
+def trigger_fields(config: Config, rule: RuleSpec) -> dict[str, Any] | None:
+    """The payload fields a rule's trigger offers, or None when the trigger event is unknown."""
+    if rule.on_event is None:
+        return {name: {} for name in config.route.key + EVALUATION_FIELDS}
+    return _properties(config, rule.on_event)
+
+
+def _check_rules(config: Config, report: _Reporter) -> None:
+    seen: dict[str, int] = {}
+    for rule, (doc, path) in zip(config.rules, _rule_locations(report), strict=True):
+        _vocabulary(report, doc, path + ("id",), "rule", rule.id)
+        if rule.id in seen:
+            report.error(doc, path + ("id",), "duplicate_rule_id", f"rule id '{rule.id}' is used twice")
+        seen[rule.id] = 1
+        if rule.on_event is not None and rule.on_event not in config.events:
+            report.error(doc, path + ("on", "event"), "unknown_event", f"rule '{rule.id}' triggers on unknown event '{rule.on_event}'")
+        for kind, refs in (("has", rule.has), ("lacks", rule.lacks)):
+            for i, ref in enumerate(refs):
+                props = _properties(config, ref.event)
+                if props is None:
+                    report.error(doc, path + ("when", kind, i), "unknown_event", f"rule '{rule.id}' {kind} unknown event '{ref.event}'")
+                    continue
+                for fieldname, _ in ref.where:
+                    if fieldname not in props:
+                        report.error(doc, path + ("when", kind, i, "where", fieldname), "unknown_field",
+                                     f"'{fieldname}' is not a payload field of {ref.event}")
+        offered = trigger_fields(config, rule)
+        if offered is not None:
+            for cond in rule.data:
+                if cond.field not in offered:
+                    report.error(doc, path + ("when", "data", cond.field), "unknown_field",
+                                 f"'{cond.field}' is not a field of the trigger of rule '{rule.id}'")
+            for fm in rule.fields:
+                if fm.source is not None and fm.source not in offered:
+                    report.error(doc, path + ("emit", "data", fm.field), "unknown_field",
+                                 f"'{fm.source}' is not a field of the trigger of rule '{rule.id}'")
+        _check_emit(config, report, rule, doc, path)
+    _check_cycles(config, report)
+    if config.evaluation_result is not None:
+        er = config.evaluation_result
+        doc = next(d for d in report.by_kind["rules"] if "evaluation_result" in (d.data or {}))
+        props = _properties(config, er.event)
+        if props is None:
+            report.error(doc, ("evaluation_result", "event"), "unknown_event", f"evaluation_result names unknown event '{er.event}'")
+        elif er.field not in props:
+            report.error(doc, ("evaluation_result", "field"), "unknown_field", f"'{er.field}' is not a payload field of {er.event}")
+
+
+def _check_emit(config: Config, report: _Reporter, rule: RuleSpec, doc: YamlDoc, path: tuple) -> None:
+    props = _properties(config, rule.emit_event)
+    if props is None:
+        report.error(doc, path + ("emit", "event"), "unknown_event", f"rule '{rule.id}' emits unknown event '{rule.emit_event}'")
+        return
+    for fm in rule.fields:
+        if fm.field not in props:
+            report.error(doc, path + ("emit", "data", fm.field), "unknown_field",
+                         f"'{fm.field}' is not a payload field of {rule.emit_event}")
+    emitter = config.emitters.get(rule.emit_source)
+    if emitter is None:
+        report.error(doc, path + ("emit", "source"), "unknown_emitter", f"rule '{rule.id}' emits as unknown emitter '{rule.emit_source}'")
+    elif rule.emit_event not in emitter.events:
+        report.error(doc, path + ("emit", "source"), "unauthorized_emitter",
+                     f"emitter '{rule.emit_source}' does not list '{rule.emit_event}' in emitters.yaml")
+    elif not emitter.internal:
+        report.error(doc, path + ("emit", "source"), "external_rule_source",
+                     f"rule '{rule.id}' emits as '{rule.emit_source}', which is not an internal emitter: "
+                     "derived events come from the engine's own services")
+
+
+def _check_cycles(config: Config, report: _Reporter) -> None:
+    edges: dict[str, set[str]] = {}
+    for rule in config.rules:
+        if rule.on_event is not None:
+            edges.setdefault(rule.on_event, set()).add(rule.emit_event)
+    locations = _rule_locations(report)
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return trail + [node, nxt]
+            if nxt not in state:
+                found = visit(nxt, trail + [node])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state:
+            cycle = visit(start, [])
+            if cycle:
+                first = cycle.index(cycle[-1])
+                loop = cycle[first:]
+                rule_i = next(i for i, r in enumerate(config.rules) if r.on_event == loop[-2] and r.emit_event == loop[-1])
+                doc, path = locations[rule_i]
+                report.error(doc, path + ("emit", "event"), "rule_cycle",
+                             f"rules form a cycle: {' -> '.join(loop)} (a derived event would trigger itself forever)")
+                return
+
+
+def _check_route(config: Config, report: _Reporter) -> None:
+    doc = report.doc("states")
+    route = config.route
+    index = {}
+    for i, item in enumerate(doc.data["states"]):
+        name = item if isinstance(item, str) else item["name"]
+        if name in index:
+            report.error(doc, ("states", i), "duplicate_state", f"state '{name}' is declared twice")
+        index.setdefault(name, i)
+    for name, state in route.states.items():
+        path = ("states", index[name])
+        _vocabulary(report, doc, path, "state", name)
+        if state.screen:
+            _vocabulary(report, doc, path + ("screen",), "screen", state.screen)
+        for j, reminder in enumerate(state.reminders):
+            _vocabulary(report, doc, path + ("reminders", j), "reminder", reminder)
+    if route.initial not in route.states:
+        report.error(doc, ("initial",), "unknown_state", f"initial state '{route.initial}' is not declared")
+    inputs = config.input_events()
+    for i, t in enumerate(route.transitions):
+        path = ("transitions", i)
+        for s in t.sources:
+            if s != "*" and s not in route.states:
+                report.error(doc, path + ("source",), "unknown_state", f"transition source '{s}' is not a declared state")
+        if t.dest not in route.states:
+            report.error(doc, path + ("dest",), "unknown_state", f"transition dest '{t.dest}' is not a declared state")
+        if t.trigger not in config.events:
+            report.error(doc, path + ("trigger",), "unknown_event", f"trigger '{t.trigger}' is not an event of the contract")
+        elif t.trigger not in inputs:
+            report.error(doc, path + ("trigger",), "trigger_not_input",
+                         f"trigger '{t.trigger}' is not an input event (an internal service emits it or a rule derives it): "
+                         "the scenario layer takes only the canonical client events as inputs")
+        else:
+            props = _properties(config, t.trigger) or {}
+            for fieldname in route.key:
+                if fieldname not in props:
+                    report.error(doc, path + ("trigger",), "unknown_field",
+                                 f"route key field '{fieldname}' is not a payload field of trigger '{t.trigger}'")
+    if route.initial in route.states:
+        reachable = _reachable(config, lambda t: True)
+        for name in route.states:
+            if name not in reachable:
+                report.error(doc, ("states", index[name]), "unreachable_state",
+                             f"state '{name}' has no path from the initial state '{route.initial}'")
+
+
+def _reachable(config: Config, usable: Any) -> set[str]:
+    route = config.route
+    seen, todo = {route.initial}, [route.initial]
+    while todo:
+        here = todo.pop()
+        for t in route.transitions:
+            if usable(t) and ("*" in t.sources or here in t.sources) and t.dest not in seen and t.dest in route.states:
+                seen.add(t.dest)
+                todo.append(t.dest)
+    return seen
+
+
+def sent_events(config: Config) -> set[str]:
+    """Events some external emitter lists (planned or implemented)."""
+    return {e for em in config.emitters.values() if not em.internal for e in em.events}
+
+
+def _check_usage(config: Config, report: _Reporter) -> None:
+    doc = report.doc("states")
+    route = config.route
+    sent = sent_events(config)
+    index = {(s if isinstance(s, str) else s["name"]): i for i, s in reversed(list(enumerate(doc.data["states"])))}
+    full = _reachable(config, lambda t: True)
+    by_emitters = _reachable(config, lambda t: t.trigger in sent)
+    for name in route.states:
+        if name in full and name not in by_emitters:
+            report.warning(doc, ("states", index[name]), "state_unsent",
+                           f"state '{name}' is reachable only through triggers no approved emitter sends")
+    warned = set()
+    for i, t in enumerate(route.transitions):
+        if t.trigger in config.events and t.trigger not in sent and t.trigger not in warned:
+            warned.add(t.trigger)
+            report.warning(doc, ("transitions", i, "trigger"), "trigger_unsent",
+                           f"trigger '{t.trigger}' is sent by no emitter yet (add one in emitters.yaml)")
+    for name, state in route.states.items():
+        if name != route.initial and not state.screen:
+            report.warning(doc, ("states", index[name]), "no_screen", f"state '{name}' has no screen")
+        outgoing = any(("*" in t.sources or name in t.sources) for t in route.transitions)
+        if not outgoing and not state.final:
+            report.warning(doc, ("states", index[name]), "trap_state",
+                           f"state '{name}' has no outgoing transition and is not marked final")
+    used = {t.trigger for t in route.transitions}
+    for rule in config.rules:
+        used |= {rule.emit_event, *(r.event for r in rule.has + rule.lacks)}
+        if rule.on_event:
+            used.add(rule.on_event)
+    if config.evaluation_result:
+        used.add(config.evaluation_result.event)
+    events_doc = report.doc("events")
+    for name in config.events:
+        if name not in used:
+            report.warning(events_doc, ("events", name), "unused_event",
+                           f"event '{name}' is used by no transition and no rule")

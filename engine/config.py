@@ -1,0 +1,235 @@
+"""Loading a config directory: YAML in, a checked, frozen `Config` out.
+
+Two passes, every problem reported with file, line and column: pass 1 reads each file
+safely and holds it to its own closed JSON Schema; pass 2 (`checks`) resolves the
+references between files and holds the whole to the spec's boundaries.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match, relevance
+
+from . import checks
+from .errors import ConfigError, Problem
+from .model import (
+    Config,
+    DataCondition,
+    EmitterSpec,
+    EvaluationResult,
+    EventSpec,
+    FactRef,
+    FieldMap,
+    RouteSpec,
+    RuleSpec,
+    StateSpec,
+    TransitionSpec,
+)
+from .yamlfile import YamlDoc, load_yaml
+
+FILES = ("events.yaml", "emitters.yaml", "states.yaml")
+RULES_DIR = "rules"
+
+# Keys that would bring time logic or executable callbacks into a config. Each is refused
+# with the spec boundary it protects rather than as a mere unknown key.
+TIME_KEYS = frozenset({"timeout", "timeouts", "on_timeout", "delay", "schedule", "cron", "after", "every",
+                       "interval", "at", "wait", "sleep", "deadline", "ttl", "expires", "timer"})
+CALLBACK_KEYS = frozenset({"on_enter", "on_exit", "conditions", "unless", "before", "prepare",
+                           "on_exception", "on_final", "finalize_event", "prepare_event", "callbacks",
+                           "after_state_change", "before_state_change"})
+_FREE_FORM = {"payload", "data", "where", "repeatable_when"}  # keys below these are user field names
+
+
+def _schema(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("engine").joinpath(f"schemas/{name}.schema.json").read_text("utf-8"))
+
+
+_VALIDATORS = {kind: Draft202012Validator(_schema(kind)) for kind in ("events", "emitters", "rules", "states")}
+
+
+def config_files(root: Path) -> list[Path]:
+    """The files that make up a config, in a stable order (what the config hash covers)."""
+    files = [root / name for name in FILES]
+    rules = root / RULES_DIR
+    if rules.is_dir():
+        files += sorted(p for p in rules.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return files
+
+
+def _kind(root: Path, path: Path) -> str:
+    return "rules" if path.parent != root else path.stem
+
+
+def _read(root: Path, display: str) -> tuple[dict[str, YamlDoc], list[Problem], str]:
+    docs: dict[str, YamlDoc] = {}
+    problems: list[Problem] = []
+    digest = hashlib.sha256()
+    for path in config_files(root):
+        name = f"{display}/{path.relative_to(root).as_posix()}"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            problems.append(Problem(name, 1, 1, "error", "missing_file", f"the config has no {path.name}"))
+            continue
+        except OSError as exc:
+            problems.append(Problem(name, 1, 1, "error", "unreadable_file", str(exc)))
+            continue
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + raw + b"\0")
+        doc = load_yaml(raw, name)
+        doc.kind = _kind(root, path)
+        docs[name] = doc
+    return docs, problems, digest.hexdigest()
+
+
+def _boundary_keys(doc: YamlDoc, node: Any, path: tuple) -> None:
+    """Flag, and drop from `node`, keys that are time logic or callbacks, wherever they stand."""
+    if isinstance(node, dict):
+        for key in list(node):
+            if key in TIME_KEYS and doc.kind != "events":
+                doc.problem(path + (key,), "time_logic",
+                            f"'{key}' is time logic: the spec forbids timers, delays and schedules "
+                            "in the scenario layer (no time logic)")
+                del node[key]
+            elif key in CALLBACK_KEYS:
+                doc.problem(path + (key,), "callback_refused",
+                            f"'{key}' is a callback: the route machine takes no callbacks, so no code "
+                            "runs from YAML (allowed actions are routing, screens and reminders only)")
+                del node[key]
+            elif key not in _FREE_FORM:
+                _boundary_keys(doc, node[key], path + (key,))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _boundary_keys(doc, item, path + (i,))
+
+
+def _schema_pass(doc: YamlDoc) -> None:
+    if doc.data is None and doc.problems:
+        return
+    data = copy.deepcopy(doc.data) if doc.data is not None else {}
+    _boundary_keys(doc, data, ())
+    for error in sorted(_VALIDATORS[doc.kind].iter_errors(data), key=relevance):
+        error = best_match([error]) if error.context else error
+        path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = set(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - known):
+                doc.problem(path + (key,), "unknown_key", f"unknown key '{key}' (allowed: {', '.join(sorted(known))})")
+            continue
+        code = "invalid_value" if error.validator != "required" else "missing_key"
+        doc.problem(path, code, f"{'/'.join(map(str, path)) or 'document'}: {error.message}")
+
+
+def load_config(root: str | Path, *, display: str | None = None) -> Config:
+    """Load and check the config directory `root`; raise `ConfigError` holding every problem."""
+    root = Path(root)
+    display = display if display is not None else str(root)
+    if not root.is_dir():
+        raise ConfigError([Problem(display, 1, 1, "error", "missing_config", f"{display} is not a directory")])
+    docs, problems, config_hash = _read(root, display)
+    for doc in docs.values():
+        _schema_pass(doc)
+        problems += doc.problems
+        doc.problems = []
+    if any(p.severity == "error" for p in problems):
+        raise ConfigError(problems)
+    config = _build(root, docs, config_hash)
+    problems += checks.run(config, docs)
+    for doc in docs.values():
+        problems += doc.problems
+    problems.sort(key=lambda p: (p.severity != "error", p.file, p.line, p.column))
+    if any(p.severity == "error" for p in problems):
+        raise ConfigError(problems)
+    return _replace_problems(config, problems)
+
+
+def _replace_problems(config: Config, problems: list[Problem]) -> Config:
+    from dataclasses import replace
+
+    return replace(config, problems=tuple(problems))
+
+
+def _doc(docs: dict[str, YamlDoc], kind: str) -> list[YamlDoc]:
+    return [d for d in docs.values() if d.kind == kind]
+
+
+def _build(root: Path, docs: dict[str, YamlDoc], config_hash: str) -> Config:
+    events = {name: _event(name, spec) for name, spec in _doc(docs, "events")[0].data["events"].items()}
+    emitters = {
+        name: EmitterSpec(name, spec["kind"], spec.get("description", ""), bool(spec.get("internal", False)),
+                          dict(spec["events"]))
+        for name, spec in _doc(docs, "emitters")[0].data["emitters"].items()
+    }
+    rules: list[RuleSpec] = []
+    evaluation: EvaluationResult | None = None
+    for doc in _doc(docs, "rules"):
+        data = doc.data or {}
+        if "evaluation_result" in data:
+            if evaluation is not None:
+                doc.problem(("evaluation_result",), "duplicate_evaluation_result",
+                            "evaluation_result is declared in more than one rules file")
+            evaluation = EvaluationResult(**data["evaluation_result"])
+        rules += [_rule(r, doc.file) for r in data.get("rules", [])]
+    return Config(root=root, hash=config_hash, events=events, emitters=emitters, rules=tuple(rules),
+                  route=_route(_doc(docs, "states")[0].data), evaluation_result=evaluation,
+                  files=tuple(config_files(root)))
+
+
+def _event(name: str, spec: dict[str, Any]) -> EventSpec:
+    identity = tuple(spec.get("identity", ()))
+    props = spec["payload"].get("properties", {}) if isinstance(spec["payload"].get("properties"), dict) else {}
+    datetimes = frozenset(f for f in identity if isinstance(props.get(f), dict) and props[f].get("format") == "date-time")
+    repeatable = {k: tuple(v) for k, v in spec.get("repeatable_when", {}).items()}
+    return EventSpec(name, spec["status"], spec.get("description", ""), spec["payload"], identity, repeatable, datetimes)
+
+
+def _factref(ref: Any) -> FactRef:
+    if isinstance(ref, str):
+        return FactRef(ref)
+    return FactRef(ref["event"], tuple(sorted(ref.get("where", {}).items())))
+
+
+def _fieldmap(name: str, spec: dict[str, Any]) -> FieldMap:
+    if "value" in spec:
+        return FieldMap(name, "value", value=spec["value"])
+    if "cases" in spec:
+        return FieldMap(name, "cases", source=spec["from"],
+                        cases=tuple((c["equals"], c["value"]) for c in spec["cases"]),
+                        has_default="default" in spec, default=spec.get("default"))
+    return FieldMap(name, "from", source=spec["from"])
+
+
+def _rule(spec: dict[str, Any], file: str) -> RuleSpec:
+    when = spec.get("when", {})
+    conditions = tuple(DataCondition(f, *next(iter(c.items()))) for f, c in when.get("data", {}).items())
+    emit = spec["emit"]
+    return RuleSpec(
+        id=spec["id"], description=spec.get("description", ""), on_event=spec["on"].get("event"),
+        has=tuple(_factref(r) for r in when.get("has", [])), lacks=tuple(_factref(r) for r in when.get("lacks", [])),
+        data=conditions, emit_event=emit["event"], emit_source=emit["source"],
+        copy_data=bool(emit.get("copy_data", False)),
+        fields=tuple(_fieldmap(n, m) for n, m in emit.get("data", {}).items()), file=file,
+    )
+
+
+def _route(spec: dict[str, Any]) -> RouteSpec:
+    states: dict[str, StateSpec] = {}
+    for item in spec["states"]:
+        if isinstance(item, str):
+            states.setdefault(item, StateSpec(item))
+        else:
+            states.setdefault(item["name"], StateSpec(item["name"], item.get("screen"), tuple(item.get("reminders", ())),
+                                                      item.get("description", ""), bool(item.get("final", False))))
+    transitions = tuple(
+        TransitionSpec(t["trigger"], ("*",) if t["source"] == "*" else tuple([t["source"]] if isinstance(t["source"], str)
+                                                                            else t["source"]),
+                       t["dest"], t.get("description", ""))
+        for t in spec["transitions"]
+    )
+    return RouteSpec(tuple(spec["key"]), spec["initial"], states, transitions)

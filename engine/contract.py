@@ -1,0 +1,109 @@
+"""The event contract at run time: known types, payload schemas, fact identity, route key.
+
+Validators are built once per config. `$ref`s resolve only to files inside the config
+directory, through a registry that refuses everything else, so no schema is ever fetched.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource
+from referencing.jsonschema import DRAFT202012
+
+from .checks import ref_problem
+from .intake import canonical_json, schema_error
+from .model import Config, EventSpec
+from .reasons import Rejected, error
+from .yamlfile import load_yaml
+
+
+def _local_registry(root: Path) -> Registry:
+    def retrieve(uri: str) -> Resource:
+        if ref_problem(root, uri) is not None:
+            raise NoSuchResource(ref=uri)
+        path = Path(uri.removeprefix("file://")).resolve()
+        doc = load_yaml(path.read_bytes(), str(path))
+        if doc.problems:
+            raise NoSuchResource(ref=uri)
+        return Resource.from_contents(doc.data, default_specification=DRAFT202012)
+
+    return Registry(retrieve=retrieve)  # type: ignore[call-arg]
+
+
+def instant(value: str) -> str:
+    """A date-time as a UTC instant, so that equal moments written differently compare equal."""
+    try:
+        moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        return value
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Contract:
+    """What events exist and what their payloads must hold."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.key = config.route.key
+        registry = _local_registry(config.root)
+        base = config.root.resolve().as_uri() + "/events.yaml"
+        self._validators = {
+            name: Draft202012Validator({**spec.payload, "$id": base}, registry=registry,
+                                       format_checker=Draft202012Validator.FORMAT_CHECKER)
+            for name, spec in config.events.items()
+        }
+
+    def spec(self, event_type: str) -> EventSpec:
+        spec = self.config.events.get(event_type)
+        if spec is None:
+            raise Rejected("unknown_event", [error("/type", "unknown_event",
+                                                   f"'{event_type}' is not an event of the contract")])
+        return spec
+
+    def payload_errors(self, event_type: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        validator = self._validators[event_type]
+        if validator.is_valid(data):
+            return []
+        return sorted((schema_error(e, "/data") for e in validator.iter_errors(data)), key=lambda e: e["path"])
+
+    def check_payload(self, event_type: str, data: dict[str, Any]) -> None:
+        errors = self.payload_errors(event_type, data)
+        if errors:
+            raise Rejected("invalid_payload", errors)
+
+    def identity(self, spec: EventSpec, data: dict[str, Any]) -> str | None:
+        """The fact identity as canonical JSON, or None when only the envelope dedupes."""
+        if not spec.identity or any(f not in data for f in spec.identity):
+            return None
+        for fieldname, values in spec.repeatable_when.items():
+            if fieldname in data and any(_same(data[fieldname], v) for v in values):
+                return None
+        return canonical_json([instant(data[f]) if f in spec.datetime_fields and isinstance(data[f], str) else data[f]
+                               for f in spec.identity])
+
+    def route_key(self, data: dict[str, Any]) -> str | None:
+        if any(f not in data for f in self.key):
+            return None
+        return canonical_json([data[f] for f in self.key])
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: true is not 1, 1 is 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+same = _same
+
+
+def key_dict(key_fields: tuple[str, ...], route_key: str) -> dict[str, Any]:
+    return dict(zip(key_fields, json.loads(route_key), strict=True))

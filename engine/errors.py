@@ -1,0 +1,56 @@
+"""The exceptions callers handle, and the problem records a config check produces.
+
+A bad event is never an exception: it is a rejection returned as data. Exceptions are
+kept for what a caller must act on: a config that cannot be loaded, a store that
+cannot be used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of the config check, located in its file."""
+
+    file: str
+    line: int
+    column: int
+    severity: str  # "error" | "warning"
+    code: str
+    message: str
+    path: str = ""  # JSON Pointer inside the file
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.severity} {self.code}: {self.message}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class EngineError(Exception):
+    """Base of every exception the engine raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """The config has at least one error; `problems` holds every finding, warnings too."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        errors = [p for p in self.problems if p.severity == "error"]
+        lines = "\n".join(str(p) for p in errors[:20])
+        more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        super().__init__(f"invalid config: {len(errors)} error(s)\n{lines}{more}")
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+class StoreError(EngineError):
+    """The database cannot be opened, read or written; the message names the file."""
+
+
+class UsageError(EngineError):
+    """An API call was made with arguments that do not fit the config (e.g. a wrong route key)."""

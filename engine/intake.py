@@ -1,0 +1,200 @@
+"""Steps 1-3 of an event's way in: size, strict JSON, CloudEvents envelope.
+
+Input is bytes, exactly as received, so a rejection can keep them byte for byte. JSON is
+read strictly (I-JSON, RFC 7493): duplicate keys, NaN/Infinity, numbers outside what
+SQLite and other languages can hold, lone surrogates and deep nesting are refused, each
+with its own error code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from .reasons import Rejected, error
+
+DEFAULT_MAX_EVENT_BYTES = 256 * 1024
+MAX_DEPTH = 64
+KEEP_HEAD_BYTES = 64 * 1024
+_INT_LIMIT = 2**63
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A line too large to read whole: its size, its hash and its first 64 KiB."""
+
+    size: int
+    sha256: str
+    head: bytes
+
+
+@dataclass
+class Envelope:
+    """A parsed, envelope-valid event and the canonical JSON it is compared and stored as."""
+
+    event: dict[str, Any]
+    canonical: str
+    raw: bytes = field(repr=False, default=b"")
+
+    @property
+    def source(self) -> str:
+        return self.event["source"]
+
+    @property
+    def id(self) -> str:
+        return self.event["id"]
+
+    @property
+    def type(self) -> str:
+        return self.event["type"]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.event["data"]
+
+
+class _Bad(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _Bad("duplicate_key", f"duplicate key {key!r} in a JSON object")
+        obj[key] = value
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise _Bad("non_finite_number", f"{name} is not a JSON number")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Bad("number_out_of_range", f"{text} does not fit a double")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text) > 20:
+        raise _Bad("number_out_of_range", f"integer of {len(text)} digits is out of range")
+    value = int(text)
+    if not -_INT_LIMIT <= value < _INT_LIMIT:
+        raise _Bad("number_out_of_range", f"integer {text} is outside the 64-bit range")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float, parse_int=_int)
+
+
+def _too_deep(value: Any) -> bool:
+    todo = [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(node, dict):
+            todo.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            todo.extend((v, depth + 1) for v in node)
+    return False
+
+
+def canonical_json(value: Any) -> str:
+    """The one spelling of a JSON value: sorted keys, no spaces, UTF-8 text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON from bytes; raises `Rejected` with reason malformed_json."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected("malformed_json", [error("", "invalid_utf8", f"not valid UTF-8 at byte {exc.start}")]) from None
+    if text.startswith("\ufeff"):
+        raise Rejected("malformed_json", [error("", "bom", "a byte order mark is not allowed in JSON")])
+    try:
+        value = _DECODER.decode(text)
+    except _Bad as bad:
+        raise Rejected("malformed_json", [error("", bad.code, bad.message)]) from None
+    except RecursionError:
+        raise Rejected("malformed_json", [error("", "nesting_too_deep", f"nesting deeper than {MAX_DEPTH} levels")]) from None
+    except ValueError as exc:
+        raise Rejected("malformed_json", [error("", "syntax", f"invalid JSON: {exc}")]) from None
+    if _too_deep(value):
+        raise Rejected("malformed_json", [error("", "nesting_too_deep", f"nesting deeper than {MAX_DEPTH} levels")])
+    return value
+
+
+def _envelope_schema() -> dict[str, Any]:
+    return json.loads(resources.files("engine").joinpath("schemas/envelope.schema.json").read_text("utf-8"))
+
+
+_ENVELOPE = Draft202012Validator(_envelope_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def read_envelope(raw: bytes | Oversized, max_bytes: int) -> Envelope:
+    """Steps 1-3; raises `Rejected` with too_large, malformed_json or invalid_envelope."""
+    if isinstance(raw, Oversized) or len(raw) > max_bytes:
+        size = raw.size if isinstance(raw, Oversized) else len(raw)
+        raise Rejected("too_large", [error("", "too_large", f"{size} bytes; the limit is {max_bytes}")])
+    value = parse_json(raw)
+    if not isinstance(value, dict):
+        raise Rejected("invalid_envelope", [error("", "type", f"an event is a JSON object, not {_json_type(value)}")])
+    errors = [schema_error(e, "") for e in _ENVELOPE.iter_errors(value)]
+    if errors:
+        raise Rejected("invalid_envelope", sorted(errors, key=lambda e: e["path"]))
+    try:
+        canonical = canonical_json(value)
+        canonical.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected("malformed_json", [error("", "lone_surrogate", "a string holds a lone UTF-16 surrogate")]) from None
+    return Envelope(value, canonical, raw)
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+def schema_error(err: Any, prefix: str) -> dict[str, Any]:
+    """One jsonschema error as `{path, message, code}`, the path a JSON Pointer to the field at fault."""
+    from .yamlfile import pointer
+
+    path = list(err.absolute_path)
+    if err.validator == "required":
+        missing = [p for p in err.validator_value if isinstance(err.instance, dict) and p not in err.instance
+                   and repr(p) in err.message]
+        path.append(missing[0] if missing else "")
+    elif err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if len(extra) == 1:
+            path.append(extra[0])
+            return error(prefix + pointer(path), "additional_properties", f"'{extra[0]}' is not a field of the contract")
+    elif err.validator == "propertyNames":
+        return error(prefix + pointer(path + [err.instance]), "property_names", f"{err.instance!r} is not a valid attribute name")
+    return error(prefix + pointer(path), snake(str(err.validator)), err.message)
+
+
+def fingerprint(raw: bytes | Oversized, max_bytes: int) -> tuple[bytes, int, str, bool]:
+    """What a rejection keeps of its input: the bytes exactly, or for an oversized line its
+    first 64 KiB, with size and sha256 either way."""
+    if isinstance(raw, Oversized):
+        return raw.head, raw.size, raw.sha256, True
+    digest = hashlib.sha256(raw).hexdigest()
+    if len(raw) > max_bytes:
+        return raw[:KEEP_HEAD_BYTES], len(raw), digest, True
+    return raw, len(raw), digest, False

@@ -1,0 +1,131 @@
+"""The config as the runtime sees it: frozen dataclasses, built once by `config.load_config`.
+
+Nothing past config loading reads YAML or raw dicts; every module downstream sees these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Problem
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    name: str
+    status: str
+    description: str
+    payload: dict[str, Any]
+    identity: tuple[str, ...]
+    repeatable_when: dict[str, tuple[Any, ...]]
+    datetime_fields: frozenset[str]  # identity fields compared as instants
+
+
+@dataclass(frozen=True)
+class EmitterSpec:
+    name: str
+    kind: str
+    description: str
+    internal: bool
+    events: dict[str, str]  # event name -> implemented | planned
+
+
+@dataclass(frozen=True)
+class FactRef:
+    """A `has`/`lacks` entry: facts of one type whose payload matches `where`."""
+
+    event: str
+    where: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class DataCondition:
+    field: str
+    kind: str  # equals | in | exists
+    value: Any
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    field: str
+    kind: str  # from | value | cases
+    source: str | None = None
+    value: Any = None
+    cases: tuple[tuple[Any, Any], ...] = ()
+    has_default: bool = False
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    id: str
+    description: str
+    on_event: str | None  # None: the rule runs on an evaluation
+    has: tuple[FactRef, ...]
+    lacks: tuple[FactRef, ...]
+    data: tuple[DataCondition, ...]
+    emit_event: str
+    emit_source: str
+    copy_data: bool
+    fields: tuple[FieldMap, ...]
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    screen: str | None = None
+    reminders: tuple[str, ...] = ()
+    description: str = ""
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class TransitionSpec:
+    trigger: str
+    sources: tuple[str, ...]
+    dest: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    key: tuple[str, ...]
+    initial: str
+    states: dict[str, StateSpec]
+    transitions: tuple[TransitionSpec, ...]
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    event: str
+    field: str
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path
+    hash: str
+    events: dict[str, EventSpec]
+    emitters: dict[str, EmitterSpec]
+    rules: tuple[RuleSpec, ...]
+    route: RouteSpec
+    evaluation_result: EvaluationResult | None
+    problems: tuple[Problem, ...] = field(default=())
+    files: tuple[Path, ...] = field(default=())
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def internal_events(self) -> set[str]:
+        return {e for em in self.emitters.values() if em.internal for e in em.events}
+
+    def emitted_by_rules(self) -> set[str]:
+        return {r.emit_event for r in self.rules}
+
+    def input_events(self) -> set[str]:
+        """Events no internal emitter lists and no rule emits: what may come from outside."""
+        return set(self.events) - self.internal_events() - self.emitted_by_rules()

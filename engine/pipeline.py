@@ -1,0 +1,356 @@
+"""The Engine: what happens to an event, from bytes in to a committed outcome.
+
+Steps 1-6 (size, JSON, envelope, type, emitter, payload) are pure and run before any
+lock is taken. Steps 7-8 (dedupe, store, rules, route, actions) and the input-log row run
+inside one write transaction, so an event's effects commit together or not at all; a batch
+shares one transaction with a savepoint per event, so a rule that fails rolls back its own
+event only. A result leaves the engine only after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import load_config
+from .consumers import RouteConsumer
+from .contract import Contract, key_dict
+from .defaults import bundled_config
+from .emitters import EmitterPolicy
+from .errors import UsageError
+from .intake import DEFAULT_MAX_EVENT_BYTES, Envelope, Oversized, canonical_json, fingerprint, read_envelope
+from .model import Config
+from .reasons import ACCEPTED, DUPLICATE, REJECTED, Rejected, error
+from .route import RouteMachine
+from .rules import RuleBook
+from .scenario import actions_for
+from .store import SQLiteStore, Store
+
+DEFAULT_BATCH_SIZE = 500
+EventInput = dict[str, Any] | str | bytes | Oversized
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, with a fraction only when there is one: 2026-01-31T18:00:00Z."""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if moment.microsecond else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_now() -> str:
+    return rfc3339(datetime.now(timezone.utc))
+
+
+def _result(status: str, *, envelope: Envelope | None = None, partial: dict[str, Any] | None = None,
+            reason: str | None = None, errors: list[dict[str, Any]] | None = None,
+            emitted: list[dict[str, Any]] | None = None, actions: list[dict[str, Any]] | None = None,
+            route: dict[str, Any] | None = None) -> dict[str, Any]:
+    ids = envelope.event if envelope is not None else (partial or {})
+    return {
+        "line": None,
+        "id": ids.get("id") if isinstance(ids.get("id"), str) else None,
+        "type": ids.get("type") if isinstance(ids.get("type"), str) else None,
+        "status": status, "reason": reason, "errors": errors or [],
+        "emitted": emitted or [], "actions": actions or [], "route": route,
+    }
+
+
+def _as_bytes(event: EventInput) -> bytes | Oversized:
+    if isinstance(event, (bytes, Oversized)):
+        return event
+    if isinstance(event, bytearray | memoryview):
+        return bytes(event)
+    if isinstance(event, str):
+        return event.encode("utf-8", "surrogatepass")
+    try:
+        return canonical_json(event).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError) as exc:
+        return repr(exc).encode() + b"\0not-json"
+
+
+class Engine:
+    """The embedding API: open once, then process events, evaluate and read routes."""
+
+    def __init__(self, config: Config, store: Store, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                 clock: Callable[[], str] = utc_now):
+        self.config = config
+        self.store = store
+        self.max_event_bytes = max_event_bytes
+        self.clock = clock
+        self.contract = Contract(config)
+        self.emitters = EmitterPolicy(config)
+        self.rules = RuleBook(config, self.contract)
+        self.machine = RouteMachine(config.route)
+        self.consumer = RouteConsumer(store)
+        self._inputs = config.input_events()
+
+    @classmethod
+    def open(cls, config: str | Path | Config | None = None, db: str | Path = "webinar-flows.db", *,
+             max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, synchronous: str = "NORMAL",
+             clock: Callable[[], str] = utc_now) -> Engine:
+        """Load `config` (None: the bundled default) and open the database `db`."""
+        if not isinstance(config, Config):
+            config = load_config(config if config is not None else bundled_config())
+        return cls(config, SQLiteStore(db, synchronous=synchronous), max_event_bytes=max_event_bytes, clock=clock)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- processing ---------------------------------------------------------------------
+
+    def process(self, event: EventInput, *, origin: str | None = None, line: int | None = None) -> dict[str, Any]:
+        """Process one event in its own transaction; never raises for a bad event."""
+        return self.process_many([event], batch_size=1, origin=origin, first_line=line)[0]
+
+    def process_many(self, events: Iterable[EventInput], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                     origin: str | None = None, first_line: int | None = None) -> list[dict[str, Any]]:
+        """Process events with one commit per `batch_size`; results equal one-by-one processing."""
+        lines = None if first_line is None else _count(first_line)
+        items = ((e, origin, next(lines) if lines else None) for e in events)
+        return [r for batch in self.iter_batches(items, batch_size) for r in batch]
+
+    def iter_batches(self, items: Iterable[tuple[EventInput, str | None, int | None]],
+                     batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[dict[str, Any]]]:
+        """Yield each batch's results once the batch has committed; items are (event, origin, line)."""
+        batch: list[tuple[EventInput, str | None, int | None]] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= max(1, batch_size):
+                yield self._commit_batch(batch)
+                batch = []
+        if batch:
+            yield self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[tuple[EventInput, str | None, int | None]]) -> list[dict[str, Any]]:
+        prepared = [self._prepare(event) for event, _, _ in batch]
+        with self.store.transaction():
+            return [self._apply(prep, origin, line) for prep, (_, origin, line) in zip(prepared, batch, strict=True)]
+
+    def _prepare(self, event: EventInput) -> tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]:
+        """Steps 1-6, which need no lock: the input's bytes, and its envelope or its rejection."""
+        raw = _as_bytes(event)
+        partial: dict[str, Any] = {}
+        try:
+            envelope = read_envelope(raw, self.max_event_bytes)
+            partial = envelope.event
+            spec = self.contract.spec(envelope.type)
+            self.emitters.check(envelope.source, spec.name)
+            self.contract.check_payload(spec.name, envelope.data)
+            return raw, envelope, partial
+        except Rejected as rejected:
+            if not partial and isinstance(raw, bytes):
+                partial = _peek(raw)
+            return raw, rejected, partial
+
+    def _apply(self, prepared: tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]],
+               origin: str | None, line: int | None) -> dict[str, Any]:
+        result = self._outcome_of(prepared, origin, line)
+        result["line"] = line
+        return result
+
+    def _outcome_of(self, prepared: tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]],
+                    origin: str | None, line: int | None) -> dict[str, Any]:
+        raw, outcome, partial = prepared
+        at = self.clock()
+        if isinstance(outcome, Envelope):
+            try:
+                with self.store.savepoint():
+                    result, fact_seq = self._accept(outcome, at)
+                self._log(result, origin, line, at, fact_seq=fact_seq, source=outcome.source)
+                return result
+            except Rejected as rejected:
+                outcome = rejected
+        result = _result(REJECTED, partial=partial, reason=outcome.reason, errors=outcome.errors)
+        self._reject(raw, result, partial, origin, line, at)
+        return result
+
+    def _accept(self, env: Envelope, at: str) -> tuple[dict[str, Any], int | None]:
+        """Steps 7-8 for one envelope-valid event, inside the caller's transaction."""
+        body = self.store.find_envelope(env.source, env.id)
+        if body is not None:
+            if body == env.canonical:
+                return _result(DUPLICATE, envelope=env, reason="same_envelope"), None
+            raise Rejected("id_conflict", [error("/id", "id_conflict",
+                                                 f"({env.source}, {env.id}) was accepted before with a different body")])
+        spec = self.config.events[env.type]
+        identity = self.contract.identity(spec, env.data)
+        if identity is not None and self.store.has_identity(env.type, identity):
+            return _result(DUPLICATE, envelope=env, reason="same_fact"), None
+        route_key = self.contract.route_key(env.data)
+        fact_seq = self.store.insert_fact(self._fact_row(env, route_key, identity, at))
+        if route_key is None:
+            return _result(ACCEPTED, envelope=env), fact_seq
+        emitted = self._derive(self.rules.on_event.get(env.type, []), env.data, (env.source, env.id), route_key,
+                               fact_seq, None, at)
+        actions, route = self._drive(env, route_key, fact_seq, at)
+        return _result(ACCEPTED, envelope=env, emitted=emitted, actions=actions, route=route), fact_seq
+
+    def _fact_row(self, env: Envelope, route_key: str | None, identity: str | None, at: str, *,
+                  rule_id: str | None = None, cause_seq: int | None = None,
+                  evaluation_seq: int | None = None) -> dict[str, Any]:
+        return {"source": env.source, "id": env.id, "type": env.type, "route_key": route_key, "identity": identity,
+                "body": env.canonical, "data": canonical_json(env.data), "derived": int(rule_id is not None),
+                "rule_id": rule_id, "cause_seq": cause_seq, "evaluation_seq": evaluation_seq,
+                "config_hash": self.config.hash, "recorded_at": at}
+
+    def _derive(self, rules: list, trigger: dict[str, Any], cause: tuple[str, str], route_key: str,
+                cause_seq: int | None, evaluation_seq: int | None, at: str) -> list[dict[str, Any]]:
+        if not rules:
+            return []
+        facts = self.store.facts_for_key(route_key)
+        derived = self.rules.derive(rules, trigger, cause, facts, self.store.has_identity)
+        for d in derived:
+            env = Envelope(d.event, d.canonical)
+            self.store.insert_fact(self._fact_row(env, self.contract.route_key(env.data), d.identity, at,
+                                                  rule_id=d.rule.id, cause_seq=cause_seq, evaluation_seq=evaluation_seq))
+        return [d.event for d in derived]
+
+    def _drive(self, env: Envelope, route_key: str, fact_seq: int, at: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Move the route for an input event; create its row on the first fact for the key."""
+        stored = self.store.route_state(route_key)
+        if stored is None:
+            self.store.create_route(route_key, self.config.route.initial, self.config.hash, at)
+            stored = (self.config.route.initial, None)
+        state, screen = stored
+        key = key_dict(self.config.route.key, route_key)
+        if not self.machine.knows(state):
+            return [], self._route_view(key, state, screen)
+        dest = self.machine.fire(state, env.type) if env.type in self._inputs else None
+        if dest is None:
+            return [], self._route_view(key, state, screen)
+        actions = actions_for(self.config.route, key, state, dest, env.event)
+        cause = {"source": env.source, "id": env.id, "type": env.type}
+        self.consumer.apply(route_key, actions, cause, fact_seq, self.config.hash, at)
+        new_state, new_screen = self.store.route_state(route_key) or (dest, None)
+        return actions, self._route_view(key, new_state, new_screen)
+
+    def _route_view(self, key: dict[str, Any], state: str, screen: str | None) -> dict[str, Any]:
+        view = {**key, "state": state, "screen": screen}
+        if not self.machine.knows(state):
+            view["problem"] = {"code": "unknown_state",
+                               "message": f"state '{state}' is not declared by the current config "
+                                          f"({self.config.hash[:12]}); the route is kept as it is, not reset"}
+        return view
+
+    def _log(self, result: dict[str, Any], origin: str | None, line: int | None, at: str, *,
+             fact_seq: int | None = None, rejection_seq: int | None = None, source: str | None = None) -> None:
+        self.store.record_input({
+            "origin": origin, "line": line, "status": result["status"], "reason": result["reason"],
+            "source": source, "id": result["id"],
+            "type": result["type"], "fact_seq": fact_seq, "rejection_seq": rejection_seq,
+            "config_hash": self.config.hash, "recorded_at": at,
+        })
+
+    def _reject(self, raw: bytes | Oversized, result: dict[str, Any], partial: dict[str, Any],
+                origin: str | None, line: int | None, at: str) -> None:
+        kept, size, digest, truncated = fingerprint(raw, self.max_event_bytes)
+        source = partial.get("source") if isinstance(partial.get("source"), str) else None
+        seq = self.store.record_rejection({
+            "raw_sha256": digest, "raw": kept, "raw_size": size, "truncated": int(truncated),
+            "reason": result["reason"], "errors": json.dumps(result["errors"], ensure_ascii=False),
+            "source": source, "id": result["id"], "type": result["type"], "config_hash": self.config.hash, "at": at,
+        })
+        self._log(result, origin, line, at, rejection_seq=seq, source=source)
+
+    # -- evaluation and reading -----------------------------------------------------------
+
+    def _key(self, given: dict[str, Any], *, complete: bool) -> dict[int, Any]:
+        fields = self.config.route.key
+        unknown = set(given) - set(fields)
+        if unknown:
+            raise UsageError(f"unknown route key field(s) {sorted(unknown)}; the route key is {list(fields)}")
+        match = {i: given[f] for i, f in enumerate(fields) if given.get(f) is not None}
+        if complete and len(match) != len(fields):
+            raise UsageError(f"a route is named by all of {list(fields)}")
+        return match
+
+    def evaluate(self, *, at: str | None = None, **key: Any) -> list[dict[str, Any]]:
+        """Run the evaluation rules for one route key, or every key matching a partial one.
+
+        `at` is the evaluation time (RFC 3339, default now); it becomes the trigger's
+        `evaluated_at` and part of each derived event's cause, so one evaluation at one
+        moment derives the same ids however often it runs.
+        """
+        match = self._key(key, complete=False)
+        evaluated_at = normalise_time(at) if at is not None else self.clock()
+        results = []
+        with self.store.transaction():
+            keys = self.store.route_keys(match)
+            if not keys and len(match) == len(self.config.route.key):
+                unknown = dict(zip(self.config.route.key, match.values(), strict=True))
+                return [{**unknown, self._result_field(): None, "emitted": []}]
+            for route_key in keys:
+                results.append(self._evaluate_one(route_key, evaluated_at))
+        return results
+
+    def _evaluate_one(self, route_key: str, evaluated_at: str) -> dict[str, Any]:
+        key = key_dict(self.config.route.key, route_key)
+        now = self.clock()
+        seq = self.store.record_evaluation(route_key, evaluated_at, self.config.hash, now)
+        trigger = {**key, "evaluated_at": evaluated_at}
+        cause = ("evaluation", canonical_json([*key.values(), evaluated_at]))
+        try:
+            with self.store.savepoint():
+                emitted = self._derive(self.rules.on_evaluation, trigger, cause, route_key, None, seq, now)
+        except Rejected as rejected:
+            return {**key, self._result_field(): self._outcome(route_key), "emitted": [],
+                    "error": {"reason": rejected.reason, "errors": rejected.errors}}
+        return {**key, self._result_field(): self._outcome(route_key), "emitted": emitted}
+
+    def _result_field(self) -> str:
+        er = self.config.evaluation_result
+        return er.field if er else "result"
+
+    def _outcome(self, route_key: str) -> Any:
+        er = self.config.evaluation_result
+        if er is None:
+            return None
+        value = None
+        for event_type, data in self.store.facts_for_key(route_key):
+            if event_type == er.event and er.field in data:
+                value = data[er.field]
+        return value
+
+    def route(self, **key: Any) -> dict[str, Any] | None:
+        """A route with its history (oldest first), or None when no fact started it."""
+        match = self._key(key, complete=True)
+        route_key = canonical_json([match[i] for i in range(len(self.config.route.key))])
+        row = self.store.route_row(route_key)
+        if row is None:
+            return None
+        view = self._route_view(key_dict(self.config.route.key, route_key), row["state"], row["screen"])
+        view["config_hash"] = row["config_hash"]
+        view["history"] = self.store.history(route_key)
+        return view
+
+
+def normalise_time(value: str) -> str:
+    """An RFC 3339 time as UTC with microseconds; raises ValueError for anything else."""
+    text = value.strip()
+    moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return rfc3339(moment)
+
+
+def _count(start: int) -> Iterator[int]:
+    while True:
+        yield start
+        start += 1
+
+
+def _peek(raw: bytes) -> dict[str, Any]:
+    """Best-effort id/type/source of an input that failed before its envelope was whole."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}

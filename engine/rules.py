@@ -1,0 +1,156 @@
+"""The rule language at run time: conditions over facts, field mapping, derived events.
+
+Rules are data: each condition and mapping kind is a small function in a table, and no
+expression from YAML is ever evaluated. A derived event gets a deterministic id (a UUIDv5
+of the rule and its cause), so a replay yields the same ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .contract import Contract, same
+from .intake import canonical_json
+from .model import Config, DataCondition, FactRef, FieldMap, RuleSpec
+from .reasons import Rejected, error
+
+NAMESPACE = uuid.UUID("6f1c2e0a-4b5d-5e6f-8a9b-0c1d2e3f4a5b")
+MAX_CASCADE = 64
+
+Fact = tuple[str, dict[str, Any]]  # (event type, data)
+
+CONDITIONS: dict[str, Callable[[dict[str, Any], str, Any], bool]] = {
+    "equals": lambda data, f, v: f in data and same(data[f], v),
+    "in": lambda data, f, vs: f in data and any(same(data[f], v) for v in vs),
+    "exists": lambda data, f, v: (f in data) is v,
+}
+
+
+def _cases(fm: FieldMap, trigger: dict[str, Any]) -> tuple[bool, Any]:
+    if fm.source in trigger:
+        for when, value in fm.cases:
+            if same(trigger[fm.source], when):
+                return True, value
+    return fm.has_default, fm.default
+
+
+MAPPINGS: dict[str, Callable[[FieldMap, dict[str, Any]], tuple[bool, Any]]] = {
+    "from": lambda fm, t: (fm.source in t, t.get(fm.source)),  # type: ignore[arg-type]
+    "value": lambda fm, t: (True, fm.value),
+    "cases": _cases,
+}
+
+
+@dataclass
+class Derived:
+    """A rule's output, before it is stored."""
+
+    rule: RuleSpec
+    event: dict[str, Any]  # the CloudEvent
+    canonical: str
+    identity: str | None
+    cause: tuple[str, str]  # (source, id) of what triggered it
+
+
+def _matches(ref: FactRef, fact: Fact) -> bool:
+    return fact[0] == ref.event and all(f in fact[1] and same(fact[1][f], v) for f, v in ref.where)
+
+
+def applies(rule: RuleSpec, trigger: dict[str, Any], facts: list[Fact]) -> bool:
+    """Whether `rule` fires: every data condition holds, every `has` is found, no `lacks` is."""
+    if not all(CONDITIONS[c.kind](trigger, c.field, c.value) for c in rule.data):
+        return False
+    if not all(any(_matches(ref, f) for f in facts) for ref in rule.has):
+        return False
+    return not any(_matches(ref, f) for ref in rule.lacks for f in facts)
+
+
+def why_not(rule: RuleSpec, trigger: dict[str, Any], facts: list[Fact]) -> str | None:
+    """The first reason a rule does not fire, for people reading a lead's story."""
+    for c in rule.data:
+        if not CONDITIONS[c.kind](trigger, c.field, c.value):
+            return f"data condition on '{c.field}' ({c.kind}) does not hold"
+    for ref in rule.has:
+        if not any(_matches(ref, f) for f in facts):
+            return f"no {ref.event} fact{_where(ref)}"
+    for ref in rule.lacks:
+        if any(_matches(ref, f) for f in facts):
+            return f"a {ref.event} fact{_where(ref)} exists"
+    return None
+
+
+def _where(ref: FactRef) -> str:
+    return " with " + ", ".join(f"{k}={v!r}" for k, v in ref.where) if ref.where else ""
+
+
+def build_data(rule: RuleSpec, trigger: dict[str, Any]) -> dict[str, Any]:
+    data = dict(trigger) if rule.copy_data else {}
+    for fm in rule.fields:
+        present, value = MAPPINGS[fm.kind](fm, trigger)
+        if present:
+            data[fm.field] = value
+        else:
+            data.pop(fm.field, None)
+    return data
+
+
+def derived_id(rule_id: str, cause: tuple[str, str]) -> str:
+    return str(uuid.uuid5(NAMESPACE, canonical_json([rule_id, cause[0], cause[1]])))
+
+
+class RuleBook:
+    """The config's rules, indexed by what triggers them."""
+
+    def __init__(self, config: Config, contract: Contract):
+        self.contract = contract
+        self.on_event: dict[str, list[RuleSpec]] = {}
+        self.on_evaluation: list[RuleSpec] = [r for r in config.rules if r.on_event is None]
+        for rule in config.rules:
+            if rule.on_event is not None:
+                self.on_event.setdefault(rule.on_event, []).append(rule)
+
+    def triggered_by(self, event_type: str) -> bool:
+        return event_type in self.on_event
+
+    def derive(self, rules: list[RuleSpec], trigger: dict[str, Any], cause: tuple[str, str],
+               facts: list[Fact], known: Callable[[str, str], bool]) -> list[Derived]:
+        """Fire `rules` on `trigger`, then every rule their outputs trigger, breadth first.
+
+        `facts` grows with each output, so later rules see earlier outputs; `known(type,
+        identity)` tells whether a fact with that identity is already stored, in which case
+        the output is already a fact and is not derived again.
+        """
+        out: list[Derived] = []
+        queue = [(rule, trigger, cause) for rule in rules]
+        while queue:
+            if len(out) > MAX_CASCADE:
+                raise Rejected("rule_failed", [error("", "cascade_too_long", f"more than {MAX_CASCADE} derived events")])
+            rule, data, why = queue.pop(0)
+            if not applies(rule, data, facts):
+                continue
+            derived = self._emit(rule, data, why)
+            if derived.identity is not None and (known(rule.emit_event, derived.identity)
+                                                 or any(d.identity == derived.identity and d.event["type"] == rule.emit_event
+                                                        for d in out)):
+                continue
+            out.append(derived)
+            facts.append((rule.emit_event, derived.event["data"]))
+            next_cause = (derived.event["source"], derived.event["id"])
+            queue += [(r, derived.event["data"], next_cause) for r in self.on_event.get(rule.emit_event, [])]
+        return out
+
+    def _emit(self, rule: RuleSpec, trigger: dict[str, Any], cause: tuple[str, str]) -> Derived:
+        data = build_data(rule, trigger)
+        errors = self.contract.payload_errors(rule.emit_event, data)
+        if errors:
+            raise Rejected("rule_failed", [
+                {**e, "message": f"rule '{rule.id}' produced an invalid {rule.emit_event}: {e['message']}"}
+                for e in errors
+            ])
+        event = {"specversion": "1.0", "id": derived_id(rule.id, cause), "source": rule.emit_source,
+                 "type": rule.emit_event, "datacontenttype": "application/json", "data": data}
+        spec = self.contract.config.events[rule.emit_event]
+        return Derived(rule, event, canonical_json(event), self.contract.identity(spec, data), cause)

@@ -1,0 +1,291 @@
+"""Storage behind a narrow interface, and its SQLite implementation.
+
+sqlite-utils owns the schema and its migrations; the per-event path uses raw `sqlite3`
+with constant SQL, because that is where the time goes. Every write runs inside
+`BEGIN IMMEDIATE`: the write lock is taken before the first read, so two processes never
+interleave a read-modify-write and no update is lost. WAL lets readers run meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 60_000
+
+migrations = Migrations("webinar-flows")
+
+
+@migrations()
+def m0001_initial(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE facts (
+            seq INTEGER PRIMARY KEY,
+            source TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
+            route_key TEXT, identity TEXT,
+            body TEXT NOT NULL, data TEXT NOT NULL,
+            derived INTEGER NOT NULL, rule_id TEXT, cause_seq INTEGER, evaluation_seq INTEGER,
+            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL,
+            UNIQUE (source, id)
+        );
+        CREATE UNIQUE INDEX facts_identity ON facts (type, identity) WHERE identity IS NOT NULL;
+        CREATE INDEX facts_route_key ON facts (route_key) WHERE route_key IS NOT NULL;
+        CREATE TABLE rejections (
+            seq INTEGER PRIMARY KEY,
+            raw_sha256 TEXT NOT NULL UNIQUE, raw BLOB NOT NULL, raw_size INTEGER NOT NULL,
+            truncated INTEGER NOT NULL,
+            reason TEXT NOT NULL, errors TEXT NOT NULL,
+            source TEXT, id TEXT, type TEXT,
+            config_hash TEXT NOT NULL, first_seen_at TEXT NOT NULL, last_seen_at TEXT NOT NULL
+        );
+        CREATE TABLE inputs (
+            seq INTEGER PRIMARY KEY,
+            origin TEXT, line INTEGER,
+            status TEXT NOT NULL, reason TEXT,
+            source TEXT, id TEXT, type TEXT,
+            fact_seq INTEGER, rejection_seq INTEGER,
+            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL
+        );
+        CREATE TABLE routes (
+            route_key TEXT PRIMARY KEY,
+            state TEXT NOT NULL, screen TEXT,
+            version INTEGER NOT NULL,
+            config_hash TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+        );
+        CREATE TABLE route_history (
+            seq INTEGER PRIMARY KEY,
+            route_key TEXT NOT NULL, from_state TEXT NOT NULL, to_state TEXT NOT NULL,
+            event_source TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL,
+            fact_seq INTEGER NOT NULL, config_hash TEXT NOT NULL, at TEXT NOT NULL
+        );
+        CREATE INDEX route_history_key ON route_history (route_key, seq);
+        CREATE TABLE actions (
+            seq INTEGER PRIMARY KEY,
+            route_key TEXT NOT NULL, fact_seq INTEGER NOT NULL, position INTEGER NOT NULL,
+            type TEXT NOT NULL, body TEXT NOT NULL, applied INTEGER NOT NULL,
+            config_hash TEXT NOT NULL, created_at TEXT NOT NULL
+        );
+        CREATE TABLE evaluations (
+            seq INTEGER PRIMARY KEY,
+            route_key TEXT NOT NULL, evaluated_at TEXT NOT NULL,
+            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+class Store(Protocol):
+    """The few operations the engine needs; a second backend implements these."""
+
+    def transaction(self) -> Any: ...
+    def savepoint(self) -> Any: ...
+    def find_envelope(self, source: str, event_id: str) -> str | None: ...
+    def has_identity(self, event_type: str, identity: str) -> bool: ...
+    def insert_fact(self, row: dict[str, Any]) -> int: ...
+    def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]: ...
+    def route_state(self, route_key: str) -> tuple[str, str | None] | None: ...
+    def create_route(self, route_key: str, state: str, config_hash: str, at: str) -> None: ...
+    def fix_route(self, route_key: str, state: str, screen: str | None, config_hash: str, at: str) -> None: ...
+    def append_history(self, route_key: str, before: str, after: str, cause: dict[str, Any], fact_seq: int,
+                       config_hash: str, at: str) -> None: ...
+    def add_actions(self, route_key: str, fact_seq: int, actions: list[dict[str, Any]], consumed: frozenset[str],
+                    config_hash: str, at: str) -> None: ...
+    def record_rejection(self, row: dict[str, Any]) -> int: ...
+    def record_input(self, row: dict[str, Any]) -> int: ...
+    def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int: ...
+    def route_row(self, route_key: str) -> dict[str, Any] | None: ...
+    def history(self, route_key: str) -> list[dict[str, Any]]: ...
+    def route_keys(self, match: dict[int, Any]) -> list[str]: ...
+    def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """The SQLite store; one connection, used by one thread."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL"):
+        self.path = str(path)
+        self._depth = 0
+        try:
+            self._open(synchronous)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    def _open(self, synchronous: str) -> None:
+        if self.path != ":memory:":
+            parent = Path(self.path).resolve().parent
+            if not parent.is_dir():
+                raise StoreError(f"{self.path}: cannot open the database: directory {parent} does not exist")
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                    check_same_thread=False)
+        self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: the database has schema version {version}, newer than this "
+                             f"webinar-flows understands ({SCHEMA_VERSION}); upgrade webinar-flows")
+        if self.path != ":memory:" and self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+        if version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        db = sqlite_utils.Database(self.conn)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self.conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                migrations.apply(db)
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; the lock is taken up front (BEGIN IMMEDIATE)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error matters more than a failed rollback
+            if isinstance(exc, sqlite3.Error):
+                raise _translate(exc, self.path) from exc
+            raise
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._depth += 1
+        name = f"sp{self._depth}"
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            self.conn.execute(f"RELEASE {name}")
+        finally:
+            self._depth -= 1
+
+    def find_envelope(self, source: str, event_id: str) -> str | None:
+        row = self.conn.execute("SELECT body FROM facts WHERE source = ? AND id = ?", (source, event_id)).fetchone()
+        return row[0] if row else None
+
+    def has_identity(self, event_type: str, identity: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM facts WHERE type = ? AND identity = ?",
+                                 (event_type, identity)).fetchone() is not None
+
+    def insert_fact(self, row: dict[str, Any]) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO facts (source, id, type, route_key, identity, body, data, derived, rule_id, cause_seq,"
+            " evaluation_seq, config_hash, recorded_at) VALUES (:source, :id, :type, :route_key, :identity, :body,"
+            " :data, :derived, :rule_id, :cause_seq, :evaluation_seq, :config_hash, :recorded_at)", row)
+        return cur.lastrowid  # type: ignore[return-value]
+
+    def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = self.conn.execute("SELECT type, data FROM facts WHERE route_key = ? ORDER BY seq", (route_key,))
+        return [(t, json.loads(d)) for t, d in rows]
+
+    def route_state(self, route_key: str) -> tuple[str, str | None] | None:
+        row = self.conn.execute("SELECT state, screen FROM routes WHERE route_key = ?", (route_key,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def create_route(self, route_key: str, state: str, config_hash: str, at: str) -> None:
+        self.conn.execute("INSERT INTO routes (route_key, state, screen, version, config_hash, created_at, updated_at)"
+                          " VALUES (?, ?, NULL, 0, ?, ?, ?)", (route_key, state, config_hash, at, at))
+
+    def fix_route(self, route_key: str, state: str, screen: str | None, config_hash: str, at: str) -> None:
+        self.conn.execute("UPDATE routes SET state = ?, screen = ?, version = version + 1, config_hash = ?,"
+                          " updated_at = ? WHERE route_key = ?", (state, screen, config_hash, at, route_key))
+
+    def append_history(self, route_key: str, before: str, after: str, cause: dict[str, Any], fact_seq: int,
+                       config_hash: str, at: str) -> None:
+        self.conn.execute(
+            "INSERT INTO route_history (route_key, from_state, to_state, event_source, event_id, event_type,"
+            " fact_seq, config_hash, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (route_key, before, after, cause["source"], cause["id"], cause["type"], fact_seq, config_hash, at))
+
+    def add_actions(self, route_key: str, fact_seq: int, actions: list[dict[str, Any]], consumed: frozenset[str],
+                    config_hash: str, at: str) -> None:
+        self.conn.executemany(
+            "INSERT INTO actions (route_key, fact_seq, position, type, body, applied, config_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(route_key, fact_seq, i, a["type"], json.dumps(a, sort_keys=True, ensure_ascii=False),
+              int(a["type"] in consumed), config_hash, at) for i, a in enumerate(actions)])
+
+    def record_rejection(self, row: dict[str, Any]) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO rejections (raw_sha256, raw, raw_size, truncated, reason, errors, source, id, type,"
+            " config_hash, first_seen_at, last_seen_at) VALUES (:raw_sha256, :raw, :raw_size, :truncated, :reason,"
+            " :errors, :source, :id, :type, :config_hash, :at, :at)"
+            " ON CONFLICT (raw_sha256) DO UPDATE SET reason = excluded.reason, errors = excluded.errors,"
+            " config_hash = excluded.config_hash, last_seen_at = excluded.last_seen_at RETURNING seq", row)
+        return cur.fetchone()[0]
+
+    def record_input(self, row: dict[str, Any]) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO inputs (origin, line, status, reason, source, id, type, fact_seq, rejection_seq,"
+            " config_hash, recorded_at) VALUES (:origin, :line, :status, :reason, :source, :id, :type, :fact_seq,"
+            " :rejection_seq, :config_hash, :recorded_at)", row)
+        return cur.lastrowid  # type: ignore[return-value]
+
+    def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int:
+        cur = self.conn.execute("INSERT INTO evaluations (route_key, evaluated_at, config_hash, recorded_at)"
+                                " VALUES (?, ?, ?, ?)", (route_key, evaluated_at, config_hash, at))
+        return cur.lastrowid  # type: ignore[return-value]
+
+    def route_row(self, route_key: str) -> dict[str, Any] | None:
+        cur = self.conn.execute("SELECT route_key, state, screen, version, config_hash, created_at, updated_at"
+                                " FROM routes WHERE route_key = ?", (route_key,))
+        row = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+
+    def history(self, route_key: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT from_state, to_state, event_source, event_id, event_type, at"
+                                 " FROM route_history WHERE route_key = ? ORDER BY seq", (route_key,))
+        return [{"from": f, "to": t, "event": {"source": s, "id": i, "type": ty}, "at": at}
+                for f, t, s, i, ty, at in rows]
+
+    def route_keys(self, match: dict[int, Any]) -> list[str]:
+        """Route keys whose JSON array holds `match[i]` at each position i, in key order."""
+        where = " AND ".join(f"json_extract(route_key, '$[{i}]') = ?" for i in match) or "1"
+        rows = self.conn.execute(f"SELECT route_key FROM routes WHERE {where} ORDER BY route_key",  # noqa: S608
+                                 tuple(match.values()))
+        return [r[0] for r in rows]
+
+
+def _translate(exc: sqlite3.Error, path: str) -> StoreError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        hint = "another process held the database too long"
+    elif "full" in text or "disk I/O" in text:
+        hint = "disk full or write failed"
+    elif "not a database" in text or "malformed" in text:
+        hint = "the file is not a webinar-flows database or is corrupt"
+    elif "readonly" in text or "unable to open" in text:
+        hint = "cannot write there (read-only or missing directory?)"
+    else:
+        hint = "database error"
+    return StoreError(f"{path}: {hint}: {text}")

@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 
 from .errors import Problem
 from .model import Config, RuleSpec
+from .patterns import unsafe_pattern
 from .yamlfile import YamlDoc
 
 FORBIDDEN_WORDS = frozenset({"partner", "partners", "sale", "sales", "sell", "selling", "qualification",
@@ -93,6 +94,10 @@ def _check_events(config: Config, report: _Reporter) -> None:
             problem = ref_problem(config.root, ref)
             if problem:
                 report.error(doc, path, *problem)
+        for path, pattern in _patterns(spec.payload, base + ("payload",)):
+            why = unsafe_pattern(pattern)
+            if why:
+                report.error(doc, path, "unsafe_pattern", f"pattern {pattern!r} is refused: {why}")
 
 
 def _refs(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
@@ -105,6 +110,23 @@ def _refs(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
     elif isinstance(node, list):
         for i, item in enumerate(node):
             yield from _refs(item, path + (i,))
+
+
+def _patterns(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    """Every regular expression a payload schema would run: `pattern` values, `patternProperties` keys."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                yield path + (key,), value
+            elif key == "patternProperties" and isinstance(value, dict):
+                for regex, sub in value.items():
+                    yield path + (key, regex), regex
+                    yield from _patterns(sub, path + (key, regex))
+            elif key not in ("enum", "const", "examples", "default"):
+                yield from _patterns(value, path + (key,))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _patterns(item, path + (i,))
 
 
 def ref_problem(root: Path, ref: str) -> tuple[str, str] | None:

@@ -54,7 +54,8 @@ def run(config: Config, docs: dict[str, YamlDoc]) -> list[Problem]:
 
 
 def words(name: str) -> set[str]:
-    return {w.lower() for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", name) if w}
+    """The words of a name in any case style: notify_partner, CRMSyncScreen, sales2 -> words."""
+    return {w.lower() for w in re.findall(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+", name)}
 
 
 def _vocabulary(report: _Reporter, doc: YamlDoc, path: tuple, what: str, name: str) -> None:
@@ -90,26 +91,57 @@ def _check_events(config: Config, report: _Reporter) -> None:
             if fieldname not in props:
                 report.error(doc, base + ("repeatable_when", fieldname), "unknown_field",
                              f"repeatable_when field '{fieldname}' is not a payload field of {name}")
-        for path, ref in _refs(spec.payload, base + ("payload",)):
-            problem = ref_problem(config.root, ref)
-            if problem:
-                report.error(doc, path, *problem)
+        for path, code, message in _check_refs(config.root, spec.payload, base + ("payload",)):
+            report.error(doc, path, code, message)
         for path, pattern in _patterns(spec.payload, base + ("payload",)):
             why = unsafe_pattern(pattern)
             if why:
                 report.error(doc, path, "unsafe_pattern", f"pattern {pattern!r} is refused: {why}")
 
 
-def _refs(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+def _refs(node: Any, path: tuple, base: str) -> Iterator[tuple[tuple, str, str, str]]:
+    """Every `$id` and `$ref` of a schema as (path, keyword, value, base URI in force)."""
     if isinstance(node, dict):
+        if isinstance(node.get("$id"), str):
+            yield path + ("$id",), "$id", node["$id"], base
+            rebased = _join(base, node["$id"])
+            base = rebased if rebased and rebased.startswith("file:") else base
         for key, value in node.items():
             if key == "$ref" and isinstance(value, str):
-                yield path + (key,), value
-            else:
-                yield from _refs(value, path + (key,))
+                yield path + (key,), key, value, base
+            elif key not in ("$id", "enum", "const", "examples", "default"):
+                yield from _refs(value, path + (key,), base)
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            yield from _refs(item, path + (i,))
+            yield from _refs(item, path + (i,), base)
+
+
+def _join(base: str, ref: str) -> str | None:
+    try:
+        return urljoin(base, ref)
+    except ValueError:
+        return None
+
+
+def _check_refs(root: Path, payload: dict[str, Any], path: tuple) -> Iterator[tuple[tuple, str, str]]:
+    """Problems with a payload's references: leaving the config, or pointing at nothing."""
+    from referencing import Resource
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    from .contract import local_registry
+
+    base = root.resolve().as_uri() + "/events.yaml"
+    registry = local_registry(root).with_resource(base, Resource.from_contents(payload, DRAFT202012))
+    for where, keyword, value, scope in _refs(payload, path, base):
+        problem = ref_problem(root, value, scope)
+        if problem is None and keyword == "$ref":
+            try:
+                registry.resolver(base_uri=scope).lookup(value)
+            except (Unresolvable, ValueError, OSError) as exc:
+                problem = "unknown_ref", f"$ref '{value}' points to nothing ({type(exc).__name__})"
+        if problem is not None and not (keyword == "$id" and problem[0] == "unknown_ref"):
+            yield where, *problem
 
 
 def _patterns(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
@@ -129,18 +161,24 @@ def _patterns(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
             yield from _patterns(item, path + (i,))
 
 
-def ref_problem(root: Path, ref: str) -> tuple[str, str] | None:
-    """Why a payload `$ref` may not be followed, or None: only files inside the config are."""
-    base = root.resolve().as_uri() + "/events.yaml"
-    target = urlsplit(urljoin(base, ref))
+def ref_problem(root: Path, ref: str, base: str | None = None) -> tuple[str, str] | None:
+    """Why a payload `$ref` (or `$id`) may not be followed, or None: only files inside the config are."""
+    base = base or root.resolve().as_uri() + "/events.yaml"
+    try:
+        target = urlsplit(urljoin(base, ref))
+    except ValueError:
+        return "remote_ref", f"'{ref}' is not a valid URL reference"
     if target.scheme != "file" or target.netloc:
-        return "remote_ref", (f"$ref '{ref}' points outside the config: only local references are allowed "
+        return "remote_ref", (f"'{ref}' points outside the config: only local references are allowed "
                               "(the engine never fetches a schema over the network)")
-    path = Path(url2pathname(target.path)).resolve()
+    try:
+        path = Path(url2pathname(target.path)).resolve()
+    except (ValueError, OSError):
+        return "unknown_ref", f"'{ref}' names no file that can exist"
     if not path.is_relative_to(root.resolve()):
-        return "ref_outside_config", f"$ref '{ref}' points outside the config directory"
+        return "ref_outside_config", f"'{ref}' points outside the config directory"
     if not path.is_file():
-        return "unknown_ref", f"$ref '{ref}': no such file in the config directory"
+        return "unknown_ref", f"'{ref}': no such file in the config directory"
     return None
 
 

@@ -44,7 +44,8 @@ TIME_KEYS = frozenset({"timeout", "timeouts", "on_timeout", "delay", "schedule",
 CALLBACK_KEYS = frozenset({"on_enter", "on_exit", "conditions", "unless", "before", "prepare",
                            "on_exception", "on_final", "finalize_event", "prepare_event", "callbacks",
                            "after_state_change", "before_state_change"})
-_FREE_FORM = {"payload", "data", "where", "repeatable_when"}  # keys below these are user field names
+_FREE_FORM = {"payload", "data", "where", "repeatable_when"}  # below these, keys are user field names
+_NAME_MAPS = {"emitters", "events"}  # below these, keys are emitter or event names, not config keys
 
 
 def _schema(name: str) -> dict[str, Any]:
@@ -88,9 +89,12 @@ def _read(root: Path, display: str) -> tuple[dict[str, YamlDoc], list[Problem], 
     return docs, problems, digest.hexdigest()
 
 
-def _boundary_keys(doc: YamlDoc, node: Any, path: tuple) -> None:
+def _boundary_keys(doc: YamlDoc, node: Any, path: tuple, names: bool = False) -> None:
     """Flag, and drop from `node`, keys that are time logic or callbacks, wherever they stand."""
-    if isinstance(node, dict):
+    if isinstance(node, dict) and names:
+        for key, value in node.items():
+            _boundary_keys(doc, value, path + (key,))
+    elif isinstance(node, dict):
         for key in list(node):
             if key in TIME_KEYS and doc.kind != "events":
                 doc.problem(path + (key,), "time_logic",
@@ -103,7 +107,7 @@ def _boundary_keys(doc: YamlDoc, node: Any, path: tuple) -> None:
                             "runs from YAML (allowed actions are routing, screens and reminders only)")
                 del node[key]
             elif key not in _FREE_FORM:
-                _boundary_keys(doc, node[key], path + (key,))
+                _boundary_keys(doc, node[key], path + (key,), names=key in _NAME_MAPS)
     elif isinstance(node, list):
         for i, item in enumerate(node):
             _boundary_keys(doc, item, path + (i,))
@@ -117,6 +121,9 @@ def _schema_pass(doc: YamlDoc) -> None:
     for error in sorted(_VALIDATORS[doc.kind].iter_errors(data), key=relevance):
         error = best_match([error]) if error.context else error
         path = tuple(error.absolute_path)
+        if "propertyNames" in error.schema_path:
+            doc.problem(path + (error.instance,), "invalid_value", f"invalid name: {error.message}")
+            continue
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             known = set(error.schema.get("properties", {}))
             for key in sorted(set(error.instance) - known):

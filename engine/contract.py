@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource
+from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from .checks import ref_problem
@@ -23,11 +25,11 @@ from .reasons import Rejected, error
 from .yamlfile import load_yaml
 
 
-def _local_registry(root: Path) -> Registry:
+def local_registry(root: Path) -> Registry:
     def retrieve(uri: str) -> Resource:
         if ref_problem(root, uri) is not None:
             raise NoSuchResource(ref=uri)
-        path = Path(uri.removeprefix("file://")).resolve()
+        path = Path(url2pathname(urlsplit(uri).path)).resolve()
         doc = load_yaml(path.read_bytes(), str(path))
         if doc.problems:
             raise NoSuchResource(ref=uri)
@@ -53,7 +55,7 @@ class Contract:
     def __init__(self, config: Config):
         self.config = config
         self.key = config.route.key
-        registry = _local_registry(config.root)
+        registry = local_registry(config.root)
         base = config.root.resolve().as_uri() + "/events.yaml"
         self._validators = {
             name: Draft202012Validator({**spec.payload, "$id": base}, registry=registry,
@@ -70,9 +72,12 @@ class Contract:
 
     def payload_errors(self, event_type: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         validator = self._validators[event_type]
-        if validator.is_valid(data):
-            return []
-        return sorted((schema_error(e, "/data") for e in validator.iter_errors(data)), key=lambda e: e["path"])
+        try:
+            if validator.is_valid(data):
+                return []
+            return sorted((schema_error(e, "/data") for e in validator.iter_errors(data)), key=lambda e: e["path"])
+        except Unresolvable as exc:  # validate refuses such configs; never let it escape process()
+            return [error("/data", "unresolvable_schema", f"the payload schema of {event_type} cannot be resolved: {exc}")]
 
     def check_payload(self, event_type: str, data: dict[str, Any]) -> None:
         errors = self.payload_errors(event_type, data)

@@ -37,18 +37,30 @@ def read_lines(stream: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | 
 
 
 def _drain(stream: BinaryIO, first: bytes) -> Oversized:
+    """Read the rest of an oversized line, hashing its content (without the line end)."""
     digest = hashlib.sha256()
-    head = first[:KEEP_HEAD_BYTES]
+    head = bytearray()
     size = 0
+    held = b""  # a trailing CR, kept back until we know whether LF follows
     chunk = first
-    while True:
-        done = chunk.endswith(b"\n")
-        body = _strip_eol(chunk) if done else chunk
-        digest.update(body)
-        size += len(body)
+    while chunk:
+        data = held + chunk
+        done = data.endswith(b"\n")
+        if done:
+            data = _strip_eol(data)
+            held = b""
+        elif data.endswith(b"\r"):
+            data, held = data[:-1], b"\r"
+        else:
+            held = b""
+        digest.update(data)
+        size += len(data)
+        if len(head) < KEEP_HEAD_BYTES:
+            head += data[: KEEP_HEAD_BYTES - len(head)]
         if done:
             break
         chunk = stream.readline(_CHUNK)
-        if not chunk:
-            break
-    return Oversized(size, digest.hexdigest(), head)
+    else:
+        digest.update(held)  # a CR at the very end of the input is content
+        size += len(held)
+    return Oversized(size, digest.hexdigest(), bytes(head))

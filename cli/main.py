@@ -205,7 +205,7 @@ def _at(ctx: click.Context, param: click.Parameter, value: str | None) -> str | 
     try:
         return normalise_time(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an RFC 3339 time such as 2026-01-31T18:00:00Z") from None
+        raise click.BadParameter(f"{value!r} is not an RFC 3339 date-time such as 2026-01-31T18:00:00Z") from None
 
 
 @cli.command(context_settings=CONTEXT)

@@ -7,6 +7,7 @@ directory, through a registry that refuses everything else, so no schema is ever
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from .checks import ref_problem
-from .intake import canonical_json, schema_error
+from .intake import canonical_json, schema_errors
 from .model import Config, EventSpec
 from .reasons import Rejected, error
 from .yamlfile import load_yaml
@@ -38,15 +39,25 @@ def local_registry(root: Path) -> Registry:
     return Registry(retrieve=retrieve)  # type: ignore[call-arg]
 
 
+_DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
+
+
 def instant(value: str) -> str:
-    """A date-time as a UTC instant, so that equal moments written differently compare equal."""
+    """A date-time as a UTC instant, so that equal moments written differently compare equal.
+
+    The fraction is kept digit for digit (RFC 3339 allows any precision; a datetime holds
+    only microseconds), with trailing zeros dropped.
+    """
+    match = _DATETIME.match(value)
+    if not match:
+        return value
+    whole, fraction, offset = match.groups()
     try:
-        moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(whole.upper().replace(" ", "T") + offset.upper().replace("Z", "+00:00"))
     except ValueError:
-        return value
-    if moment.tzinfo is None:
-        return value
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return value  # e.g. a leap second: compared as written
+    digits = (fraction or "").rstrip("0")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + (f".{digits}" if digits else "") + "Z"
 
 
 class Contract:
@@ -75,7 +86,8 @@ class Contract:
         try:
             if validator.is_valid(data):
                 return []
-            return sorted((schema_error(e, "/data") for e in validator.iter_errors(data)), key=lambda e: e["path"])
+            errors = [e for err in validator.iter_errors(data) for e in schema_errors(err, "/data")]
+            return sorted(errors, key=lambda e: e["path"])
         except Unresolvable as exc:  # validate refuses such configs; never let it escape process()
             return [error("/data", "unresolvable_schema", f"the payload schema of {event_type} cannot be resolved: {exc}")]
 

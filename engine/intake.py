@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -98,25 +99,46 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, 
 
 
 def _too_deep(value: Any) -> bool:
+    """Whether objects and arrays nest more than MAX_DEPTH levels (scalars add no level)."""
     todo = [(value, 1)]
     while todo:
         node, depth = todo.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
         if depth > MAX_DEPTH:
             return True
-        if isinstance(node, dict):
-            todo.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            todo.extend((v, depth + 1) for v in node)
+        todo.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
     return False
 
 
+def _integral(value: Any) -> Any:
+    """JSON has one number 1: spell an integral float as an integer (as RFC 8785 does)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+_MAYBE_FLOAT = re.compile(r"[0-9][.eE]")
+
+
 def canonical_json(value: Any) -> str:
-    """The one spelling of a JSON value: sorted keys, no spaces, UTF-8 text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """The one spelling of a JSON value: sorted keys, no spaces, integral numbers as integers.
+
+    Raises ValueError or TypeError for what is not JSON (NaN, a cycle, an object).
+    """
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if _MAYBE_FLOAT.search(text):  # rarely true; the walk is safe once dumps has refused cycles
+        text = json.dumps(_integral(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text
 
 
-def parse_json(raw: bytes) -> Any:
-    """Strict JSON from bytes; raises `Rejected` with reason malformed_json."""
+def parse_json(raw: bytes) -> tuple[Any, str]:
+    """Strict JSON from bytes, and its canonical text; raises `Rejected` (malformed_json)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -133,7 +155,13 @@ def parse_json(raw: bytes) -> Any:
         raise Rejected("malformed_json", [error("", "syntax", f"invalid JSON: {exc}")]) from None
     if _too_deep(value):
         raise Rejected("malformed_json", [error("", "nesting_too_deep", f"nesting deeper than {MAX_DEPTH} levels")])
-    return value
+    canonical = canonical_json(value)
+    try:
+        canonical.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected("malformed_json", [error("", "lone_surrogate", "a string holds a lone UTF-16 surrogate")],
+                       partial=value if isinstance(value, dict) else None) from None
+    return value, canonical
 
 
 def _envelope_schema() -> dict[str, Any]:
@@ -148,17 +176,12 @@ def read_envelope(raw: bytes | Oversized, max_bytes: int) -> Envelope:
     if isinstance(raw, Oversized) or len(raw) > max_bytes:
         size = raw.size if isinstance(raw, Oversized) else len(raw)
         raise Rejected("too_large", [error("", "too_large", f"{size} bytes; the limit is {max_bytes}")])
-    value = parse_json(raw)
+    value, canonical = parse_json(raw)
     if not isinstance(value, dict):
         raise Rejected("invalid_envelope", [error("", "type", f"an event is a JSON object, not {_json_type(value)}")])
-    errors = [schema_error(e, "") for e in _ENVELOPE.iter_errors(value)]
-    if errors:
-        raise Rejected("invalid_envelope", sorted(errors, key=lambda e: e["path"]))
-    try:
-        canonical = canonical_json(value)
-        canonical.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Rejected("malformed_json", [error("", "lone_surrogate", "a string holds a lone UTF-16 surrogate")]) from None
+    if not _ENVELOPE.is_valid(value):
+        errors = [e for err in _ENVELOPE.iter_errors(value) for e in schema_errors(err, "")]
+        raise Rejected("invalid_envelope", sorted(errors, key=lambda e: e["path"]), partial=value)
     return Envelope(value, canonical, raw)
 
 
@@ -170,23 +193,27 @@ def snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name)
 
 
-def schema_error(err: Any, prefix: str) -> dict[str, Any]:
-    """One jsonschema error as `{path, message, code}`, the path a JSON Pointer to the field at fault."""
+def schema_errors(err: Any, prefix: str) -> list[dict[str, Any]]:
+    """One jsonschema error as `{path, message, code}` entries, each path a JSON Pointer to the
+    field at fault (a missing field, each unexpected field, a refused attribute name)."""
     from .yamlfile import pointer
 
     path = list(err.absolute_path)
+    if "propertyNames" in err.relative_schema_path:
+        return [error(prefix + pointer(path + [err.instance]), "property_names",
+                      f"{err.instance!r} is not a valid attribute name: {err.message}")]
     if err.validator == "required":
         missing = [p for p in err.validator_value if isinstance(err.instance, dict) and p not in err.instance
                    and repr(p) in err.message]
-        path.append(missing[0] if missing else "")
-    elif err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        if len(extra) == 1:
-            path.append(extra[0])
-            return error(prefix + pointer(path), "additional_properties", f"'{extra[0]}' is not a field of the contract")
-    elif err.validator == "propertyNames":
-        return error(prefix + pointer(path + [err.instance]), "property_names", f"{err.instance!r} is not a valid attribute name")
-    return error(prefix + pointer(path), snake(str(err.validator)), err.message)
+        return [error(prefix + pointer(path + [missing[0] if missing else ""]), "required", err.message)]
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        extra = sorted(k for k in err.instance if k not in allowed)
+        return [error(prefix + pointer(path + [k]), "additional_properties", f"'{k}' is not a field of the contract")
+                for k in extra]
+    if err.validator == "not" and err.validator_value in ({}, True):
+        return [error(prefix + pointer(path), "not_allowed", f"'{path[-1] if path else 'value'}' is not allowed here")]
+    return [error(prefix + pointer(path), snake(str(err.validator)), err.message)]
 
 
 def fingerprint(raw: bytes | Oversized, max_bytes: int) -> tuple[bytes, int, str, bool]:

@@ -10,6 +10,8 @@ event only. A result leaves the engine only after its transaction committed.
 from __future__ import annotations
 
 import json
+import re
+import reprlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +23,14 @@ from .contract import Contract, key_dict
 from .defaults import bundled_config
 from .emitters import EmitterPolicy
 from .errors import UsageError
-from .intake import DEFAULT_MAX_EVENT_BYTES, Envelope, Oversized, canonical_json, fingerprint, read_envelope
+from .intake import (
+    DEFAULT_MAX_EVENT_BYTES,
+    Envelope,
+    Oversized,
+    canonical_json,
+    fingerprint,
+    read_envelope,
+)
 from .model import Config
 from .reasons import ACCEPTED, DUPLICATE, REJECTED, Rejected, error
 from .route import RouteMachine
@@ -50,14 +59,26 @@ def _result(status: str, *, envelope: Envelope | None = None, partial: dict[str,
     ids = envelope.event if envelope is not None else (partial or {})
     return {
         "line": None,
-        "id": ids.get("id") if isinstance(ids.get("id"), str) else None,
-        "type": ids.get("type") if isinstance(ids.get("type"), str) else None,
+        "id": text_or_none(ids.get("id")),
+        "type": text_or_none(ids.get("type")),
         "status": status, "reason": reason, "errors": errors or [],
         "emitted": emitted or [], "actions": actions or [], "route": route,
     }
 
 
+def text_or_none(value: Any) -> str | None:
+    """A string that can be stored and printed as UTF-8, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
 def _as_bytes(event: EventInput) -> bytes | Oversized:
+    """The input as the bytes a rejection keeps; a Python object that is not JSON is refused."""
     if isinstance(event, (bytes, Oversized)):
         return event
     if isinstance(event, bytearray | memoryview):
@@ -66,8 +87,15 @@ def _as_bytes(event: EventInput) -> bytes | Oversized:
         return event.encode("utf-8", "surrogatepass")
     try:
         return canonical_json(event).encode("utf-8", "surrogatepass")
-    except (TypeError, ValueError) as exc:
-        return repr(exc).encode() + b"\0not-json"
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _NotJson(reprlib.repr(event).encode("utf-8", "backslashreplace"),
+                       f"not JSON-serialisable: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+class _NotJson(Exception):
+    def __init__(self, raw: bytes, message: str):
+        super().__init__(message)
+        self.raw, self.message = raw, message
 
 
 class Engine:
@@ -135,20 +163,25 @@ class Engine:
             return [self._apply(prep, origin, line) for prep, (_, origin, line) in zip(prepared, batch, strict=True)]
 
     def _prepare(self, event: EventInput) -> tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]:
-        """Steps 1-6, which need no lock: the input's bytes, and its envelope or its rejection."""
-        raw = _as_bytes(event)
-        partial: dict[str, Any] = {}
+        """Steps 1-6, which need no lock: the input's bytes, and its envelope or its rejection.
+
+        The third item is what id, type and source of the result come from: the parsed event
+        when it parsed, else nothing (an unparsed line is never guessed at).
+        """
+        try:
+            raw = _as_bytes(event)
+        except _NotJson as bad:
+            return bad.raw, Rejected("malformed_json", [error("", "not_json", bad.message)]), {}
+        envelope = None
         try:
             envelope = read_envelope(raw, self.max_event_bytes)
-            partial = envelope.event
             spec = self.contract.spec(envelope.type)
             self.emitters.check(envelope.source, spec.name)
             self.contract.check_payload(spec.name, envelope.data)
-            return raw, envelope, partial
+            return raw, envelope, envelope.event
         except Rejected as rejected:
-            if not partial and isinstance(raw, bytes):
-                partial = _peek(raw)
-            return raw, rejected, partial
+            partial = envelope.event if envelope is not None else rejected.partial
+            return raw, rejected, partial or {}
 
     def _apply(self, prepared: tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]],
                origin: str | None, line: int | None) -> dict[str, Any]:
@@ -183,9 +216,13 @@ class Engine:
         spec = self.config.events[env.type]
         identity = self.contract.identity(spec, env.data)
         if identity is not None and self.store.has_identity(env.type, identity):
+            # Remembered, so that a resend of this very envelope is same_envelope, and a reuse of
+            # its id with another body an id_conflict.
+            self.store.remember_envelope(env.source, env.id, env.canonical, None, self.config.hash)
             return _result(DUPLICATE, envelope=env, reason="same_fact"), None
         route_key = self.contract.route_key(env.data)
         fact_seq = self.store.insert_fact(self._fact_row(env, route_key, identity, at))
+        self.store.remember_envelope(env.source, env.id, env.canonical, fact_seq, self.config.hash)
         if route_key is None:
             return _result(ACCEPTED, envelope=env), fact_seq
         emitted = self._derive(self.rules.on_event.get(env.type, []), env.data, (env.source, env.id), route_key,
@@ -252,7 +289,7 @@ class Engine:
     def _reject(self, raw: bytes | Oversized, result: dict[str, Any], partial: dict[str, Any],
                 origin: str | None, line: int | None, at: str) -> None:
         kept, size, digest, truncated = fingerprint(raw, self.max_event_bytes)
-        source = partial.get("source") if isinstance(partial.get("source"), str) else None
+        source = text_or_none(partial.get("source"))
         seq = self.store.record_rejection({
             "raw_sha256": digest, "raw": kept, "raw_size": size, "truncated": int(truncated),
             "reason": result["reason"], "errors": json.dumps(result["errors"], ensure_ascii=False),
@@ -280,7 +317,10 @@ class Engine:
         moment derives the same ids however often it runs.
         """
         match = self._key(key, complete=False)
-        evaluated_at = normalise_time(at) if at is not None else self.clock()
+        try:
+            evaluated_at = normalise_time(at) if at is not None else self.clock()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         results = []
         with self.store.transaction():
             keys = self.store.route_keys(match)
@@ -332,12 +372,15 @@ class Engine:
         return view
 
 
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
 def normalise_time(value: str) -> str:
-    """An RFC 3339 time as UTC with microseconds; raises ValueError for anything else."""
+    """An RFC 3339 date-time (with its offset) as UTC; raises ValueError for anything else."""
     text = value.strip()
+    if not _RFC3339.match(text):
+        raise ValueError(f"{value!r} is not an RFC 3339 date-time such as 2026-01-31T18:00:00Z")
     moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
     return rfc3339(moment)
 
 
@@ -345,12 +388,3 @@ def _count(start: int) -> Iterator[int]:
     while True:
         yield start
         start += 1
-
-
-def _peek(raw: bytes) -> dict[str, Any]:
-    """Best-effort id/type/source of an input that failed before its envelope was whole."""
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return {}
-    return value if isinstance(value, dict) else {}

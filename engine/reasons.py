@@ -30,8 +30,9 @@ def error(path: str, code: str, message: str) -> dict[str, Any]:
 class Rejected(Exception):
     """Raised inside the pipeline to stop one event; it never leaves `Engine.process`."""
 
-    def __init__(self, reason: str, errors: list[dict[str, Any]]):
+    def __init__(self, reason: str, errors: list[dict[str, Any]], partial: dict[str, Any] | None = None):
         assert reason in REJECTION_REASONS, reason
         super().__init__(reason)
         self.reason = reason
         self.errors = errors
+        self.partial = partial  # the parsed event, when it parsed: where id, type and source come from

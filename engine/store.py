@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,11 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
             UNIQUE (source, id)
         );
         CREATE UNIQUE INDEX facts_identity ON facts (type, identity) WHERE identity IS NOT NULL;
+        CREATE TABLE envelopes (
+            source TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+            fact_seq INTEGER, config_hash TEXT NOT NULL,
+            PRIMARY KEY (source, id)
+        ) WITHOUT ROWID;
         CREATE INDEX facts_route_key ON facts (route_key) WHERE route_key IS NOT NULL;
         CREATE TABLE rejections (
             seq INTEGER PRIMARY KEY,
@@ -91,6 +97,8 @@ class Store(Protocol):
     def transaction(self) -> Any: ...
     def savepoint(self) -> Any: ...
     def find_envelope(self, source: str, event_id: str) -> str | None: ...
+    def remember_envelope(self, source: str, event_id: str, body: str, fact_seq: int | None,
+                          config_hash: str) -> None: ...
     def has_identity(self, event_type: str, identity: str) -> bool: ...
     def insert_fact(self, row: dict[str, Any]) -> int: ...
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]: ...
@@ -122,6 +130,19 @@ class SQLiteStore:
             raise _translate(exc, self.path) from exc
 
     def _open(self, synchronous: str) -> None:
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return self._connect(synchronous)
+            except sqlite3.OperationalError as exc:
+                # Switching a new file to WAL, or creating its schema, can meet another process
+                # doing the same; SQLite does not wait on that lock upgrade, so we do.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                self.conn.close()
+                time.sleep(0.02)
+
+    def _connect(self, synchronous: str) -> None:
         if self.path != ":memory:":
             parent = Path(self.path).resolve().parent
             if not parent.is_dir():
@@ -190,8 +211,12 @@ class SQLiteStore:
             self._depth -= 1
 
     def find_envelope(self, source: str, event_id: str) -> str | None:
-        row = self.conn.execute("SELECT body FROM facts WHERE source = ? AND id = ?", (source, event_id)).fetchone()
+        row = self.conn.execute("SELECT body FROM envelopes WHERE source = ? AND id = ?", (source, event_id)).fetchone()
         return row[0] if row else None
+
+    def remember_envelope(self, source: str, event_id: str, body: str, fact_seq: int | None, config_hash: str) -> None:
+        self.conn.execute("INSERT INTO envelopes (source, id, body, fact_seq, config_hash) VALUES (?, ?, ?, ?, ?)",
+                          (source, event_id, body, fact_seq, config_hash))
 
     def has_identity(self, event_type: str, identity: str) -> bool:
         return self.conn.execute("SELECT 1 FROM facts WHERE type = ? AND identity = ?",

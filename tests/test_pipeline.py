@@ -129,9 +129,6 @@ def test_too_large_is_refused_at_the_limit_plus_one(open_engine):
     assert "401" in r["errors"][0]["message"] and "400" in r["errors"][0]["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine/pipeline.py _prepare calls _peek(raw) on a too_large bytes input, "
-                                       "json-parsing it whole (DESIGN: refused without parsing); the API result then "
-                                       "carries id/type while the CLI's result for the same line has null")
 def test_too_large_is_refused_without_parsing(engine):
     big = {**entered(id="huge"), "padding": "x" * (300 * 1024)}
     r = engine.process(json.dumps(big).encode())
@@ -180,9 +177,6 @@ def test_lone_surrogate_in_an_otherwise_valid_event_is_malformed_json(engine):
     assert r["id"] == "sur"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine/intake.py read_envelope checks for lone surrogates only after the "
-                                       "envelope schema, so input that step 2 (parse) must refuse is reported as "
-                                       "invalid_envelope when its envelope is also incomplete")
 def test_a_lone_surrogate_is_a_parse_error_before_any_envelope_check(engine):
     r = engine.process(b'{"note":"\\ud800"}')
     assert (r["reason"], codes(r)) == ("malformed_json", [("", "lone_surrogate")])
@@ -220,9 +214,6 @@ def test_an_invalid_extension_attribute_name_is_an_invalid_envelope(engine):
     assert len(r["errors"]) == 1 and "Bad_Name" in r["errors"][0]["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine/intake.py schema_error: jsonschema reports a propertyNames failure "
-                                       "as validator 'pattern' with an empty path, so the propertyNames branch never "
-                                       "fires; the error is {path: '', code: pattern} instead of the attribute's pointer")
 def test_an_invalid_extension_attribute_name_points_at_the_attribute(engine):
     r = engine.process({**entered(), "Bad_Name": "x"})
     assert codes(r) == [("/Bad_Name", "property_names")]
@@ -301,8 +292,6 @@ def test_invalid_payload_paths_and_codes(engine, event, expected):
     assert engine.route(lead_id="l1", webinar_id="w1") is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine/intake.py schema_error: with two or more fields the contract lacks, "
-                                       "one error with path /data is reported instead of one /data/<field> per field")
 def test_each_extra_payload_field_is_its_own_error(engine):
     r = engine.process(_completed_with(utm_source="mail", utm_medium="x"))
     assert r["reason"] == "invalid_payload"
@@ -544,8 +533,6 @@ def test_process_never_raises_on_non_mapping_values(engine, garbage):
     assert r["status"] == "rejected"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine/pipeline.py _as_bytes catches only TypeError/ValueError from "
-                                       "canonical_json; a deeply nested dict raises RecursionError out of process()")
 def test_process_does_not_raise_on_a_deeply_nested_dict(engine):
     deep: dict[str, Any] = {}
     cur = deep
@@ -557,9 +544,6 @@ def test_process_does_not_raise_on_a_deeply_nested_dict(engine):
     assert (r["status"], r["reason"]) == ("rejected", "malformed_json")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine/pipeline.py _peek/_result put a lone surrogate from the envelope "
-                                       "(id/type/source) into the result and into TEXT columns of rejections/inputs; "
-                                       "sqlite3 raises UnicodeEncodeError out of process()")
 @pytest.mark.parametrize("raw", [
     b'{"specversion":"1.0","id":"\\ud800","source":"s","type":"t","data":[]}',
     b'{"specversion":"1.0","id":"x","source":"client-webinar-tracker-v2","type":"t\\udfff","data":{}}',
@@ -760,12 +744,6 @@ def test_route_history_survives_reopening(tmp_path):
 
 # -- several processes opening one new database ---------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine/store.py SQLiteStore._open: 'PRAGMA journal_mode = WAL' on a new "
-                                       "database fails at once with 'database is locked' while another connection is "
-                                       "writing it in rollback mode (which is what a second webinar-flows process does "
-                                       "while it switches the same new file to WAL): SQLite refuses the lock upgrade "
-                                       "without calling the busy handler, and nothing retries; Engine.open raises "
-                                       "StoreError after ~0.05 s instead of waiting up to the busy timeout")
 def test_opening_a_new_database_waits_for_another_process_setting_it_up(tmp_path):
     # Two processes starting on a new file at once fail this way about one time in ten (seen with two
     # `webinar-flows process` runs); the holder below pins the interleaving so the test is deterministic.

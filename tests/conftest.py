@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,6 +109,23 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., An
         return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str, Any], None]:
+    """Record a measured figure (for docs/RELIABILITY.md): figure("kills_mid_run", 23).
+
+    Figures go to the JSON Lines file named by $WEBINAR_FLOWS_FIGURES when it is set
+    (`make reliability-figures` sets it), and always to the test's report properties.
+    """
+    def record(name: str, value: Any) -> None:
+        request.node.user_properties.append((name, value))
+        target = os.environ.get("WEBINAR_FLOWS_FIGURES")
+        if target:
+            with open(target, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"test": request.node.nodeid, "name": name, "value": value}) + "\n")
+
+    return record
 
 
 def jsonl(*events: dict | str | bytes) -> bytes:

@@ -20,6 +20,7 @@ TABLES = {
     "actions": "SELECT a.route_key, f.source, f.id, a.position, a.type, a.body, a.applied FROM actions a"
                " JOIN facts f ON f.seq = a.fact_seq",
     "rejections": "SELECT raw_sha256, raw, raw_size, truncated, reason, errors FROM rejections",
+    "envelopes": "SELECT source, id, body, fact_seq IS NULL FROM envelopes",
 }
 
 

@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DB     ?= webinar-flows.db
 
-.PHONY: run test test-fast clean
+.PHONY: run test clean reliability-figures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ test: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(DB) $(DB)-wal $(DB)-shm .pytest_cache .hypothesis dist build
+
+## reliability-figures: rerun the reliability tests and rewrite the figures of docs/RELIABILITY.md.
+reliability-figures: $(VENV)/.installed
+	$(BIN)/python bench/reliability_figures.py

@@ -144,9 +144,12 @@ def _inputs(files: tuple[str, ...], max_bytes: int) -> Iterator[tuple[str | None
               help="Events per commit. A result line is written only after its event is committed.")
 @click.option("--max-event-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_EVENT_BYTES, show_default=True,
               help="A line longer than this is rejected as too_large without being parsed.")
+@click.option("--synchronous", type=click.Choice(["NORMAL", "FULL"], case_sensitive=False), default="NORMAL",
+              show_default=True, help="SQLite durability: NORMAL survives a process crash; FULL also survives "
+                                      "power loss (an fsync per commit).")
 @click.pass_context
 def process(ctx: click.Context, files: tuple[str, ...], config_dir: Path | None, db: Path | None,
-            batch_size: int, max_event_bytes: int) -> None:
+            batch_size: int, max_event_bytes: int, synchronous: str) -> None:
     """Process CloudEvents, one JSON object per line, from FILES or stdin ('-').
 
     Writes one JSON result line per input line, in input order: line, id, type, status
@@ -154,7 +157,7 @@ def process(ctx: click.Context, files: tuple[str, ...], config_dir: Path | None,
     are skipped but counted. A summary goes to stderr. Rejections are data: the exit code
     is 0 unless the run itself failed.
     """
-    engine = _open(ctx, config_dir, db, max_event_bytes=max_event_bytes)
+    engine = _open(ctx, config_dir, db, max_event_bytes=max_event_bytes, synchronous=synchronous.upper())
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     total = sum(os.path.getsize(f) for f in files if f != "-" and os.path.isfile(f))
     show_bar = sys.stderr.isatty() and total > 0

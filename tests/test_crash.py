@@ -92,10 +92,11 @@ def _kill_run(cmd: list[str], db: Path, out: Path, delay: float) -> bool:
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(events_file: Path, baseline: tuple[dict, float],
-                                                     tmp_path: Path, record_property) -> None:
+                                                     tmp_path: Path, figure) -> None:
     expected, full = baseline
     rng = random.Random(2026)
-    mid_run_kills = 0
+    mid_run_kills = attempts_total = 0
+    started = time.monotonic()
     for d in range(DATABASES):
         db = tmp_path / f"killed-{d}.db"
         cmd = [CLI, "process", str(events_file), "--db", str(db), "--batch-size", str(rng.choice([1, 50, 500]))]
@@ -107,12 +108,19 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(events_file: Path, baseline
             kills += landed
             scale = scale if landed else scale / 2  # the run finished first: aim earlier
         mid_run_kills += kills
+        attempts_total += attempts
         finish = subprocess.run(cmd, capture_output=True)
         assert finish.returncode == 0, finish.stderr
         assert len(finish.stdout.splitlines()) == EVENTS
         assert integrity(db) == "ok"
         assert snapshot(db) == expected, f"database {d} differs from the uninterrupted run"
-    record_property("mid_run_kills", mid_run_kills)
+    figure("crash_events", EVENTS)
+    figure("crash_databases", DATABASES)
+    figure("crash_kills_mid_run", mid_run_kills)
+    figure("crash_kill_attempts", attempts_total)
+    figure("crash_final_state_equal", True)
+    figure("crash_seconds", round(time.monotonic() - started, 1))
+    figure("crash_baseline_events_per_s", round(EVENTS / full))
     assert mid_run_kills >= 20, f"only {mid_run_kills} kills landed mid-run"
 
 
@@ -126,7 +134,7 @@ with Engine.open(db=sys.argv[2]) as eng:
 
 
 def test_sigkill_during_process_many_then_rerun(events_file: Path, baseline: tuple[dict, float],
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, figure) -> None:
     expected, full = baseline
     rng = random.Random(7)
     for batch_size in (7, 1000):
@@ -137,3 +145,5 @@ def test_sigkill_during_process_many_then_rerun(events_file: Path, baseline: tup
         subprocess.run(cmd, check=True, env={**os.environ})
         assert integrity(db) == "ok"
         assert snapshot(db) == expected
+    figure("crash_api_batch_sizes", [7, 1000])
+    figure("crash_api_final_state_equal", True)

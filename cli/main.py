@@ -261,6 +261,15 @@ def route(ctx: click.Context, lead: str, webinar: str, config_dir: Path | None, 
     _print(found)
 
 
+def _register_governance() -> None:
+    from .commands import register
+
+    register(cli)
+
+
+_register_governance()
+
+
 def main() -> None:
     cli(prog_name="webinar-flows")
 

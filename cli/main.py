@@ -89,14 +89,16 @@ def cli(config_dir: Path | None, db: Path | None) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @_config_option
+@_db_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: FILE:LINE:COL: SEVERITY CODE: message on stderr; json: one document on stdout.")
 @click.pass_context
-def validate(ctx: click.Context, config_dir: Path | None, fmt: str) -> None:
+def validate(ctx: click.Context, config_dir: Path | None, db: Path | None, fmt: str) -> None:
     """Check a config: YAML, each file's schema, references and the spec's boundaries.
 
     Exit 0 with a one-line summary on stdout when there is no error (warnings go to
-    stderr); exit 1 with every problem otherwise.
+    stderr); exit 1 with every problem otherwise. --db is accepted like everywhere but not
+    used: validate reads no database.
     """
     config, _ = _settings(ctx, config_dir, None)
     try:

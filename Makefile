@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DB     ?= webinar-flows.db
 
-.PHONY: run test clean reliability-figures
+.PHONY: run test clean reliability-figures bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,8 @@ clean:
 ## reliability-figures: rerun the reliability tests and rewrite the figures of docs/RELIABILITY.md.
 reliability-figures: $(VENV)/.installed
 	$(BIN)/python bench/reliability_figures.py
+
+## bench: engine beside the floor pipeline; prints every goal's ratio, rewrites docs/PERFORMANCE.md.
+bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/run.py

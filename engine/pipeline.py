@@ -40,6 +40,8 @@ from .store import SQLiteStore, Store
 
 DEFAULT_BATCH_SIZE = 500
 EventInput = dict[str, Any] | str | bytes | Oversized
+Item = tuple[EventInput, str | None, int | None]  # (event, origin, line)
+Settle = Callable[[Item, dict[str, Any], int], None]
 
 
 def rfc3339(moment: datetime) -> str:
@@ -113,6 +115,7 @@ class Engine:
         self.machine = RouteMachine(config.route)
         self.consumer = RouteConsumer(store)
         self._inputs = config.input_events()
+        self._input_seq = 0  # the input-log row of the event applied last
 
     @classmethod
     def open(cls, config: str | Path | Config | None = None, db: str | Path = "webinar-flows.db", *,
@@ -145,22 +148,32 @@ class Engine:
         items = ((e, origin, next(lines) if lines else None) for e in events)
         return [r for batch in self.iter_batches(items, batch_size) for r in batch]
 
-    def iter_batches(self, items: Iterable[tuple[EventInput, str | None, int | None]],
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[dict[str, Any]]]:
-        """Yield each batch's results once the batch has committed; items are (event, origin, line)."""
-        batch: list[tuple[EventInput, str | None, int | None]] = []
+    def iter_batches(self, items: Iterable[Item], batch_size: int = DEFAULT_BATCH_SIZE, *,
+                     settle: Settle | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Yield each batch's results once the batch has committed; items are (event, origin, line).
+
+        `settle(item, result, input_seq)`, when given, runs after each event inside its batch's
+        transaction, so what it writes commits with the event (the quarantine marks there
+        what a reprocess admitted).
+        """
+        batch: list[Item] = []
         for item in items:
             batch.append(item)
             if len(batch) >= max(1, batch_size):
-                yield self._commit_batch(batch)
+                yield self._commit_batch(batch, settle)
                 batch = []
         if batch:
-            yield self._commit_batch(batch)
+            yield self._commit_batch(batch, settle)
 
-    def _commit_batch(self, batch: list[tuple[EventInput, str | None, int | None]]) -> list[dict[str, Any]]:
+    def _commit_batch(self, batch: list[Item], settle: Settle | None = None) -> list[dict[str, Any]]:
         prepared = [self._prepare(event) for event, _, _ in batch]
+        results = []
         with self.store.transaction():
-            return [self._apply(prep, origin, line) for prep, (_, origin, line) in zip(prepared, batch, strict=True)]
+            for prep, item in zip(prepared, batch, strict=True):
+                results.append(self._apply(prep, item[1], item[2]))
+                if settle is not None:
+                    settle(item, results[-1], self._input_seq)
+        return results
 
     def _prepare(self, event: EventInput) -> tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]:
         """Steps 1-6, which need no lock: the input's bytes, and its envelope or its rejection.
@@ -279,7 +292,7 @@ class Engine:
 
     def _log(self, result: dict[str, Any], origin: str | None, line: int | None, at: str, *,
              fact_seq: int | None = None, rejection_seq: int | None = None, source: str | None = None) -> None:
-        self.store.record_input({
+        self._input_seq = self.store.record_input({
             "origin": origin, "line": line, "status": result["status"], "reason": result["reason"],
             "source": source, "id": result["id"],
             "type": result["type"], "fact_seq": fact_seq, "rejection_seq": rejection_seq,
@@ -370,6 +383,33 @@ class Engine:
         view["config_hash"] = row["config_hash"]
         view["history"] = self.store.history(route_key)
         return view
+
+    # -- the quarantine and a lead's story (engine/quarantine.py, engine/explain.py) ----------
+
+    def rejections(self, **selection: Any) -> list[dict[str, Any]]:
+        """Stored rejections, oldest first; filters as `quarantine.Selection` (reasons, sources,
+        types, since, until, state)."""
+        from .quarantine import Selection, iter_rejections
+
+        return list(iter_rejections(self, Selection(**selection)))
+
+    def reprocess(self, *, batch_size: int = DEFAULT_BATCH_SIZE, **selection: Any) -> list[dict[str, Any]]:
+        """Re-run the selected open rejections under this config; one result per rejection."""
+        from .quarantine import Selection, reprocess
+
+        return reprocess(self, Selection(**selection), batch_size=batch_size)
+
+    def purge_rejections(self, *, everything: bool = False, **selection: Any) -> int:
+        """Delete the selected rejections (a filter, or everything=True, is required); returns the count."""
+        from .quarantine import Selection, purge
+
+        return purge(self, Selection(**selection), everything=everything)
+
+    def explain(self, **key: Any) -> dict[str, Any] | None:
+        """The story of one route key: inputs, rules fired or not and why, route changes; None if unknown."""
+        from .explain import explain
+
+        return explain(self, **key)
 
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$")

@@ -21,7 +21,7 @@ from sqlite_utils.migrations import Migrations
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000
 
 migrations = Migrations("webinar-flows")
@@ -91,6 +91,17 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m0002_quarantine(db: sqlite_utils.Database) -> None:
+    """A rejection leaves the quarantine when a reprocess admits it; it is kept, marked resolved."""
+    for statement in (
+        "ALTER TABLE rejections ADD COLUMN resolved_at TEXT",
+        "ALTER TABLE rejections ADD COLUMN resolved_by_input INTEGER",
+        "CREATE INDEX rejections_open ON rejections (seq) WHERE resolved_at IS NULL",
+    ):
+        db.execute(statement)
+
+
 class Store(Protocol):
     """The few operations the engine needs; a second backend implements these."""
 
@@ -111,6 +122,8 @@ class Store(Protocol):
                     config_hash: str, at: str) -> None: ...
     def record_rejection(self, row: dict[str, Any]) -> int: ...
     def record_input(self, row: dict[str, Any]) -> int: ...
+    def resolve_rejection(self, seq: int, input_seq: int, at: str) -> None: ...
+    def purge_rejections(self, seqs: list[int]) -> int: ...
     def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int: ...
     def route_row(self, route_key: str) -> dict[str, Any] | None: ...
     def history(self, route_key: str) -> list[dict[str, Any]]: ...
@@ -266,8 +279,23 @@ class SQLiteStore:
             " config_hash, first_seen_at, last_seen_at) VALUES (:raw_sha256, :raw, :raw_size, :truncated, :reason,"
             " :errors, :source, :id, :type, :config_hash, :at, :at)"
             " ON CONFLICT (raw_sha256) DO UPDATE SET reason = excluded.reason, errors = excluded.errors,"
-            " config_hash = excluded.config_hash, last_seen_at = excluded.last_seen_at RETURNING seq", row)
+            " config_hash = excluded.config_hash, last_seen_at = excluded.last_seen_at,"
+            " resolved_at = NULL, resolved_by_input = NULL RETURNING seq", row)
         return cur.fetchone()[0]
+
+    def resolve_rejection(self, seq: int, input_seq: int, at: str) -> None:
+        """Take a rejection out of the quarantine: the input `input_seq` admitted its bytes."""
+        self.conn.execute("UPDATE rejections SET resolved_at = ?, resolved_by_input = ? WHERE seq = ?",
+                          (at, input_seq, seq))
+
+    def purge_rejections(self, seqs: list[int]) -> int:
+        """Delete these rejections (their bytes); the input log keeps its rows. Returns how many went."""
+        removed = 0
+        for start in range(0, len(seqs), 500):
+            chunk = seqs[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            removed += self.conn.execute(f"DELETE FROM rejections WHERE seq IN ({marks})", chunk).rowcount  # noqa: S608
+        return removed
 
     def record_input(self, row: dict[str, Any]) -> int:
         cur = self.conn.execute(

@@ -1,0 +1,50 @@
+"""What the commands that render the config (`docs`, `graph`) share: load it, write or check a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from engine import Config, ConfigError, load_config
+
+from ..main import Failed, _problems_text, _settings
+
+
+def load(ctx: click.Context, config_dir: Path | None) -> Config:
+    """The checked config the command was pointed at; exit 1 with every problem when it is invalid."""
+    config, _ = _settings(ctx, config_dir, None)
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        raise Failed(f"{_problems_text(exc.problems)}\nerror: the config in {config} is invalid "
+                     f"({len(exc.errors)} error(s)); run 'webinar-flows validate'") from None
+
+
+def write(path: Path, content: str | bytes) -> None:
+    """Write a rendered file (text with LF line ends, so it is the same on every platform)."""
+    try:
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8", newline="\n")
+    except OSError as exc:
+        raise Failed(f"error: cannot write {path}: {exc.strerror}") from None
+
+
+def command(name: str, config_dir: Path | None, output: Path, extra: str = "") -> str:
+    """The command line that regenerates `output`, for messages."""
+    config = f" --config {config_dir}" if config_dir else ""
+    return f"webinar-flows {name}{config}{extra} --output {output}"
+
+
+def check(path: Path, expected: str, regenerate: str) -> None:
+    """Exit 1 unless `path` holds exactly `expected` (CRLF line ends are taken as LF)."""
+    try:
+        current = path.read_bytes().decode("utf-8").replace("\r\n", "\n")
+    except FileNotFoundError:
+        raise Failed(f"error: {path} does not exist; generate it: {regenerate}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Failed(f"error: cannot read {path}: {exc}") from None
+    if current != expected:
+        raise Failed(f"error: {path} is out of date with the config; regenerate it: {regenerate}")

@@ -1,0 +1,252 @@
+"""Replay: what a database's recorded history would have become under another config.
+
+The live database is opened read-only and never written. Its inputs (accepted, duplicate
+and rejected, in input-log order) and its evaluations (interleaved by recording time, see
+`history.timeline`) run through an engine on the other config and a scratch database; then
+the two are compared: each input's outcome, the latest evaluation result per route key, and
+each route's state and screen.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import load_config
+from .contract import key_dict
+from .errors import UsageError
+from .history import EVALUATION, Row, connect_read_only, input_bytes, rows, timeline
+from .intake import DEFAULT_MAX_EVENT_BYTES, Oversized
+from .model import Config
+from .pipeline import DEFAULT_BATCH_SIZE, Engine, Item
+from .reasons import ACCEPTED, REJECTED
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass
+class _Tally:
+    """A count and its first examples."""
+
+    limit: int
+    count: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, example: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+        """Count one; keep it as an example while there is room (a callable is called only then)."""
+        self.count += 1
+        if len(self.examples) < self.limit:
+            self.examples.append(example() if callable(example) else example)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "examples": self.examples}
+
+
+def outcome(status: str, reason: str | None) -> str:
+    """An input's outcome as one word: accepted, duplicate:same_fact, rejected:invalid_payload."""
+    return status if reason is None else f"{status}:{reason}"
+
+
+class _Comparison:
+    """Each replayed input's outcome against the live one."""
+
+    def __init__(self, config: Config, limit: int):
+        self.config, self.limit = config, limit
+        self.transitions: dict[tuple[str, str], _Tally] = {}
+        self.newly_accepted: dict[str, int] = {}  # by the live reason
+        self.newly_rejected: dict[str, int] = {}  # by the new reason
+        self.unavailable = _Tally(limit)
+
+    def add(self, row: Row, event: bytes | Oversized, result: dict[str, Any]) -> None:
+        live, now = outcome(row["status"], row["reason"]), outcome(result["status"], result["reason"])
+        if live == now:
+            return
+        if result["status"] == ACCEPTED:
+            _bump(self.newly_accepted, row["reason"] or row["status"])
+        if result["status"] == REJECTED and row["status"] != REJECTED:
+            _bump(self.newly_rejected, result["reason"])
+        self.transitions.setdefault((live, now), _Tally(self.limit)).add(
+            lambda: {**_described(row, event, self.config), "live": live, "replay": now, "errors": result["errors"]})
+
+    def report(self) -> dict[str, Any]:
+        ordered = sorted(self.transitions.items(), key=lambda kv: (-kv[1].count, kv[0]))
+        return {
+            "changed": sum(t.count for t in self.transitions.values()),
+            "newly_accepted": {"count": sum(self.newly_accepted.values()), "by_reason": self.newly_accepted},
+            "newly_rejected": {"count": sum(self.newly_rejected.values()), "by_reason": self.newly_rejected},
+            "transitions": [{"live": live, "replay": now, **t.as_dict()} for (live, now), t in ordered],
+        }
+
+
+def _bump(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _described(row: Row, event: bytes | Oversized | None, config: Config) -> dict[str, Any]:
+    """An input as an example: where it came from, what it was, and its route key if it names one."""
+    example = {"input": row["seq"], "origin": row["origin"], "line": row["line"], "source": row["source"],
+               "id": row["id"], "type": row["type"], "key": None}
+    if isinstance(event, bytes):
+        try:
+            data = json.loads(event).get("data")
+        except (ValueError, AttributeError):
+            data = None
+        if isinstance(data, dict) and all(f in data for f in config.route.key):
+            example["key"] = {f: data[f] for f in config.route.key}
+    return example
+
+
+def replay(db: str | Path, config: str | Path | Config, *, scratch: str | Path | None = None,
+           examples: int = 5, batch_size: int = DEFAULT_BATCH_SIZE, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+           progress: Progress | None = None) -> dict[str, Any]:
+    """Replay the history of database `db` through `config` and report what would differ.
+
+    `db` is only read. The replay writes to `scratch` (which must not exist yet; it is kept)
+    or to a temporary file that is removed afterwards. `examples` bounds the examples kept
+    per difference; `max_event_bytes` is the size limit of the replaying engine (use the
+    live one's); `progress(done, total)` is called as the history is replayed. The
+    report holds `identical` (no difference at all), `outcomes`, `classifications`,
+    `routes` and `unavailable` (inputs whose bytes the database no longer holds).
+    """
+    if not isinstance(config, Config):
+        config = load_config(config)
+    live = connect_read_only(db)
+    live.execute("BEGIN")  # one snapshot of the history, even while others write
+    try:
+        with (_scratch(db, scratch) as target,
+              Engine.open(config=config, db=target, max_event_bytes=max_event_bytes) as engine):
+            counts, comparison = _run(live, engine, examples, batch_size, progress)
+            report = {
+                "db": str(db), "config": str(config.root), "config_hash": config.hash,
+                "live_config_hashes": [r[0] for r in live.execute(
+                    "SELECT config_hash FROM inputs GROUP BY config_hash ORDER BY min(seq)")],
+                "scratch": str(scratch) if scratch is not None else None,
+                "replayed": counts,
+                "outcomes": comparison.report(),
+                "classifications": _classifications(live, engine.store.conn, config, examples),  # type: ignore[attr-defined]
+                "routes": _routes(live, engine.store.conn, config, examples),  # type: ignore[attr-defined]
+                "unavailable": comparison.unavailable.as_dict(),
+            }
+    finally:
+        live.close()
+    report["identical"] = not (report["outcomes"]["changed"] or report["routes"]["count"]
+                               or (report["classifications"] or {}).get("count") or report["unavailable"]["count"])
+    return report
+
+
+@contextmanager
+def _scratch(live: str | Path, scratch: str | Path | None) -> Iterator[Path]:
+    if scratch is not None:
+        path = Path(scratch)
+        if path.exists():
+            raise UsageError(f"{scratch}: the scratch database exists already; name a new file")
+        if path.resolve() == Path(live).resolve():
+            raise UsageError("the scratch database cannot be the live one")
+        yield path
+        return
+    folder = tempfile.mkdtemp(prefix="webinar-flows-replay-")
+    try:
+        yield Path(folder) / "replay.db"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(live: sqlite3.Connection, engine: Engine, examples: int, batch_size: int,
+         progress: Progress | None) -> tuple[dict[str, int], _Comparison]:
+    total = sum(live.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("inputs", "evaluations"))  # noqa: S608
+    comparison = _Comparison(engine.config, examples)
+    counts = {"inputs": 0, "evaluations": 0, "unavailable": 0}
+    pending: list[tuple[Row, bytes | Oversized]] = []
+
+    def flush() -> None:
+        items: list[Item] = [(event, row["origin"], row["line"]) for row, event in pending]
+        results = [r for batch in engine.iter_batches(items, batch_size) for r in batch]
+        for (row, event), result in zip(pending, results, strict=True):
+            comparison.add(row, event, result)
+        counts["inputs"] += len(pending)
+        pending.clear()
+        if progress is not None:
+            progress(sum(counts.values()), total)
+
+    inputs = rows(live, "SELECT * FROM inputs ORDER BY seq")
+    evaluations = rows(live, "SELECT * FROM evaluations ORDER BY seq")
+    for kind, row in timeline(inputs, evaluations):
+        if kind == EVALUATION:
+            flush()
+            _evaluate(engine, row, counts, comparison)
+            continue
+        event = input_bytes(live, row)
+        if event is None:
+            counts["unavailable"] += 1
+            comparison.unavailable.add(_described(row, None, engine.config))
+            continue
+        pending.append((row, event))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return counts, comparison
+
+
+def _evaluate(engine: Engine, row: Row, counts: dict[str, int], comparison: _Comparison) -> None:
+    try:
+        key = key_dict(engine.config.route.key, row["route_key"])
+    except ValueError:  # the other config's route key has another shape
+        counts["unavailable"] += 1
+        comparison.unavailable.add({"evaluation": row["seq"], "route_key": row["route_key"]})
+        return
+    engine.evaluate(at=row["evaluated_at"], **key)
+    counts["evaluations"] += 1
+
+
+def _key_view(config: Config, route_key: str) -> dict[str, Any]:
+    try:
+        return key_dict(config.route.key, route_key)
+    except ValueError:
+        return {"route_key": route_key}
+
+
+def _latest_results(conn: sqlite3.Connection, config: Config) -> dict[str, Any]:
+    er = config.evaluation_result
+    assert er is not None
+    latest: dict[str, Any] = {}
+    for route_key, data in conn.execute("SELECT route_key, data FROM facts WHERE type = ? AND route_key IS NOT NULL"
+                                        " ORDER BY seq", (er.event,)):
+        payload = json.loads(data)
+        if er.field in payload:
+            latest[route_key] = payload[er.field]
+    return latest
+
+
+def _classifications(live: sqlite3.Connection, scratch: sqlite3.Connection, config: Config,
+                     examples: int) -> dict[str, Any] | None:
+    """Route keys whose latest evaluation result (the config's `evaluation_result`) differs."""
+    er = config.evaluation_result
+    if er is None:
+        return None
+    before, after = _latest_results(live, config), _latest_results(scratch, config)
+    tally = _Tally(examples)
+    for route_key in sorted(set(before) | set(after)):
+        if before.get(route_key) != after.get(route_key) or (route_key in before) != (route_key in after):
+            tally.add({"key": _key_view(config, route_key), "live": before.get(route_key),
+                       "replay": after.get(route_key)})
+    return {"event": er.event, "field": er.field, **tally.as_dict()}
+
+
+def _routes(live: sqlite3.Connection, scratch: sqlite3.Connection, config: Config, examples: int) -> dict[str, Any]:
+    """Route keys whose route (state and screen) differs, or exists on one side only."""
+    sql = "SELECT route_key, state, screen FROM routes"
+    before = {k: {"state": s, "screen": sc} for k, s, sc in live.execute(sql)}
+    after = {k: {"state": s, "screen": sc} for k, s, sc in scratch.execute(sql)}
+    tally = _Tally(examples)
+    for route_key in sorted(set(before) | set(after)):
+        if before.get(route_key) != after.get(route_key):
+            tally.add({"key": _key_view(config, route_key), "live": before.get(route_key),
+                       "replay": after.get(route_key)})
+    return tally.as_dict()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError, UsageError
-from .export import standalone_payload
+from .export import ANNOTATIONS, standalone_payload
 from .model import Config, EvaluationResult, EventSpec, FieldMap, RuleSpec, StateSpec
 
 EMITTERS = "emitters"
@@ -34,8 +34,6 @@ MODES = {"backward": frozenset({EMITTERS}), "forward": frozenset({CONSUMERS}), "
 _LOWER = ("minLength", "minimum", "exclusiveMinimum", "minItems", "minProperties")
 _UPPER = ("maxLength", "maximum", "exclusiveMaximum", "maxItems", "maxProperties")
 _RESTRICTIONS = ("format", "pattern", "multipleOf")
-_ANNOTATIONS = frozenset({"description", "title", "examples", "default", "$comment", "deprecated", "readOnly",
-                          "writeOnly"})
 _ANALYSED = frozenset({"type", "enum", "const", "uniqueItems", "properties", "required", "additionalProperties",
                        "items", *_LOWER, *_UPPER, *_RESTRICTIONS})
 
@@ -140,8 +138,9 @@ def _event(old: Config, new: Config, o: EventSpec, n: EventSpec) -> Iterator[Cha
         yield Change("description_changed", at, "the description changed (informational)")
     if o.identity != n.identity:
         yield Change("identity_changed", at,
-                     f"{list(o.identity)} -> {list(n.identity)}: facts stored under OLD were told apart by "
-                     "other fields, so a repeat may now be accepted twice or a new fact refused as a duplicate",
+                     f"{_show(list(o.identity))} -> {_show(list(n.identity))}: facts stored under OLD were told "
+                     "apart by other fields, so a repeat may now be accepted twice or a new fact refused as a "
+                     "duplicate",
                      BOTH)
     yield from _repeatable(at, o.repeatable_when, n.repeatable_when)
     yield from _compare(at, standalone_payload(old, o.name), standalone_payload(new, n.name))
@@ -149,15 +148,15 @@ def _event(old: Config, new: Config, o: EventSpec, n: EventSpec) -> Iterator[Cha
 
 def _repeatable(at: str, o: dict[str, tuple], n: dict[str, tuple]) -> Iterator[Change]:
     for field in dict.fromkeys([*o, *n]):
-        before, after = {_json(v) for v in o.get(field, ())}, {_json(v) for v in n.get(field, ())}
-        if after - before:
+        before, after = o.get(field, ()), n.get(field, ())
+        gained = [v for v in after if _json(v) not in {_json(b) for b in before}]
+        lost = [v for v in before if _json(v) not in {_json(a) for a in after}]
+        if gained:
             yield Change("repeatable_when_changed", f"{at}.{field}",
-                         f"may now repeat with {sorted(after - before)}: readers see repeats OLD deduplicated",
-                         (CONSUMERS,))
-        if before - after:
+                         f"may now repeat with {_show(gained)}: readers see repeats OLD deduplicated", (CONSUMERS,))
+        if lost:
             yield Change("repeatable_when_changed", f"{at}.{field}",
-                         f"may no longer repeat with {sorted(before - after)}: such repeats are now duplicates",
-                         (EMITTERS,))
+                         f"may no longer repeat with {_show(lost)}: such repeats are now duplicates", (EMITTERS,))
 
 
 # ---------------------------------------------------------------- payload schemas
@@ -324,7 +323,7 @@ def _unanalysed(at: str, o: dict[str, Any], n: dict[str, Any]) -> Iterator[Chang
     for keyword in dict.fromkeys([*o, *n]):
         if keyword in _ANALYSED or o.get(keyword) == n.get(keyword):
             continue
-        if keyword in _ANNOTATIONS or keyword.startswith("x-"):
+        if keyword in ANNOTATIONS or keyword.startswith("x-"):
             notes.append(keyword)
         elif keyword == "unevaluatedProperties" and {type(o.get(keyword)), type(n.get(keyword))} <= {bool, type(None)}:
             continue
@@ -345,7 +344,8 @@ def _emitters(old: Config, new: Config) -> Iterator[Change]:
                          (EMITTERS,))
     for name in new.emitters:
         if name not in old.emitters:
-            yield Change("emitter_added", f"emitter {name}", f"may emit {', '.join(new.emitters[name].events) or 'nothing'}")
+            events = ", ".join(new.emitters[name].events) or "nothing"
+            yield Change("emitter_added", f"emitter {name}", f"may emit {events}")
     for name, o in old.emitters.items():
         n = new.emitters.get(name)
         if n is None:
@@ -381,8 +381,8 @@ def _permissions(at: str, o: dict[str, str], n: dict[str, str]) -> Iterator[Chan
 def _route(old: Config, new: Config, counts: dict[str, int] | None) -> Iterator[Change]:
     o, n = old.route, new.route
     if o.key != n.key:
-        yield Change("route_key_changed", "route key", f"{list(o.key)} -> {list(n.key)}: routes stored under OLD "
-                     "are keyed by other fields, so NEW no longer finds them", BOTH)
+        yield Change("route_key_changed", "route key", f"{_show(list(o.key))} -> {_show(list(n.key))}: routes "
+                     "stored under OLD are keyed by other fields, so NEW no longer finds them", BOTH)
     if o.initial != n.initial:
         yield Change("initial_state_changed", "route initial", f"{o.initial} -> {n.initial}: new routes start "
                      "elsewhere", (CONSUMERS,))

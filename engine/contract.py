@@ -54,10 +54,11 @@ def instant(value: str) -> str:
     whole, fraction, offset = match.groups()
     try:
         moment = datetime.fromisoformat(whole.upper().replace(" ", "T") + offset.upper().replace("Z", "+00:00"))
-    except ValueError:
-        return value  # e.g. a leap second: compared as written
+        utc = moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        return value  # a leap second, or an instant outside years 1-9999 in UTC: compared as written
     digits = (fraction or "").rstrip("0")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + (f".{digits}" if digits else "") + "Z"
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{digits}" if digits else "") + "Z"
 
 
 class Contract:

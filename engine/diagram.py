@@ -1,10 +1,11 @@
 """Drawing the route machine: Mermaid `stateDiagram-v2` text, Graphviz dot text, or an image.
 
 The drawing is done by the diagrams extension of `transitions`, on a machine built from the
-same transitions the running machine (`route.RouteMachine`) is built from, so the picture
-cannot drift from what a route does. This module only labels it (each state with its screen
-and reminders, each edge with its trigger) and post-processes the backend's text where the
-backend falls short: a valid title, no unused styles, final states, an initial marker in dot.
+same route spec as the running machine (`route.RouteMachine`), so the picture shows what a
+route does. This module only labels it (each state with its screen
+and reminders, each edge with its trigger) and post-processes the backend's output where it
+falls short: a valid Mermaid title, no unused styles, Mermaid-safe state ids, final states, an
+initial marker and no stray graph attributes in dot.
 
 A `'*'` source is drawn as the machine runs it: one edge from every declared state,
 including a self-loop on the destination, labelled `TRIGGER (*)`.
@@ -131,6 +132,8 @@ def _digraph(config: Config) -> Any:
         raise GraphvizNotFound("dot output needs the 'graphviz' Python package: pip install graphviz") from None
     ids = {name: name for name in config.route.states}
     graph = _graph(_machine(config, ids, r"\l", "graphviz"), config)
+    for attribute in ("directed", "strict"):  # the backend's machine attributes, which dot does not know
+        graph.graph_attr.pop(attribute, None)
     for name, state in config.route.states.items():
         if state.final:
             graph.node(name, peripheries="2")

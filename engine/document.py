@@ -82,8 +82,8 @@ def _header(config: Config) -> str:
     return "\n".join([
         "# Contract",
         "",
-        "<!-- Generated from the config by `webinar-flows docs`. Do not edit by hand: change the YAML,",
-        "     then regenerate with `webinar-flows docs --output FILE`. -->",
+        "<!-- Generated from the config by the `docs` command. Do not edit by hand: change the YAML,",
+        "     then regenerate this file with `docs --output FILE`. -->",
         "",
         f"Rendered from the config with hash `{config.hash}`: {counts}.",
         "",
@@ -319,7 +319,7 @@ def _boundaries(config: Config) -> str:
          "YAML 1.2 core only (duplicate keys and non-core tags refused); each file has a closed JSON Schema"),
     ]
     lines = [f"- **{title}** (`{code}`): {text}." for title, code, text in items]
-    intro = ("What `webinar-flows validate` refuses, with the problem code it reports. A config that breaks "
+    intro = ("What `validate` refuses, with the problem code it reports. A config that breaks "
              "one of these is not loaded at all.")
     return "\n\n".join(["## Spec boundaries", intro, "\n".join(lines)])
 
@@ -328,5 +328,5 @@ def _warnings(config: Config) -> str:
     if not config.warnings:
         return ""
     lines = [f"- `{_relative(config, p.file)}:{p.line}` `{p.code}`: {p.message}" for p in config.warnings]
-    intro = "What `webinar-flows validate` warns about in this config (warnings do not fail validation):"
+    intro = "What `validate` warns about in this config (warnings do not fail validation):"
     return "\n\n".join(["## Warnings", intro, "\n".join(lines)])

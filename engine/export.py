@@ -33,6 +33,8 @@ _SCHEMA_2020_12 = "application/schema+json;version=2020-12"
 _LITERAL = frozenset({"enum", "const", "examples", "default", "required", "dependentRequired"})
 _NAME_MAPS = frozenset({"properties", "patternProperties", "dependentSchemas"})
 _DROPPED = frozenset({"$id", "$schema", "$defs", "definitions"})
+ANNOTATIONS = frozenset({"description", "title", "examples", "default", "$comment", "deprecated", "readOnly",
+                          "writeOnly"})
 
 
 def _envelope() -> dict[str, Any]:
@@ -68,8 +70,8 @@ def _inline(node: Any, resolver: Resolver, stack: tuple[int, ...]) -> Any:
     if not isinstance(node.get("$ref"), str):
         return out
     target = _expand(node["$ref"], resolver, stack)
-    if not out:
-        return target
+    if set(out) <= ANNOTATIONS and isinstance(target, dict):
+        return {**target, **out}  # annotations beside a $ref only describe it: merged, same meaning
     out["allOf"] = [*out.get("allOf", []), target]
     return out
 
@@ -78,7 +80,7 @@ def _expand(ref: str, resolver: Resolver, stack: tuple[int, ...]) -> Any:
     resolved = resolver.lookup(ref)
     if id(resolved.contents) in stack:
         return {"$comment": f"recursive reference {ref} is not expanded again"}
-    return _inline(resolved.contents, resolved.resolver, stack + (id(resolved.contents),))
+    return _inline(resolved.contents, resolved.resolver, (*stack, id(resolved.contents)))
 
 
 def _emitters_of(config: Config, event: str) -> dict[str, str]:
@@ -120,8 +122,8 @@ def event_schemas(config: Config, base_uri: str = "") -> dict[str, dict[str, Any
 
 def _uses_later_keywords(node: Any) -> bool:
     if isinstance(node, dict):
-        return any(_uses_later_keywords(list(v.values()) if k in _NAME_MAPS and isinstance(v, dict) else v)
-                   or k in _LATER_KEYWORDS for k, v in node.items() if k not in _LITERAL)
+        return any(k in _LATER_KEYWORDS or (k not in _LITERAL and _uses_later_keywords(
+            list(v.values()) if k in _NAME_MAPS and isinstance(v, dict) else v)) for k, v in node.items())
     if isinstance(node, list):
         return any(_uses_later_keywords(item) for item in node)
     return False

@@ -54,6 +54,18 @@ def instant(at: str | None) -> datetime:
         return datetime.min.replace(tzinfo=timezone.utc)
 
 
+def sortable(at: str | None) -> str:
+    """A recorded time as fixed-width UTC text (microseconds always written), which sorts as time."""
+    return instant(at).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def with_instants(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """`conn` with the SQL function wf_instant(text), `sortable` in SQL (SQLite's own date
+    functions keep only milliseconds)."""
+    conn.create_function("wf_instant", 1, sortable, deterministic=True)
+    return conn
+
+
 def timeline(inputs: Iterable[Row], evaluations: Iterable[Row]) -> Iterator[tuple[str, Row]]:
     """Inputs and evaluations (each in seq order) as one sequence, by recording time."""
     keyed_inputs = ((instant(r["recorded_at"]), 0, r["seq"], INPUT, r) for r in inputs)

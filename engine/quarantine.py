@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
-from .history import Row, rows
+from .history import Row, rows, sortable, with_instants
 from .intake import KEEP_HEAD_BYTES
 from .reasons import REJECTED, error
 
@@ -69,11 +69,11 @@ class Selection:
                 clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params += values
         if self.since:
-            clauses.append("julianday(last_seen_at) >= julianday(?)")
-            params.append(self.since)
+            clauses.append("wf_instant(last_seen_at) >= ?")
+            params.append(sortable(self.since))
         if self.until:
-            clauses.append("julianday(last_seen_at) <= julianday(?)")
-            params.append(self.until)
+            clauses.append("wf_instant(last_seen_at) <= ?")
+            params.append(sortable(self.until))
         if self.state != "all":
             clauses.append("resolved_at IS NULL" if self.state == "open" else "resolved_at IS NOT NULL")
         return " AND ".join(clauses) or "1", params
@@ -97,7 +97,7 @@ def iter_rejections(engine: Engine, selection: Selection, *, raw: bool = True) -
     """
     where, params = selection.where()
     columns = _COLUMNS + (", raw" if raw else "")
-    for row in rows(engine.store.conn, f"SELECT {columns} FROM rejections WHERE {where} ORDER BY seq",  # noqa: S608
+    for row in rows(with_instants(engine.store.conn), f"SELECT {columns} FROM rejections WHERE {where} ORDER BY seq",  # noqa: S608
                     params):
         yield _entry(row)
 
@@ -132,7 +132,7 @@ def iter_reprocess(engine: Engine, selection: Selection, *, batch_size: int = 50
     and an error coded `not_reprocessable`, and are left as they are.
     """
     where, params = replace(selection, state="open").where()
-    conn = engine.store.conn
+    conn = with_instants(engine.store.conn)
     left = [_left(_entry(row)) for row in rows(conn, f"SELECT {_COLUMNS} FROM rejections WHERE {where}"  # noqa: S608
                                                      " AND truncated ORDER BY seq", params)]
     if left:
@@ -185,6 +185,6 @@ def purge(engine: Engine, selection: Selection, *, everything: bool = False) -> 
                          "or --all to purge every rejection in the chosen state")
     where, params = selection.where()
     with engine.store.transaction():
-        seqs = [r[0] for r in engine.store.conn.execute(f"SELECT seq FROM rejections WHERE {where}",  # noqa: S608
+        seqs = [r[0] for r in with_instants(engine.store.conn).execute(f"SELECT seq FROM rejections WHERE {where}",  # noqa: S608
                                                          params)]
         return engine.store.purge_rejections(seqs)

@@ -307,7 +307,7 @@ def test_four_api_processes_process_many_at_once(tmp_path, figure, reference):
 
 @pytest.mark.slow
 def test_four_cli_processes_create_a_new_database_at_once(tmp_path, reference):
-    write_streams(tmp_path, reference["streams"], 200)
+    write_streams(tmp_path, reference["streams"], 100)
     for round_ in range(3):
         db = tmp_path / f"new-{round_}.db"
         procs = {name: subprocess.Popen([str(WF), "process", f"{name}.jsonl", "--db", str(db), "--batch-size", "1"],
@@ -317,6 +317,6 @@ def test_four_cli_processes_create_a_new_database_at_once(tmp_path, reference):
         for name, (out, err) in outputs.items():
             assert procs[name].returncode == 0, (round_, name, err.decode()[-2000:])
             assert b"locked" not in err and b"Traceback" not in err
-            assert len(out.splitlines()) == 200
-        assert _rows(db, "SELECT count(*) FROM inputs") == [(800,)]
+            assert len(out.splitlines()) == 100
+        assert _rows(db, "SELECT count(*) FROM inputs") == [(400,)]
         assert integrity(db) == "ok"

@@ -6,19 +6,15 @@ from pathlib import Path
 
 import click
 
-from engine import Config, ConfigError, load_config
+from engine import Config
 
-from ..main import Failed, _problems_text, _settings
+from ..main import Failed, _settings
+from ._shared import load_or_fail
 
 
 def load(ctx: click.Context, config_dir: Path | None) -> Config:
     """The checked config the command was pointed at; exit 1 with every problem when it is invalid."""
-    config, _ = _settings(ctx, config_dir, None)
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        raise Failed(f"{_problems_text(exc.problems)}\nerror: the config in {config} is invalid "
-                     f"({len(exc.errors)} error(s)); run 'webinar-flows validate'") from None
+    return load_or_fail(_settings(ctx, config_dir, None)[0])
 
 
 def write(path: Path, content: str | bytes) -> None:

@@ -1,9 +1,143 @@
-"""The `replay` command (not built yet)."""
+"""The `replay` command: what the database's history would have become under another config."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
+
+from engine import ConfigError, EngineError, UsageError, load_config
+from engine.intake import DEFAULT_MAX_EVENT_BYTES
+from engine.pipeline import DEFAULT_BATCH_SIZE
+from engine.replay import replay as run_replay
+
+from ..main import CONTEXT, Failed, _config_option, _db_option, _print, _problems_text, _settings
+
+
+class _Bar:
+    """A progress bar on stderr, made on the first report (when the total is known)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, file=sys.stderr, label="replaying")
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@click.command(context_settings=CONTEXT)
+@_config_option
+@_db_option
+@click.option("--scratch", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Replay into this new database file and keep it (default: a temporary file, removed).")
+@click.option("--examples", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Examples shown per kind of difference.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: a readable report; json: one document.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Inputs per commit in the scratch database.")
+@click.option("--max-event-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_EVENT_BYTES, show_default=True,
+              help="The size limit of the replay (use the one the history was processed with).")
+@click.pass_context
+def replay(ctx: click.Context, config_dir: Path | None, db: Path | None, scratch: Path | None, examples: int,
+           fmt: str, batch_size: int, max_event_bytes: int) -> None:
+    """What if the history had run under the config --config? Replays the database's recorded
+    inputs (accepted, duplicates and rejections, in their original order) and evaluations
+    (interleaved by the time they were recorded) into a scratch database, and reports what
+    would change: inputs newly accepted or rejected (by reason), evaluation results that
+    differ (the latest per route key), and routes whose state or screen differs.
+
+    The live database (--db) is opened read-only and never written. Replaying a database under
+    the config it was processed with reports no difference. Exit 0 whatever the differences.
+    """
+    config_path, database = _settings(ctx, config_dir, db)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise Failed(f"{_problems_text(exc.problems)}\nerror: the config in {config_path} is invalid "
+                     f"({len(exc.errors)} error(s)); run 'webinar-flows validate'") from None
+    bar = _Bar() if sys.stderr.isatty() else None
+    try:
+        report = run_replay(database, config, scratch=scratch, examples=examples, batch_size=batch_size,
+                            max_event_bytes=max_event_bytes, progress=bar)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    except EngineError as exc:
+        raise Failed(f"error: {exc}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    if fmt == "json":
+        _print(report)
+    else:
+        click.echo(render(report))
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as text: counts, then up to --examples examples under each difference."""
+    done = report["replayed"]
+    hashes = ", ".join(h[:12] for h in report["live_config_hashes"]) or "none"
+    out = [f"replayed {report['db']}: {done['inputs']} input(s), {done['evaluations']} evaluation(s) "
+           f"under the config in {report['config']} ({report['config_hash'][:12]})",
+           f"the history was recorded under config(s) {hashes}"]
+    if report["scratch"]:
+        out.append(f"scratch database kept: {report['scratch']}")
+    outcomes = report["outcomes"]
+    out.append(f"outcomes: {outcomes['changed']} input(s) change")
+    for label, part in (("newly accepted", "newly_accepted"), ("newly rejected", "newly_rejected")):
+        out.append(f"  {label}: {outcomes[part]['count']}{_by(outcomes[part]['by_reason'])}")
+    for t in outcomes["transitions"]:
+        out.append(f"  {t['live']} -> {t['replay']}: {t['count']}")
+        out += [f"    {_input(e)}" for e in t["examples"]]
+    classes = report["classifications"]
+    if classes is not None:
+        out.append(f"classifications ({classes['event']}.{classes['field']}): {classes['count']} differ")
+        out += [f"  {_key(e['key'])}: live {_json(e['live'])}, replay {_json(e['replay'])}" for e in classes["examples"]]
+    routes = report["routes"]
+    out.append(f"routes: {routes['count']} differ")
+    out += [f"  {_key(e['key'])}: live {_route(e['live'])}, replay {_route(e['replay'])}" for e in routes["examples"]]
+    gone = report["unavailable"]
+    if gone["count"]:
+        out.append(f"unavailable (bytes purged, or a key the config cannot name): {gone['count']}")
+    out.append("no differences" if report["identical"] else "differences found")
+    return "\n".join(out)
+
+
+def _by(counts: dict[str, int]) -> str:
+    return f" ({', '.join(f'{reason}: {n}' for reason, n in sorted(counts.items()))})" if counts else ""
+
+
+def _input(example: dict[str, Any]) -> str:
+    where = f" line {example['line']}" if example["line"] is not None else ""
+    key = f" [{_key(example['key'])}]" if example["key"] else ""
+    return f"input #{example['input']}{where}: {example['type'] or '?'} {example['id'] or '?'} " \
+           f"from {example['source'] or '?'}{key}"
+
+
+def _key(key: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in key.items())
+
+
+def _route(route: dict[str, Any] | None) -> str:
+    if route is None:
+        return "no route"
+    return route["state"] + (f" ({route['screen']})" if route["screen"] else "")
+
+
+def _json(value: Any) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def register(group: click.Group) -> None:
     """Add this module's command(s) to the CLI group."""
+    group.add_command(replay)

@@ -30,7 +30,7 @@ WILDCARD_MARK = " (*)"
 _INITIAL_NODE = "__initial__"  # state names start with a letter, so this never clashes
 # Words the Mermaid state-diagram lexer reads as keywords when they stand as a state id.
 _MERMAID_RESERVED = frozenset({"state", "note", "class", "classdef", "scale", "direction", "end", "hide",
-                               "as", "acctitle", "accdescr", "statediagram", "statediagram-v2"})
+                               "as", "acctitle", "accdescr", "statediagram"})
 
 
 class GraphvizNotFound(EngineError):
@@ -68,7 +68,7 @@ def render_image(config: Config, fmt: str = "svg") -> bytes:
     return _digraph(config).pipe(format=fmt)
 
 
-def state_lines(state: StateSpec) -> list[str]:
+def _state_lines(state: StateSpec) -> list[str]:
     """What a drawn state shows: its name, then its screen and reminders."""
     lines = [state.name]
     if state.screen:
@@ -79,7 +79,7 @@ def state_lines(state: StateSpec) -> list[str]:
 
 def _machine(config: Config, ids: dict[str, str], newline: str, engine: str) -> _DiagramMachine:
     route = config.route
-    states = [{"name": ids[s.name], "label": newline.join(state_lines(s))} for s in route.states.values()]
+    states = [{"name": ids[s.name], "label": newline.join(_state_lines(s))} for s in route.states.values()]
     transitions = [
         {"trigger": t.trigger, "dest": ids[t.dest],
          "source": "*" if t.sources == ("*",) else [ids[s] for s in t.sources],
@@ -99,7 +99,7 @@ def _graph(machine: _DiagramMachine, config: Config) -> Any:
     return machine.graph_cls(machine).get_graph(title=_title(config))
 
 
-def mermaid_ids(config: Config) -> dict[str, str]:
+def _mermaid_ids(config: Config) -> dict[str, str]:
     """State name -> a Mermaid-safe id: word characters only, no keyword, unique."""
     ids: dict[str, str] = {}
     for name in config.route.states:
@@ -114,7 +114,7 @@ def mermaid_ids(config: Config) -> dict[str, str]:
 
 
 def _mermaid(config: Config) -> str:
-    ids = mermaid_ids(config)
+    ids = _mermaid_ids(config)
     lines = _graph(_machine(config, ids, "<br/>", "mermaid"), config).source.splitlines()
     if lines[:1] == ["---"] and lines[2:3] == ["---"]:
         lines[1] = "title: " + json.dumps(_title(config))  # the backend writes a bare title: not YAML front matter

@@ -3,7 +3,8 @@
 The machine is built once with `auto_transitions` off (the default would let a route jump
 from any state to any other) and bound to one reusable model: a fire sets the model's
 state from storage, triggers, and reads the new state back. No callbacks are ever passed,
-so no string from YAML is resolved to code. Only this module imports `transitions`.
+so no string from YAML is resolved to code. Only this module and `diagram` (which draws the
+same machine with transitions' own diagram backends) import `transitions`.
 """
 
 from __future__ import annotations

@@ -79,6 +79,10 @@ def _check_events(config: Config, report: _Reporter) -> None:
     for name, spec in config.events.items():
         base = ("events", name)
         _vocabulary(report, doc, base, "event", name)
+        if schema_too_large(spec.payload):
+            report.error(doc, base + ("payload",), "schema_too_large",
+                         f"payload of {name} has more than {MAX_SCHEMA_NODES} nodes (aliases expanded)")
+            continue
         for err in _META.iter_errors(spec.payload):
             report.error(doc, base + ("payload",) + tuple(err.absolute_path), "invalid_payload_schema",
                          f"payload of {name} is not a valid JSON Schema: {err.message}")
@@ -99,6 +103,10 @@ def _check_events(config: Config, report: _Reporter) -> None:
                 report.error(doc, path, "unsafe_pattern", f"pattern {pattern!r} is refused: {why}")
 
 
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+MAX_SCHEMA_NODES = 10_000
+
+
 def _refs(node: Any, path: tuple, base: str) -> Iterator[tuple[tuple, str, str, str]]:
     """Every `$id` and `$ref` of a schema as (path, keyword, value, base URI in force)."""
     if isinstance(node, dict):
@@ -107,7 +115,7 @@ def _refs(node: Any, path: tuple, base: str) -> Iterator[tuple[tuple, str, str, 
             rebased = _join(base, node["$id"])
             base = rebased if rebased and rebased.startswith("file:") else base
         for key, value in node.items():
-            if key == "$ref" and isinstance(value, str):
+            if key in _REF_KEYWORDS and isinstance(value, str):
                 yield path + (key,), key, value, base
             elif key not in ("$id", "enum", "const", "examples", "default"):
                 yield from _refs(value, path + (key,), base)
@@ -124,7 +132,8 @@ def _join(base: str, ref: str) -> str | None:
 
 
 def _check_refs(root: Path, payload: dict[str, Any], path: tuple) -> Iterator[tuple[tuple, str, str]]:
-    """Problems with a payload's references: leaving the config, or pointing at nothing."""
+    """Problems with a payload's references and the local files they reach: leaving the config,
+    pointing at nothing, or a pattern that backtracks — the payload's own and any file's."""
     from referencing import Resource
     from referencing.exceptions import Unresolvable
     from referencing.jsonschema import DRAFT202012
@@ -133,15 +142,45 @@ def _check_refs(root: Path, payload: dict[str, Any], path: tuple) -> Iterator[tu
 
     base = root.resolve().as_uri() + "/events.yaml"
     registry = local_registry(root).with_resource(base, Resource.from_contents(payload, DRAFT202012))
-    for where, keyword, value, scope in _refs(payload, path, base):
-        problem = ref_problem(root, value, scope)
-        if problem is None and keyword == "$ref":
-            try:
-                registry.resolver(base_uri=scope).lookup(value)
-            except (Unresolvable, ValueError, OSError) as exc:
-                problem = "unknown_ref", f"$ref '{value}' points to nothing ({type(exc).__name__})"
-        if problem is not None and not (keyword == "$id" and problem[0] == "unknown_ref"):
-            yield where, *problem
+    todo: list[tuple[Any, tuple, str]] = [(payload, path, base)]
+    seen = {base}
+    while todo:
+        schema, where_from, file_base = todo.pop()
+        for where, keyword, value, scope in _refs(schema, where_from, file_base):
+            problem = ref_problem(root, value, scope)
+            if problem is None and keyword != "$id":
+                try:
+                    resolved = registry.resolver(base_uri=scope).lookup(value)
+                except (Unresolvable, ValueError, OSError) as exc:
+                    problem = "unknown_ref", f"{keyword} '{value}' points to nothing ({type(exc).__name__})"
+                else:
+                    target = urljoin(scope, value).split("#", 1)[0]
+                    if target not in seen:  # a local file: hold its refs and patterns to the same rules
+                        seen.add(target)
+                        todo.append((resolved.resolver.lookup(target).contents, where, target))
+            if problem is not None and not (keyword == "$id" and problem[0] == "unknown_ref"):
+                yield where, *problem
+        if file_base != base:
+            for _, pattern in _patterns(schema, ()):
+                why = unsafe_pattern(pattern)
+                if why:
+                    yield where_from, "unsafe_pattern", f"pattern {pattern!r} in {file_base.rsplit('/', 1)[-1]} is refused: {why}"
+
+
+def schema_too_large(schema: Any) -> bool:
+    """Whether a schema holds more than MAX_SCHEMA_NODES nodes, aliases expanded; checked before
+    the meta-schema pass, whose cost grows with every node."""
+    count, todo = 0, [schema]
+    while todo:
+        node = todo.pop()
+        count += 1
+        if count > MAX_SCHEMA_NODES:
+            return True
+        if isinstance(node, dict):
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return False
 
 
 def _patterns(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from .model import (
     StateSpec,
     TransitionSpec,
 )
-from .yamlfile import YamlDoc, load_yaml
+from .yamlfile import MAX_FILE_BYTES, YamlDoc, load_yaml
 
 FILES = ("events.yaml", "emitters.yaml", "states.yaml")
 RULES_DIR = "rules"
@@ -75,12 +76,19 @@ def _read(root: Path, display: str) -> tuple[dict[str, YamlDoc], list[Problem], 
     for path in config_files(root):
         name = f"{display}/{path.relative_to(root).as_posix()}"
         try:
-            raw = path.read_bytes()
+            with path.open("rb") as handle:  # bounded: a huge or endless file costs no more than the limit
+                raw = handle.read(MAX_FILE_BYTES + 1)
+                size = os.fstat(handle.fileno()).st_size
         except FileNotFoundError:
             problems.append(Problem(name, 1, 1, "error", "missing_file", f"the config has no {path.name}"))
             continue
         except OSError as exc:
             problems.append(Problem(name, 1, 1, "error", "unreadable_file", str(exc)))
+            continue
+        if len(raw) > MAX_FILE_BYTES:
+            shown = f"{size} bytes" if size > MAX_FILE_BYTES else f"more than {MAX_FILE_BYTES} bytes"
+            problems.append(Problem(name, 1, 1, "error", "config_too_large",
+                                    f"{shown}; a config file may hold at most {MAX_FILE_BYTES} bytes"))
             continue
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + raw + b"\0")
         doc = load_yaml(raw, name)

@@ -208,7 +208,8 @@ def schema_errors(err: Any, prefix: str) -> list[dict[str, Any]]:
         return [error(prefix + pointer(path + [missing[0] if missing else ""]), "required", err.message)]
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         allowed = set(err.schema.get("properties", {}))
-        extra = sorted(k for k in err.instance if k not in allowed)
+        patterns = [re.compile(p) for p in err.schema.get("patternProperties", {})]
+        extra = sorted(k for k in err.instance if k not in allowed and not any(p.search(k) for p in patterns))
         return [error(prefix + pointer(path + [k]), "additional_properties", f"'{k}' is not a field of the contract")
                 for k in extra]
     if err.validator == "not" and err.validator_value in ({}, True):

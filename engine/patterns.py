@@ -60,10 +60,15 @@ def _walk(items: list[Any], product: int, in_unbounded: bool) -> str | None:
 
 
 def _overlapping(alternatives: list[Any]) -> bool:
-    firsts = []
+    """Whether two alternatives may start with the same character (conservatively: any class,
+    category or wildcard is taken to overlap with everything)."""
+    literals: list[int] = []
     for alt in alternatives:
         items = list(alt)
         if not items:
             return True
-        firsts.append(repr(items[0]))
-    return len(set(firsts)) < len(firsts)
+        op, arg = items[0]
+        if op is not sre.LITERAL:
+            return len(alternatives) > 1
+        literals.append(arg)
+    return len(set(literals)) < len(literals)

@@ -167,11 +167,19 @@ class SQLiteStore:
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path}: the database has schema version {version}, newer than this "
                              f"webinar-flows understands ({SCHEMA_VERSION}); upgrade webinar-flows")
+        if version == 0 and self._foreign():
+            raise StoreError(f"{self.path}: not a webinar-flows database (it holds other tables); "
+                             "use a new file")
         if self.path != ":memory:" and self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {synchronous}")
         if version < SCHEMA_VERSION:
             self._migrate()
+
+    def _foreign(self) -> bool:
+        """Whether a file without our schema version already holds someone else's tables."""
+        names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return bool(names - {migrations.migrations_table})
 
     def _migrate(self) -> None:
         db = sqlite_utils.Database(self.conn)

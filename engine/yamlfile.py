@@ -228,7 +228,7 @@ def load_yaml(text: bytes | str, file: str) -> YamlDoc:
     size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > MAX_FILE_BYTES:
         doc.problems.append(Problem(file, 1, 1, "error", "config_too_large",
-                                    f"{size} bytes; a config file may hold at most {MAX_FILE_BYTES}"))
+                                    f"more than {MAX_FILE_BYTES} bytes; a config file may hold at most that"))
         return doc
     if isinstance(text, bytes):
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import StoreError, UsageError
 from .export import ANNOTATIONS, standalone_payload
-from .model import Config, EvaluationResult, EventSpec, FieldMap, RuleSpec, StateSpec
+from .model import Config, EvaluationResult, EventSpec, FactRef, FieldMap, RuleSpec, StateSpec
 
 EMITTERS = "emitters"
 CONSUMERS = "consumers"
@@ -146,7 +146,7 @@ def _event(old: Config, new: Config, o: EventSpec, n: EventSpec) -> Iterator[Cha
     yield from _compare(at, standalone_payload(old, o.name), standalone_payload(new, n.name))
 
 
-def _repeatable(at: str, o: dict[str, tuple], n: dict[str, tuple]) -> Iterator[Change]:
+def _repeatable(at: str, o: dict[str, tuple[Any, ...]], n: dict[str, tuple[Any, ...]]) -> Iterator[Change]:
     for field in dict.fromkeys([*o, *n]):
         before, after = o.get(field, ()), n.get(field, ())
         gained = [v for v in after if _json(v) not in {_json(b) for b in before}]
@@ -487,13 +487,13 @@ def _mapping(m: FieldMap | None) -> str:
 
 def _rule(o: RuleSpec, n: RuleSpec) -> Iterator[Change]:
     at = f"rule {o.id}"
-    when = (("on", _trigger), ("when.has", lambda r: [_ref(f) for f in r.has]),
-            ("when.lacks", lambda r: [_ref(f) for f in r.lacks]),
-            ("when.data", lambda r: [f"{c.field} {c.kind} {_show(c.value)}" for c in r.data]))
+    when = (("on", _trigger), ("when.has", lambda r: _listed(_ref(f) for f in r.has)),
+            ("when.lacks", lambda r: _listed(_ref(f) for f in r.lacks)),
+            ("when.data", lambda r: _listed(f"{c.field} {c.kind} {_show(c.value)}" for c in r.data)))
     for label, get in when:
         if get(o) != get(n):
-            yield Change("rule_conditions_changed", at, f"{label} {_show(get(o))} -> {_show(get(n))}: it fires on "
-                         "other facts", (CONSUMERS,))
+            yield Change("rule_conditions_changed", at, f"{label} {get(o)} -> {get(n)}: it fires on other facts",
+                         (CONSUMERS,))
     emit = (("emit.event", lambda r: r.emit_event), ("emit.source", lambda r: r.emit_source),
             ("emit.copy_data", lambda r: r.copy_data))
     for label, get in emit:
@@ -508,5 +508,9 @@ def _rule(o: RuleSpec, n: RuleSpec) -> Iterator[Change]:
         yield Change("description_changed", at, "the description changed (informational)")
 
 
-def _ref(ref: Any) -> str:
-    return ref.event + (f" where {dict(ref.where)}" if ref.where else "")
+def _listed(items: Iterable[str]) -> str:
+    return f"[{', '.join(items)}]"
+
+
+def _ref(ref: FactRef) -> str:
+    return ref.event + (f" where {_show(dict(ref.where))}" if ref.where else "")

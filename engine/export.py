@@ -39,7 +39,8 @@ ANNOTATIONS = frozenset({"description", "title", "examples", "default", "$commen
 
 def _envelope() -> dict[str, Any]:
     text = resources.files("engine").joinpath("schemas/envelope.schema.json").read_text("utf-8")
-    return json.loads(text)
+    envelope: dict[str, Any] = json.loads(text)
+    return envelope
 
 
 def standalone_payload(config: Config, event: str) -> dict[str, Any]:
@@ -47,7 +48,8 @@ def standalone_payload(config: Config, event: str) -> dict[str, Any]:
     payload = config.events[event].payload
     base = config.root.resolve().as_uri() + "/events.yaml"
     registry = local_registry(config.root).with_resource(base, DRAFT202012.create_resource(payload))
-    return _inline(payload, registry.resolver(base_uri=base), ())
+    standalone: dict[str, Any] = _inline(payload, registry.resolver(base_uri=base), ())
+    return standalone
 
 
 def _inline(node: Any, resolver: Resolver, stack: tuple[int, ...]) -> Any:

@@ -11,7 +11,7 @@ import yaml
 
 from engine.export import asyncapi, event_schemas
 
-from ..main import CONTEXT, Failed, _config_option, _settings
+from ..main import CONTEXT, Failed, _config_option, _db_option, _settings
 from ._shared import load_or_fail
 
 _YAML_SUFFIXES = (".yaml", ".yml")
@@ -42,6 +42,7 @@ def _write_dir(directory: Path, schemas: dict[str, dict[str, Any]]) -> None:
 
 @click.command(context_settings=CONTEXT)
 @_config_option
+@_db_option
 @click.option("--format", "fmt", type=click.Choice(["json-schema", "asyncapi"]), default="json-schema",
               show_default=True, help="json-schema: one JSON Schema per event; asyncapi: one AsyncAPI 3.0 document.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -55,8 +56,8 @@ def _write_dir(directory: Path, schemas: dict[str, dict[str, Any]]) -> None:
 @click.option("--title", default="webinar-flows event contract", show_default=True,
               help="asyncapi only: the document's info.title.")
 @click.pass_context
-def schema(ctx: click.Context, config_dir: Path | None, fmt: str, output_dir: Path | None, output: Path | None,
-           as_yaml: bool, base_uri: str, title: str) -> None:
+def schema(ctx: click.Context, config_dir: Path | None, db: Path | None, fmt: str, output_dir: Path | None,
+           output: Path | None, as_yaml: bool, base_uri: str, title: str) -> None:
     """Export the event contract for other tools.
 
     json-schema (default): a JSON Schema (draft 2020-12) per event describing the whole
@@ -68,6 +69,8 @@ def schema(ctx: click.Context, config_dir: Path | None, fmt: str, output_dir: Pa
     asyncapi: an AsyncAPI 3.0 document: a channel and a message per event (status as
     x-status and a status:... tag), and a send operation per emitter and event it may
     emit, internal services marked x-internal and tagged internal.
+
+    --db is accepted like everywhere but not used: schema reads no database.
     """
     if output_dir is not None and (fmt != "json-schema" or output is not None or as_yaml):
         raise click.UsageError("--output-dir goes with --format json-schema, without --output or --yaml")

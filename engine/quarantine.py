@@ -97,8 +97,8 @@ def iter_rejections(engine: Engine, selection: Selection, *, raw: bool = True) -
     """
     where, params = selection.where()
     columns = _COLUMNS + (", raw" if raw else "")
-    for row in rows(with_instants(engine.store.conn), f"SELECT {columns} FROM rejections WHERE {where} ORDER BY seq",  # noqa: S608
-                    params):
+    sql = f"SELECT {columns} FROM rejections WHERE {where} ORDER BY seq"  # noqa: S608
+    for row in rows(with_instants(engine.store.conn), sql, params):
         yield _entry(row)
 
 
@@ -185,6 +185,6 @@ def purge(engine: Engine, selection: Selection, *, everything: bool = False) -> 
                          "or --all to purge every rejection in the chosen state")
     where, params = selection.where()
     with engine.store.transaction():
-        seqs = [r[0] for r in with_instants(engine.store.conn).execute(f"SELECT seq FROM rejections WHERE {where}",  # noqa: S608
-                                                         params)]
+        sql = f"SELECT seq FROM rejections WHERE {where}"  # noqa: S608
+        seqs = [r[0] for r in with_instants(engine.store.conn).execute(sql, params)]
         return engine.store.purge_rejections(seqs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
@@ -60,8 +61,8 @@ class _Comparison:
     def __init__(self, config: Config, limit: int):
         self.config, self.limit = config, limit
         self.transitions: dict[tuple[str, str], _Tally] = {}
-        self.newly_accepted: dict[str, int] = {}  # by the live reason
-        self.newly_rejected: dict[str, int] = {}  # by the new reason
+        self.newly_accepted: Counter[str] = Counter()  # by the live reason
+        self.newly_rejected: Counter[str] = Counter()  # by the new reason
         self.unavailable = _Tally(limit)
 
     def add(self, row: Row, event: bytes | Oversized, result: dict[str, Any]) -> None:
@@ -69,9 +70,9 @@ class _Comparison:
         if live == now:
             return
         if result["status"] == ACCEPTED:
-            _bump(self.newly_accepted, row["reason"] or row["status"])
+            self.newly_accepted[row["reason"] or row["status"]] += 1
         if result["status"] == REJECTED and row["status"] != REJECTED:
-            _bump(self.newly_rejected, result["reason"])
+            self.newly_rejected[result["reason"]] += 1
         self.transitions.setdefault((live, now), _Tally(self.limit)).add(
             lambda: {**_described(row, event, self.config), "live": live, "replay": now, "errors": result["errors"]})
 
@@ -79,14 +80,10 @@ class _Comparison:
         ordered = sorted(self.transitions.items(), key=lambda kv: (-kv[1].count, kv[0]))
         return {
             "changed": sum(t.count for t in self.transitions.values()),
-            "newly_accepted": {"count": sum(self.newly_accepted.values()), "by_reason": self.newly_accepted},
-            "newly_rejected": {"count": sum(self.newly_rejected.values()), "by_reason": self.newly_rejected},
+            "newly_accepted": {"count": self.newly_accepted.total(), "by_reason": dict(self.newly_accepted)},
+            "newly_rejected": {"count": self.newly_rejected.total(), "by_reason": dict(self.newly_rejected)},
             "transitions": [{"live": live, "replay": now, **t.as_dict()} for (live, now), t in ordered],
         }
-
-
-def _bump(counts: dict[str, int], key: str) -> None:
-    counts[key] = counts.get(key, 0) + 1
 
 
 def _described(row: Row, event: bytes | Oversized | None, config: Config) -> dict[str, Any]:
@@ -96,7 +93,7 @@ def _described(row: Row, event: bytes | Oversized | None, config: Config) -> dic
     if isinstance(event, bytes):
         try:
             data = json.loads(event).get("data")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             data = None
         if isinstance(data, dict) and all(f in data for f in config.route.key):
             example["key"] = {f: data[f] for f in config.route.key}
@@ -123,6 +120,7 @@ def replay(db: str | Path, config: str | Path | Config, *, scratch: str | Path |
         with (_scratch(db, scratch) as target,
               Engine.open(config=config, db=target, max_event_bytes=max_event_bytes) as engine):
             counts, comparison = _run(live, engine, examples, batch_size, progress)
+            replayed: sqlite3.Connection = engine.store.conn  # type: ignore[attr-defined]
             report = {
                 "db": str(db), "config": str(config.root), "config_hash": config.hash,
                 "live_config_hashes": [r[0] for r in live.execute(
@@ -130,8 +128,8 @@ def replay(db: str | Path, config: str | Path | Config, *, scratch: str | Path |
                 "scratch": str(scratch) if scratch is not None else None,
                 "replayed": counts,
                 "outcomes": comparison.report(),
-                "classifications": _classifications(live, engine.store.conn, config, examples),  # type: ignore[attr-defined]
-                "routes": _routes(live, engine.store.conn, config, examples),  # type: ignore[attr-defined]
+                "classifications": _classifications(live, replayed, config, examples),
+                "routes": _routes(live, replayed, config, examples),
                 "unavailable": comparison.unavailable.as_dict(),
             }
     finally:
@@ -160,7 +158,8 @@ def _scratch(live: str | Path, scratch: str | Path | None) -> Iterator[Path]:
 
 def _run(live: sqlite3.Connection, engine: Engine, examples: int, batch_size: int,
          progress: Progress | None) -> tuple[dict[str, int], _Comparison]:
-    total = sum(live.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("inputs", "evaluations"))  # noqa: S608
+    total = sum(live.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+                for table in ("inputs", "evaluations"))
     comparison = _Comparison(engine.config, examples)
     counts = {"inputs": 0, "evaluations": 0, "unavailable": 0}
     pending: list[tuple[Row, bytes | Oversized]] = []

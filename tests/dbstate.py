@@ -24,6 +24,15 @@ TABLES = {
 }
 
 
+def rows(db: str | Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """The rows of one query on a database file."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 def snapshot(db: str | Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every table's comparable rows; history keeps its per-route order, the rest is sorted."""
     conn = sqlite3.connect(db)

@@ -7,14 +7,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlite_utils
 from conftest import TRACKER, completed, entered, form_submitted, jsonl, left, registered, result_lines
-from dbstate import digest
+from dbstate import digest, rows
 
 from engine import Engine
 from engine.store import SCHEMA_VERSION, migrations
@@ -24,14 +23,6 @@ T_EVAL = "2026-02-02T00:00:00Z"
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def rows(db: Path, sql: str, *params: Any) -> list[tuple]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -83,7 +83,8 @@ def _step(step: dict[str, Any]) -> list[str]:
         lines.append(f"{pad}rejected: {step['reason']}")
         lines += [f"{pad}  {e['path'] or '/'}: {e['message']}" for e in step["errors"]]
         if step["resolved"]:
-            lines.append(f"{pad}left the quarantine at {step['resolved']['at']} (input #{step['resolved']['by_input']})")
+            resolved = step["resolved"]
+            lines.append(f"{pad}left the quarantine at {resolved['at']} (input #{resolved['by_input']})")
         return lines
     if step["status"] == "duplicate":
         return lines + [f"{pad}duplicate ({step['reason']}): nothing changed"]

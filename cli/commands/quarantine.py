@@ -25,9 +25,9 @@ _SELECTION = [
                  help="Only rejections whose envelope named this source (repeat for several)."),
     click.option("--type", "types", multiple=True, metavar="EVENT",
                  help="Only rejections of this event type (repeat for several)."),
-    click.option("--since", callback=_at, default=None,
+    click.option("--since", callback=_at, default=None, metavar="TIME",
                  help="Only rejections last seen at or after this time (RFC 3339)."),
-    click.option("--until", callback=_at, default=None,
+    click.option("--until", callback=_at, default=None, metavar="TIME",
                  help="Only rejections last seen at or before this time (RFC 3339)."),
 ]
 

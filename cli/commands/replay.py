@@ -8,12 +8,13 @@ from typing import Any
 
 import click
 
-from engine import ConfigError, EngineError, UsageError, load_config
+from engine import EngineError, UsageError
 from engine.intake import DEFAULT_MAX_EVENT_BYTES
 from engine.pipeline import DEFAULT_BATCH_SIZE
 from engine.replay import replay as run_replay
 
-from ..main import CONTEXT, Failed, _config_option, _db_option, _print, _problems_text, _settings
+from ..main import CONTEXT, Failed, _config_option, _db_option, _print, _settings
+from ._shared import load_or_fail
 
 
 class _Bar:
@@ -61,11 +62,7 @@ def replay(ctx: click.Context, config_dir: Path | None, db: Path | None, scratch
     the config it was processed with reports no difference. Exit 0 whatever the differences.
     """
     config_path, database = _settings(ctx, config_dir, db)
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise Failed(f"{_problems_text(exc.problems)}\nerror: the config in {config_path} is invalid "
-                     f"({len(exc.errors)} error(s)); run 'webinar-flows validate'") from None
+    config = load_or_fail(config_path, "the config to replay under")
     bar = _Bar() if sys.stderr.isatty() else None
     try:
         report = run_replay(database, config, scratch=scratch, examples=examples, batch_size=batch_size,
@@ -102,7 +99,8 @@ def render(report: dict[str, Any]) -> str:
     classes = report["classifications"]
     if classes is not None:
         out.append(f"classifications ({classes['event']}.{classes['field']}): {classes['count']} differ")
-        out += [f"  {_key(e['key'])}: live {_json(e['live'])}, replay {_json(e['replay'])}" for e in classes["examples"]]
+        out += [f"  {_key(e['key'])}: live {_json(e['live'])}, replay {_json(e['replay'])}"
+                for e in classes["examples"]]
     routes = report["routes"]
     out.append(f"routes: {routes['count']} differ")
     out += [f"  {_key(e['key'])}: live {_route(e['live'])}, replay {_route(e['replay'])}" for e in routes["examples"]]
@@ -118,7 +116,8 @@ def _by(counts: dict[str, int]) -> str:
 
 
 def _input(example: dict[str, Any]) -> str:
-    where = f" line {example['line']}" if example["line"] is not None else ""
+    where = f" ({example['origin']})" if example["origin"] else ""
+    where += f" line {example['line']}" if example["line"] is not None else ""
     key = f" [{_key(example['key'])}]" if example["key"] else ""
     return f"input #{example['input']}{where}: {example['type'] or '?'} {example['id'] or '?'} " \
            f"from {example['source'] or '?'}{key}"

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
+from rfc3339_validator import validate_rfc3339
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
@@ -61,6 +63,38 @@ def instant(value: str) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{digits}" if digits else "") + "Z"
 
 
+_REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef", "$id", "$anchor", "$dynamicAnchor")
+
+
+def _compiled(payload: dict[str, Any]) -> Any:
+    """A compiled validator for the hot path, or None where only jsonschema will do.
+
+    fastjsonschema is about twenty times faster; it gets the formats jsonschema checks, and
+    schemas with references stay with jsonschema, which resolves them through the local
+    registry. Tests hold the two to the same verdicts.
+    """
+    if _mentions(payload, _REF_KEYS):
+        return None
+    try:
+        return fastjsonschema.compile({**payload, "$schema": "https://json-schema.org/draft/2020-12/schema"},
+                                      formats={"date-time": validate_rfc3339})
+    except Exception:  # noqa: BLE001 - anything it cannot compile is left to jsonschema
+        return None
+
+
+def _mentions(node: Any, keys: tuple[str, ...]) -> bool:
+    todo = [node]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            if any(k in item for k in keys):
+                return True
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
+
+
 class Contract:
     """What events exist and what their payloads must hold."""
 
@@ -74,6 +108,7 @@ class Contract:
                                        format_checker=Draft202012Validator.FORMAT_CHECKER)
             for name, spec in config.events.items()
         }
+        self._fast = {name: _compiled(spec.payload) for name, spec in config.events.items()}
 
     def spec(self, event_type: str) -> EventSpec:
         spec = self.config.events.get(event_type)
@@ -83,6 +118,13 @@ class Contract:
         return spec
 
     def payload_errors(self, event_type: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        fast = self._fast[event_type]
+        if fast is not None:
+            try:
+                fast(data)
+                return []
+            except fastjsonschema.JsonSchemaException:
+                pass  # jsonschema says exactly what is wrong (and has the last word)
         validator = self._validators[event_type]
         try:
             if validator.is_valid(data):

@@ -87,8 +87,9 @@ def _as_bytes(event: EventInput) -> bytes | Oversized:
         return bytes(event)
     if isinstance(event, str):
         return event.encode("utf-8", "surrogatepass")
-    try:
-        return canonical_json(event).encode("utf-8", "surrogatepass")
+    try:  # the standard encoder: what it writes is then read like any line (big ints, surrogates)
+        text = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8", "surrogatepass")
     except (TypeError, ValueError, RecursionError) as exc:
         raise _NotJson(reprlib.repr(event).encode("utf-8", "backslashreplace"),
                        f"not JSON-serialisable: {type(exc).__name__}: {str(exc)[:200]}") from None
@@ -247,7 +248,7 @@ class Engine:
                   rule_id: str | None = None, cause_seq: int | None = None,
                   evaluation_seq: int | None = None) -> dict[str, Any]:
         return {"source": env.source, "id": env.id, "type": env.type, "route_key": route_key, "identity": identity,
-                "body": env.canonical, "data": canonical_json(env.data), "derived": int(rule_id is not None),
+                "body": env.canonical, "data": canonical_json(env.data, floats=env.floats), "derived": int(rule_id is not None),
                 "rule_id": rule_id, "cause_seq": cause_seq, "evaluation_seq": evaluation_seq,
                 "config_hash": self.config.hash, "recorded_at": at}
 

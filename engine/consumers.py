@@ -19,7 +19,8 @@ class RouteConsumer:
         self.store = store
 
     def apply(self, route_key: str, actions: list[dict[str, Any]], cause: dict[str, Any], fact_seq: int,
-              config_hash: str, at: str) -> None:
+              config_hash: str, at: str) -> tuple[str | None, str | None]:
+        """Fix the route the actions name; returns its (state, screen) as now recorded."""
         state = screen = None
         for action in actions:
             if action["type"] == "route":
@@ -30,3 +31,4 @@ class RouteConsumer:
         if state is not None:
             self.store.fix_route(route_key, state, screen, config_hash, at)
         self.store.add_actions(route_key, fact_seq, actions, CONSUMED, config_hash, at)
+        return state, screen

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import reprlib
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,8 +51,16 @@ def rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if moment.microsecond else "%Y-%m-%dT%H:%M:%SZ")
 
 
+_SECOND: list[Any] = [None, ""]  # the last whole second formatted, reused within that second
+
+
 def utc_now() -> str:
-    return rfc3339(datetime.now(timezone.utc))
+    """Now, as rfc3339() writes it, cheaply: it is read once per event."""
+    micros = time.time_ns() // 1000
+    second, fraction = divmod(micros, 1_000_000)
+    if second != _SECOND[0]:
+        _SECOND[0], _SECOND[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_SECOND[1]}.{fraction:06d}Z" if fraction else f"{_SECOND[1]}Z"
 
 
 def _result(status: str, *, envelope: Envelope | None = None, partial: dict[str, Any] | None = None,
@@ -209,8 +218,7 @@ class Engine:
         at = self.clock()
         if isinstance(outcome, Envelope):
             try:
-                with self.store.savepoint():
-                    result, fact_seq = self._accept(outcome, at)
+                result, fact_seq = self._accept(outcome, at)
                 self._log(result, origin, line, at, fact_seq=fact_seq, source=outcome.source)
                 return result
             except Rejected as rejected:
@@ -220,27 +228,33 @@ class Engine:
         return result
 
     def _accept(self, env: Envelope, at: str) -> tuple[dict[str, Any], int | None]:
-        """Steps 7-8 for one envelope-valid event, inside the caller's transaction."""
-        body = self.store.find_envelope(env.source, env.id)
-        if body is not None:
-            if body == env.canonical:
+        """Steps 7-8 for one envelope-valid event, inside the caller's transaction.
+
+        Writes come in an order that needs no savepoint: the envelope and the fact (each
+        claim doubling as the dedupe check), then the rules, which only read and validate,
+        then everything else. A rule that fails undoes the two claims and nothing more.
+        """
+        if not self.store.claim_envelope(env.source, env.id, env.canonical, self.config.hash):
+            if self.store.find_envelope(env.source, env.id) == env.canonical:
                 return _result(DUPLICATE, envelope=env, reason="same_envelope"), None
             raise Rejected("id_conflict", [error("/id", "id_conflict",
-                                                 f"({env.source}, {env.id}) was accepted before with a different body")])
+                                                 f"({env.source}, {env.id}) was seen before with a different body")])
         spec = self.config.events[env.type]
         identity = self.contract.identity(spec, env.data)
-        if identity is not None and self.store.has_identity(env.type, identity):
-            # Remembered, so that a resend of this very envelope is same_envelope, and a reuse of
-            # its id with another body an id_conflict.
-            self.store.remember_envelope(env.source, env.id, env.canonical, None, self.config.hash)
-            return _result(DUPLICATE, envelope=env, reason="same_fact"), None
         route_key = self.contract.route_key(env.data)
-        fact_seq = self.store.insert_fact(self._fact_row(env, route_key, identity, at))
-        self.store.remember_envelope(env.source, env.id, env.canonical, fact_seq, self.config.hash)
+        fact_seq = self.store.add_fact(self._fact_row(env, route_key, identity, at))
+        if fact_seq is None:
+            # The envelope stays remembered: a resend of it is same_envelope, its id with
+            # another body an id_conflict.
+            return _result(DUPLICATE, envelope=env, reason="same_fact"), None
         if route_key is None:
             return _result(ACCEPTED, envelope=env), fact_seq
-        emitted = self._derive(self.rules.on_event.get(env.type, []), env.data, (env.source, env.id), route_key,
-                               fact_seq, None, at)
+        try:
+            emitted = self._derive(self.rules.on_event.get(env.type, []), env.data, (env.source, env.id), route_key,
+                                   fact_seq, None, at)
+        except Rejected:
+            self.store.forget(fact_seq, env.source, env.id)
+            raise
         actions, route = self._drive(env, route_key, fact_seq, at)
         return _result(ACCEPTED, envelope=env, emitted=emitted, actions=actions, route=route), fact_seq
 
@@ -254,6 +268,7 @@ class Engine:
 
     def _derive(self, rules: list, trigger: dict[str, Any], cause: tuple[str, str], route_key: str,
                 cause_seq: int | None, evaluation_seq: int | None, at: str) -> list[dict[str, Any]]:
+        """Derive, validate, then store: nothing is written unless every output is valid."""
         if not rules:
             return []
         facts = self.store.facts_for_key(route_key)
@@ -267,21 +282,17 @@ class Engine:
     def _drive(self, env: Envelope, route_key: str, fact_seq: int, at: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Move the route for an input event; create its row on the first fact for the key."""
         stored = self.store.route_state(route_key)
-        if stored is None:
-            self.store.create_route(route_key, self.config.route.initial, self.config.hash, at)
-            stored = (self.config.route.initial, None)
-        state, screen = stored
+        state, screen = stored if stored is not None else (self.config.route.initial, None)
         key = key_dict(self.config.route.key, route_key)
-        if not self.machine.knows(state):
-            return [], self._route_view(key, state, screen)
         dest = self.machine.fire(state, env.type) if env.type in self._inputs else None
         if dest is None:
+            if stored is None:
+                self.store.create_route(route_key, state, self.config.hash, at)
             return [], self._route_view(key, state, screen)
         actions = actions_for(self.config.route, key, state, dest, env.event)
         cause = {"source": env.source, "id": env.id, "type": env.type}
-        self.consumer.apply(route_key, actions, cause, fact_seq, self.config.hash, at)
-        new_state, new_screen = self.store.route_state(route_key) or (dest, None)
-        return actions, self._route_view(key, new_state, new_screen)
+        state, screen = self.consumer.apply(route_key, actions, cause, fact_seq, self.config.hash, at)
+        return actions, self._route_view(key, state, screen)
 
     def _route_view(self, key: dict[str, Any], state: str, screen: str | None) -> dict[str, Any]:
         view = {**key, "state": state, "screen": screen}

@@ -42,8 +42,7 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
         );
         CREATE UNIQUE INDEX facts_identity ON facts (type, identity) WHERE identity IS NOT NULL;
         CREATE TABLE envelopes (
-            source TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
-            fact_seq INTEGER, config_hash TEXT NOT NULL,
+            source TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, config_hash TEXT NOT NULL,
             PRIMARY KEY (source, id)
         ) WITHOUT ROWID;
         CREATE INDEX facts_route_key ON facts (route_key) WHERE route_key IS NOT NULL;
@@ -108,8 +107,9 @@ class Store(Protocol):
     def transaction(self) -> Any: ...
     def savepoint(self) -> Any: ...
     def find_envelope(self, source: str, event_id: str) -> str | None: ...
-    def remember_envelope(self, source: str, event_id: str, body: str, fact_seq: int | None,
-                          config_hash: str) -> None: ...
+    def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool: ...
+    def forget(self, fact_seq: int | None, source: str, event_id: str) -> None: ...
+    def add_fact(self, row: dict[str, Any]) -> int | None: ...
     def has_identity(self, event_type: str, identity: str) -> bool: ...
     def insert_fact(self, row: dict[str, Any]) -> int: ...
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]: ...
@@ -235,13 +235,28 @@ class SQLiteStore:
         row = self.conn.execute("SELECT body FROM envelopes WHERE source = ? AND id = ?", (source, event_id)).fetchone()
         return row[0] if row else None
 
-    def remember_envelope(self, source: str, event_id: str, body: str, fact_seq: int | None, config_hash: str) -> None:
-        self.conn.execute("INSERT INTO envelopes (source, id, body, fact_seq, config_hash) VALUES (?, ?, ?, ?, ?)",
-                          (source, event_id, body, fact_seq, config_hash))
+    def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool:
+        """Remember an envelope; False when its (source, id) was already seen."""
+        return self.conn.execute("INSERT OR IGNORE INTO envelopes (source, id, body, config_hash) VALUES (?, ?, ?, ?)",
+                                 (source, event_id, body, config_hash)).rowcount == 1
+
+    def forget(self, fact_seq: int | None, source: str, event_id: str) -> None:
+        """Undo `claim_envelope` and `add_fact` for an event whose rules failed."""
+        if fact_seq is not None:
+            self.conn.execute("DELETE FROM facts WHERE seq = ?", (fact_seq,))
+        self.conn.execute("DELETE FROM envelopes WHERE source = ? AND id = ?", (source, event_id))
 
     def has_identity(self, event_type: str, identity: str) -> bool:
         return self.conn.execute("SELECT 1 FROM facts WHERE type = ? AND identity = ?",
                                  (event_type, identity)).fetchone() is not None
+
+    def add_fact(self, row: dict[str, Any]) -> int | None:
+        """Store a fact; None when a fact with its identity already exists (a same-fact duplicate)."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO facts (source, id, type, route_key, identity, body, data, derived, rule_id, cause_seq,"
+            " evaluation_seq, config_hash, recorded_at) VALUES (:source, :id, :type, :route_key, :identity, :body,"
+            " :data, :derived, :rule_id, :cause_seq, :evaluation_seq, :config_hash, :recorded_at)", row)
+        return cur.lastrowid if cur.rowcount == 1 else None
 
     def insert_fact(self, row: dict[str, Any]) -> int:
         cur = self.conn.execute(
@@ -263,8 +278,12 @@ class SQLiteStore:
                           " VALUES (?, ?, NULL, 0, ?, ?, ?)", (route_key, state, config_hash, at, at))
 
     def fix_route(self, route_key: str, state: str, screen: str | None, config_hash: str, at: str) -> None:
-        self.conn.execute("UPDATE routes SET state = ?, screen = ?, version = version + 1, config_hash = ?,"
-                          " updated_at = ? WHERE route_key = ?", (state, screen, config_hash, at, route_key))
+        """Record a route's new state (route fixation), creating the row if the key is new."""
+        self.conn.execute(
+            "INSERT INTO routes (route_key, state, screen, version, config_hash, created_at, updated_at)"
+            " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (route_key) DO UPDATE SET state = excluded.state,"
+            " screen = excluded.screen, version = version + 1, config_hash = excluded.config_hash,"
+            " updated_at = excluded.updated_at", (route_key, state, screen, config_hash, at, at))
 
     def append_history(self, route_key: str, before: str, after: str, cause: dict[str, Any], fact_seq: int,
                        config_hash: str, at: str) -> None:

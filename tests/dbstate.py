@@ -20,7 +20,8 @@ TABLES = {
     "actions": "SELECT a.route_key, f.source, f.id, a.position, a.type, a.body, a.applied FROM actions a"
                " JOIN facts f ON f.seq = a.fact_seq",
     "rejections": "SELECT raw_sha256, raw, raw_size, truncated, reason, errors FROM rejections",
-    "envelopes": "SELECT source, id, body, fact_seq IS NULL FROM envelopes",
+    "envelopes": "SELECT e.source, e.id, e.body, f.seq IS NULL FROM envelopes e"
+                 " LEFT JOIN facts f ON f.source = e.source AND f.id = e.id",
 }
 
 

@@ -154,8 +154,8 @@ ORPHANS = {
                                   " AND (cause_seq IS NULL OR cause_seq NOT IN (SELECT seq FROM facts))"
                                   " AND (evaluation_seq IS NULL"
                                   "      OR evaluation_seq NOT IN (SELECT seq FROM evaluations))",
-    "envelope_without_fact": "SELECT count(*) FROM envelopes WHERE fact_seq IS NOT NULL"
-                             " AND fact_seq NOT IN (SELECT seq FROM facts)",
+    "envelope_without_input": "SELECT count(*) FROM envelopes e WHERE NOT EXISTS (SELECT 1 FROM inputs i"
+                              " WHERE i.source = e.source AND i.id = e.id AND i.status != 'rejected')",
     "rejection_without_input": "SELECT count(*) FROM rejections r"
                                " WHERE NOT EXISTS (SELECT 1 FROM inputs i WHERE i.rejection_seq = r.seq)",
     "route_without_fact": "SELECT count(*) FROM routes r"

@@ -146,13 +146,19 @@ class Contract:
         for fieldname, values in spec.repeatable_when.items():
             if fieldname in data and any(_same(data[fieldname], v) for v in values):
                 return None
-        return canonical_json([instant(data[f]) if f in spec.datetime_fields and isinstance(data[f], str) else data[f]
-                               for f in spec.identity])
+        return flat_json([instant(data[f]) if f in spec.datetime_fields and isinstance(data[f], str) else data[f]
+                          for f in spec.identity])
 
     def route_key(self, data: dict[str, Any]) -> str | None:
         if any(f not in data for f in self.key):
             return None
-        return canonical_json([data[f] for f in self.key])
+        return flat_json([data[f] for f in self.key])
+
+
+def flat_json(values: list[Any]) -> str:
+    """canonical_json for a list of key values, skipping its walk when they are plain scalars."""
+    plain = all(type(v) in (str, int, bool) or v is None for v in values)
+    return canonical_json(values, floats=False if plain else None)
 
 
 def _same(a: Any, b: Any) -> bool:

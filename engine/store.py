@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
@@ -297,7 +298,7 @@ class SQLiteStore:
         self.conn.executemany(
             "INSERT INTO actions (route_key, fact_seq, position, type, body, applied, config_hash, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(route_key, fact_seq, i, a["type"], json.dumps(a, sort_keys=True, ensure_ascii=False),
+            [(route_key, fact_seq, i, a["type"], orjson.dumps(a, option=orjson.OPT_SORT_KEYS).decode(),
               int(a["type"] in consumed), config_hash, at) for i, a in enumerate(actions)])
 
     def record_rejection(self, row: dict[str, Any]) -> int:

@@ -8,7 +8,6 @@ interleave a read-modify-write and no update is lost. WAL lets readers run meanw
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from .errors import StoreError
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000
+CACHE_KIB = 16_384  # the page cache: enough to keep the dedupe indexes' hot pages, small for memory
 
 migrations = Migrations("webinar-flows")
 
@@ -174,6 +174,7 @@ class SQLiteStore:
         if self.path != ":memory:" and self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+        self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         if version < SCHEMA_VERSION:
             self._migrate()
 
@@ -268,7 +269,7 @@ class SQLiteStore:
 
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
         rows = self.conn.execute("SELECT type, data FROM facts WHERE route_key = ? ORDER BY seq", (route_key,))
-        return [(t, json.loads(d)) for t, d in rows]
+        return [(t, orjson.loads(d)) for t, d in rows]
 
     def route_state(self, route_key: str) -> tuple[str, str | None] | None:
         row = self.conn.execute("SELECT state, screen FROM routes WHERE route_key = ?", (route_key,)).fetchone()

@@ -68,7 +68,8 @@ def _names(payload: Any, key: dict[str, Any]) -> bool:
 def _inputs(conn: sqlite3.Connection, engine: Engine, route_key: str, key: dict[str, Any]) -> list[Row]:
     """The input-log rows that concern the key, by seq, each with its `event` (the parsed envelope or None)."""
     found = [{**r, "event": json.loads(r.pop("body"))} for r in rows(
-        conn, "SELECT i.*, f.body FROM inputs i JOIN facts f ON f.seq = i.fact_seq"
+        conn, "SELECT i.*, e.body FROM inputs i JOIN facts f ON f.seq = i.fact_seq"
+              " JOIN envelopes e ON e.source = i.source AND e.id = i.id"
               " WHERE i.status = 'accepted' AND f.route_key = ?", (route_key,))]
     needles = [json.dumps(v, ensure_ascii=False) for v in key.values() if isinstance(v, str)]
     match = " AND ".join("instr(e.body, ?) > 0" for _ in needles) or "1"

@@ -77,15 +77,11 @@ def timeline(inputs: Iterable[Row], evaluations: Iterable[Row]) -> Iterator[tupl
 def input_bytes(conn: sqlite3.Connection, row: Row) -> bytes | Oversized | None:
     """What an input row received, as far as the database kept it; None when it is gone.
 
-    An accepted input is its fact's body, a duplicate the envelope remembered for its
-    (source, id), a rejection its raw bytes (a truncated one as `Oversized`, so it is
+    An accepted or duplicate input is the envelope remembered for its (source, id), a rejection its raw bytes (a truncated one as `Oversized`, so it is
     too large again). Accepted and duplicate bodies are canonical JSON, which processes
     exactly as the bytes that were received.
     """
-    if row["status"] == "accepted" and row["fact_seq"] is not None:
-        found = conn.execute("SELECT body FROM facts WHERE seq = ?", (row["fact_seq"],)).fetchone()
-        return found[0].encode("utf-8") if found else None
-    if row["status"] == "duplicate":
+    if row["status"] in ("accepted", "duplicate"):
         found = conn.execute("SELECT body FROM envelopes WHERE source = ? AND id = ?",
                              (row["source"], row["id"])).fetchone()
         return found[0].encode("utf-8") if found else None

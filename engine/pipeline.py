@@ -262,7 +262,7 @@ class Engine:
                   rule_id: str | None = None, cause_seq: int | None = None,
                   evaluation_seq: int | None = None) -> dict[str, Any]:
         return {"source": env.source, "id": env.id, "type": env.type, "route_key": route_key, "identity": identity,
-                "body": env.canonical, "data": canonical_json(env.data, floats=env.floats), "derived": int(rule_id is not None),
+                "data": canonical_json(env.data, floats=env.floats), "derived": int(rule_id is not None),
                 "rule_id": rule_id, "cause_seq": cause_seq, "evaluation_seq": evaluation_seq,
                 "config_hash": self.config.hash, "recorded_at": at}
 

@@ -35,11 +35,9 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
         CREATE TABLE facts (
             seq INTEGER PRIMARY KEY,
             source TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
-            route_key TEXT, identity TEXT,
-            body TEXT NOT NULL, data TEXT NOT NULL,
+            route_key TEXT, identity TEXT, data TEXT NOT NULL,
             derived INTEGER NOT NULL, rule_id TEXT, cause_seq INTEGER, evaluation_seq INTEGER,
-            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL,
-            UNIQUE (source, id)
+            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL
         );
         CREATE UNIQUE INDEX facts_identity ON facts (type, identity) WHERE identity IS NOT NULL;
         CREATE TABLE envelopes (
@@ -255,15 +253,15 @@ class SQLiteStore:
     def add_fact(self, row: dict[str, Any]) -> int | None:
         """Store a fact; None when a fact with its identity already exists (a same-fact duplicate)."""
         cur = self.conn.execute(
-            "INSERT OR IGNORE INTO facts (source, id, type, route_key, identity, body, data, derived, rule_id, cause_seq,"
-            " evaluation_seq, config_hash, recorded_at) VALUES (:source, :id, :type, :route_key, :identity, :body,"
+            "INSERT OR IGNORE INTO facts (source, id, type, route_key, identity, data, derived, rule_id, cause_seq,"
+            " evaluation_seq, config_hash, recorded_at) VALUES (:source, :id, :type, :route_key, :identity,"
             " :data, :derived, :rule_id, :cause_seq, :evaluation_seq, :config_hash, :recorded_at)", row)
         return cur.lastrowid if cur.rowcount == 1 else None
 
     def insert_fact(self, row: dict[str, Any]) -> int:
         cur = self.conn.execute(
-            "INSERT INTO facts (source, id, type, route_key, identity, body, data, derived, rule_id, cause_seq,"
-            " evaluation_seq, config_hash, recorded_at) VALUES (:source, :id, :type, :route_key, :identity, :body,"
+            "INSERT INTO facts (source, id, type, route_key, identity, data, derived, rule_id, cause_seq,"
+            " evaluation_seq, config_hash, recorded_at) VALUES (:source, :id, :type, :route_key, :identity,"
             " :data, :derived, :rule_id, :cause_seq, :evaluation_seq, :config_hash, :recorded_at)", row)
         return cur.lastrowid  # type: ignore[return-value]
 

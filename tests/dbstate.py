@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 TABLES = {
-    "facts": "SELECT source, id, type, route_key, identity, body, derived, rule_id FROM facts",
+    "facts": "SELECT source, id, type, route_key, identity, data, derived, rule_id FROM facts",
     "routes": "SELECT route_key, state, screen, version, config_hash FROM routes",
     "route_history": "SELECT route_key, from_state, to_state, event_source, event_id, event_type FROM route_history"
                      " ORDER BY route_key, seq",

@@ -336,7 +336,7 @@ def test_same_fact_is_a_duplicate(engine):
 def test_id_conflict_keeps_the_original_fact(engine, tmp_path):
     original = completed(id="same-id", session="s1")
     assert engine.process(original)["status"] == "accepted"
-    before = rows(tmp_path / "test.db", "SELECT seq, body, data FROM facts WHERE source = ? AND id = ?", TRACKER, "same-id")
+    before = rows(tmp_path / "test.db", "SELECT seq, data FROM facts WHERE source = ? AND id = ?", TRACKER, "same-id")
     route_before = engine.route(lead_id="l1", webinar_id="w1")
 
     r = engine.process(completed(id="same-id", session="s2", at="2026-02-02T19:00:00Z"))
@@ -344,9 +344,9 @@ def test_id_conflict_keeps_the_original_fact(engine, tmp_path):
     assert (r["status"], r["reason"], codes(r)) == ("rejected", "id_conflict", [("/id", "id_conflict")])
     assert (r["id"], r["type"], r["emitted"], r["route"]) == ("same-id", "client_webinar_completed", [], None)
 
-    after = rows(tmp_path / "test.db", "SELECT seq, body, data FROM facts WHERE source = ? AND id = ?", TRACKER, "same-id")
+    after = rows(tmp_path / "test.db", "SELECT seq, data FROM facts WHERE source = ? AND id = ?", TRACKER, "same-id")
     assert after == before and len(after) == 1
-    assert json.loads(after[0][2])["session_id"] == "s1"
+    assert json.loads(after[0][1])["session_id"] == "s1"
     assert engine.route(lead_id="l1", webinar_id="w1") == route_before
     stored = rows(tmp_path / "test.db", "SELECT reason, id, source FROM rejections")
     assert stored == [("id_conflict", "same-id", TRACKER)]
@@ -580,7 +580,7 @@ def _state(db: Path) -> dict[str, list[tuple]]:
         "routes": rows(db, "SELECT route_key, state, screen, version, config_hash FROM routes ORDER BY route_key"),
         "history": rows(db, "SELECT route_key, from_state, to_state, event_source, event_id, event_type, fact_seq,"
                             " config_hash FROM route_history ORDER BY seq"),
-        "facts": rows(db, "SELECT seq, source, id, type, route_key, identity, body, derived, rule_id, cause_seq"
+        "facts": rows(db, "SELECT seq, source, id, type, route_key, identity, data, derived, rule_id, cause_seq"
                           " FROM facts ORDER BY seq"),
         "actions": rows(db, "SELECT route_key, fact_seq, position, type, body, applied FROM actions ORDER BY seq"),
         "inputs": rows(db, "SELECT origin, line, status, reason, source, id, type, fact_seq, rejection_seq"

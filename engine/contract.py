@@ -44,12 +44,21 @@ def local_registry(root: Path) -> Registry:
 _DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
 
 
+_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+
+
 def instant(value: str) -> str:
     """A date-time as a UTC instant, so that equal moments written differently compare equal.
 
     The fraction is kept digit for digit (RFC 3339 allows any precision; a datetime holds
     only microseconds), with trailing zeros dropped.
     """
+    if _UTC.match(value):  # already UTC: only a fraction's trailing zeros can differ
+        if "." not in value:
+            return value
+        whole, fraction = value[:-1].split(".")
+        digits = fraction.rstrip("0")
+        return f"{whole}.{digits}Z" if digits else f"{whole}Z"
     match = _DATETIME.match(value)
     if not match:
         return value

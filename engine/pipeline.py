@@ -283,7 +283,7 @@ class Engine:
         """Move the route for an input event; create its row on the first fact for the key."""
         stored = self.store.route_state(route_key)
         state, screen = stored if stored is not None else (self.config.route.initial, None)
-        key = key_dict(self.config.route.key, route_key)
+        key = {f: env.data[f] for f in self.config.route.key}
         dest = self.machine.fire(state, env.type) if env.type in self._inputs else None
         if dest is None:
             if stored is None:

@@ -153,4 +153,6 @@ class RuleBook:
         event = {"specversion": "1.0", "id": derived_id(rule.id, cause), "source": rule.emit_source,
                  "type": rule.emit_event, "datacontenttype": "application/json", "data": data}
         spec = self.contract.config.events[rule.emit_event]
-        return Derived(rule, event, canonical_json(event), self.contract.identity(spec, data), cause)
+        plain = all(type(v) in (str, int, bool) or v is None for v in data.values())
+        return Derived(rule, event, canonical_json(event, floats=False if plain else None),
+                       self.contract.identity(spec, data), cause)

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -66,6 +67,18 @@ def _open(ctx: click.Context, config_dir: Path | None, db: Path | None, **kwargs
                      f"({len(exc.errors)} error(s)); run 'webinar-flows validate'") from None
     except EngineError as exc:
         raise Failed(f"error: {exc}") from None
+
+
+@contextmanager
+def engine_for(ctx: click.Context, config_dir: Path | None, db: Path | None, **kwargs: Any) -> Iterator[Engine]:
+    """An open engine for one command; a database failure becomes exit 1 with its message."""
+    engine = _open(ctx, config_dir, db, **kwargs)
+    try:
+        yield engine
+    except StoreError as exc:
+        raise Failed(f"error: {exc}") from None
+    finally:
+        engine.close()
 
 
 def _print(obj: Any) -> None:
@@ -251,13 +264,8 @@ def route(ctx: click.Context, lead: str, webinar: str, config_dir: Path | None, 
 
     History is oldest first, one entry per route change. Exit 1 when no route exists.
     """
-    engine = _open(ctx, config_dir, db)
-    try:
+    with engine_for(ctx, config_dir, db) as engine:
         found = engine.route(lead_id=lead, webinar_id=webinar)
-    except StoreError as exc:
-        raise Failed(f"error: {exc}") from None
-    finally:
-        engine.close()
     if found is None:
         raise Failed(f"error: no route for lead {lead!r} on webinar {webinar!r}")
     _print(found)

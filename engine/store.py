@@ -23,7 +23,7 @@ from .errors import StoreError
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000
-CACHE_KIB = 16_384  # the page cache: enough to keep the dedupe indexes' hot pages, small for memory
+CACHE_KIB = 8_192  # the page cache: the dedupe indexes' hot pages, kept small for memory
 
 migrations = Migrations("webinar-flows")
 

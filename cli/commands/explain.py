@@ -8,10 +8,9 @@ from typing import Any
 
 import click
 
-from engine import StoreError
 from engine.quarantine import ORIGIN
 
-from ..main import CONTEXT, Failed, _config_option, _db_option, _open, _print
+from ..main import CONTEXT, Failed, _config_option, _db_option, _print, engine_for
 
 
 @click.command(context_settings=CONTEXT)
@@ -32,13 +31,8 @@ def explain(ctx: click.Context, lead: str, webinar: str, fmt: str, config_dir: P
     classification and route, and what an evaluation now would do. Exit 1 when nothing is
     known about that lead on that webinar.
     """
-    engine = _open(ctx, config_dir, db)
-    try:
+    with engine_for(ctx, config_dir, db) as engine:
         story = engine.explain(lead_id=lead, webinar_id=webinar)
-    except StoreError as exc:
-        raise Failed(f"error: {exc}") from None
-    finally:
-        engine.close()
     if story is None:
         raise Failed(f"error: nothing is known about lead {lead!r} on webinar {webinar!r}")
     if fmt == "json":

@@ -7,19 +7,31 @@ says which ones exist. Import what you need from here:
     eng = Engine.open(config=None, db="webinar-flows.db")
 """
 
-from .compat import Change, violates
-from .compat import diff as diff_configs
 from .config import load_config
-from .diagram import GraphvizNotFound, render_diagram, render_image
-from .document import render_markdown
 from .errors import ConfigError, EngineError, Problem, StoreError, UsageError
-from .explain import explain as explain_route
-from .export import asyncapi, event_schemas
 from .model import Config
 from .pipeline import Engine
-from .quarantine import Selection
 from .reasons import DUPLICATE_REASONS, REJECTION_REASONS
-from .replay import replay as replay_history
+
+# The governance tools load on first use, so that processing events pays nothing for them.
+_LAZY = {
+    "Change": ("compat", "Change"), "violates": ("compat", "violates"), "diff_configs": ("compat", "diff"),
+    "GraphvizNotFound": ("diagram", "GraphvizNotFound"), "render_diagram": ("diagram", "render_diagram"),
+    "render_image": ("diagram", "render_image"), "render_markdown": ("document", "render_markdown"),
+    "explain_route": ("explain", "explain"), "asyncapi": ("export", "asyncapi"),
+    "event_schemas": ("export", "event_schemas"), "Selection": ("quarantine", "Selection"),
+    "replay_history": ("replay", "replay"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(f".{module}", __name__), attribute)
+
 
 __all__ = [
     "Change",

@@ -16,89 +16,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2  # the number of migrations in engine/migrations.py
+MIGRATIONS_TABLE = "_sqlite_migrations"
 BUSY_TIMEOUT_MS = 60_000
 CACHE_KIB = 8_192  # the page cache: the dedupe indexes' hot pages, kept small for memory
-
-migrations = Migrations("webinar-flows")
-
-
-@migrations()
-def m0001_initial(db: sqlite_utils.Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE facts (
-            seq INTEGER PRIMARY KEY,
-            source TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
-            route_key TEXT, identity TEXT, data TEXT NOT NULL,
-            derived INTEGER NOT NULL, rule_id TEXT, cause_seq INTEGER, evaluation_seq INTEGER,
-            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL
-        );
-        CREATE UNIQUE INDEX facts_identity ON facts (type, identity) WHERE identity IS NOT NULL;
-        CREATE TABLE envelopes (
-            source TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, config_hash TEXT NOT NULL,
-            PRIMARY KEY (source, id)
-        ) WITHOUT ROWID;
-        CREATE INDEX facts_route_key ON facts (route_key) WHERE route_key IS NOT NULL;
-        CREATE TABLE rejections (
-            seq INTEGER PRIMARY KEY,
-            raw_sha256 TEXT NOT NULL UNIQUE, raw BLOB NOT NULL, raw_size INTEGER NOT NULL,
-            truncated INTEGER NOT NULL,
-            reason TEXT NOT NULL, errors TEXT NOT NULL,
-            source TEXT, id TEXT, type TEXT,
-            config_hash TEXT NOT NULL, first_seen_at TEXT NOT NULL, last_seen_at TEXT NOT NULL
-        );
-        CREATE TABLE inputs (
-            seq INTEGER PRIMARY KEY,
-            origin TEXT, line INTEGER,
-            status TEXT NOT NULL, reason TEXT,
-            source TEXT, id TEXT, type TEXT,
-            fact_seq INTEGER, rejection_seq INTEGER,
-            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL
-        );
-        CREATE TABLE routes (
-            route_key TEXT PRIMARY KEY,
-            state TEXT NOT NULL, screen TEXT,
-            version INTEGER NOT NULL,
-            config_hash TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL
-        );
-        CREATE TABLE route_history (
-            seq INTEGER PRIMARY KEY,
-            route_key TEXT NOT NULL, from_state TEXT NOT NULL, to_state TEXT NOT NULL,
-            event_source TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL,
-            fact_seq INTEGER NOT NULL, config_hash TEXT NOT NULL, at TEXT NOT NULL
-        );
-        CREATE INDEX route_history_key ON route_history (route_key, seq);
-        CREATE TABLE actions (
-            seq INTEGER PRIMARY KEY,
-            route_key TEXT NOT NULL, fact_seq INTEGER NOT NULL, position INTEGER NOT NULL,
-            type TEXT NOT NULL, body TEXT NOT NULL, applied INTEGER NOT NULL,
-            config_hash TEXT NOT NULL, created_at TEXT NOT NULL
-        );
-        CREATE TABLE evaluations (
-            seq INTEGER PRIMARY KEY,
-            route_key TEXT NOT NULL, evaluated_at TEXT NOT NULL,
-            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL
-        );
-        """
-    )
-
-
-@migrations()
-def m0002_quarantine(db: sqlite_utils.Database) -> None:
-    """A rejection leaves the quarantine when a reprocess admits it; it is kept, marked resolved."""
-    for statement in (
-        "ALTER TABLE rejections ADD COLUMN resolved_at TEXT",
-        "ALTER TABLE rejections ADD COLUMN resolved_by_input INTEGER",
-        "CREATE INDEX rejections_open ON rejections (seq) WHERE resolved_at IS NULL",
-    ):
-        db.execute(statement)
-
 
 class Store(Protocol):
     """The few operations the engine needs; a second backend implements these."""
@@ -179,9 +103,13 @@ class SQLiteStore:
     def _foreign(self) -> bool:
         """Whether a file without our schema version already holds someone else's tables."""
         names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        return bool(names - {migrations.migrations_table})
+        return bool(names - {MIGRATIONS_TABLE})
 
     def _migrate(self) -> None:
+        import sqlite_utils
+
+        from .migrations import migrations
+
         db = sqlite_utils.Database(self.conn)
         self.conn.execute("BEGIN IMMEDIATE")
         try:

@@ -153,7 +153,7 @@ class Contract:
         if not spec.identity or any(f not in data for f in spec.identity):
             return None
         for fieldname, values in spec.repeatable_when.items():
-            if fieldname in data and any(_same(data[fieldname], v) for v in values):
+            if fieldname in data and any(same(data[fieldname], v) for v in values):
                 return None
         return flat_json([instant(data[f]) if f in spec.datetime_fields and isinstance(data[f], str) else data[f]
                           for f in spec.identity])
@@ -170,14 +170,13 @@ def flat_json(values: list[Any]) -> str:
     return canonical_json(values, floats=False if plain else None)
 
 
-def _same(a: Any, b: Any) -> bool:
+def same(a: Any, b: Any) -> bool:
     """JSON equality: true is not 1, 1 is 1.0."""
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     return a == b
 
 
-same = _same
 
 
 def key_dict(key_fields: tuple[str, ...], route_key: str) -> dict[str, Any]:

@@ -44,3 +44,13 @@ def check(path: Path, expected: str, regenerate: str) -> None:
         raise Failed(f"error: cannot read {path}: {exc}") from None
     if current != expected:
         raise Failed(f"error: {path} is out of date with the config; regenerate it: {regenerate}")
+
+
+def emit(text: str, *, output: Path | None, check_file: Path | None, regenerate: str) -> None:
+    """Where a rendering goes: checked against --check FILE, written to --output FILE, or printed."""
+    if check_file:
+        check(check_file, text, regenerate)
+    elif output:
+        write(output, text)
+    else:
+        click.echo(text, nl=False)

@@ -33,12 +33,8 @@ def docs(ctx: click.Context, config_dir: Path | None, output: Path | None, check
     if output and check:
         raise click.UsageError("--output and --check are exclusive")
     text = render_markdown(_rendered.load(ctx, config_dir))
-    if check:
-        _rendered.check(check, text, _rendered.command("docs", config_dir, check))
-    elif output:
-        _rendered.write(output, text)
-    else:
-        click.echo(text, nl=False)
+    regenerate = _rendered.command("docs", config_dir, check) if check else ""
+    _rendered.emit(text, output=output, check_file=check, regenerate=regenerate)
 
 
 def register(group: click.Group) -> None:

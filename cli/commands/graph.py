@@ -61,13 +61,11 @@ def graph(ctx: click.Context, config_dir: Path | None, fmt: str | None, output: 
         text = render_diagram(config, kind)
     except GraphvizNotFound as exc:
         raise Failed(f"error: {exc}\n(or write text instead: --output route.mmd for Mermaid)") from None
+    regenerate = ""
     if check:
         extra = f" --format {kind}" if check.suffix.lower() not in _TEXT_SUFFIXES else ""
-        _rendered.check(check, text, _rendered.command("graph", config_dir, check, extra))
-    elif output:
-        _rendered.write(output, text)
-    else:
-        click.echo(text, nl=False)
+        regenerate = _rendered.command("graph", config_dir, check, extra)
+    _rendered.emit(text, output=output, check_file=check, regenerate=regenerate)
 
 
 def register(group: click.Group) -> None:

@@ -36,3 +36,12 @@ class Rejected(Exception):
         self.reason = reason
         self.errors = errors
         self.partial = partial  # the parsed event, when it parsed: where id, type and source come from
+
+    def kept(self) -> Rejected:
+        """This rejection without its traceback and chained exceptions, to be kept as a value.
+
+        A kept exception would keep the frames it passed through, and with them the whole
+        batch being processed, alive in a reference cycle until the collector runs.
+        """
+        self.__traceback__ = self.__context__ = self.__cause__ = None
+        return self

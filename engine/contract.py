@@ -16,13 +16,12 @@ from typing import Any
 
 import fastjsonschema
 from jsonschema import Draft202012Validator
-from rfc3339_validator import validate_rfc3339
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from .checks import ref_problem
-from .intake import canonical_json, schema_errors
+from .intake import canonical_json, is_date_time, schema_errors
 from .model import Config, EventSpec
 from .reasons import Rejected, error
 from .yamlfile import load_yaml
@@ -86,7 +85,7 @@ def _compiled(payload: dict[str, Any]) -> Any:
         return None
     try:
         return fastjsonschema.compile({**payload, "$schema": "https://json-schema.org/draft/2020-12/schema"},
-                                      formats={"date-time": validate_rfc3339})
+                                      formats={"date-time": is_date_time})
     except Exception:  # noqa: BLE001 - anything it cannot compile is left to jsonschema
         return None
 

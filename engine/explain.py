@@ -99,7 +99,8 @@ def _parsed(raw: bytes) -> Any:
 def _by_fact(conn: sqlite3.Connection, route_key: str) -> dict[int, dict[str, list[Row]]]:
     """Route changes and actions of the key, grouped by the fact that caused them."""
     grouped: dict[int, dict[str, list[Row]]] = defaultdict(lambda: {"history": [], "actions": []})
-    for r in rows(conn, "SELECT * FROM route_history WHERE route_key = ? ORDER BY seq", (route_key,)):
+    for r in rows(conn, "SELECT h.* FROM facts AS f JOIN route_history AS h ON h.fact_seq = f.seq"
+                        " WHERE f.route_key = ? ORDER BY h.seq", (route_key,)):
         grouped[r["fact_seq"]]["history"].append(r)
     for r in rows(conn, "SELECT fact_seq, body FROM actions WHERE route_key = ? ORDER BY seq", (route_key,)):
         grouped[r["fact_seq"]]["actions"].append(json.loads(r["body"]))

@@ -82,3 +82,12 @@ def m0002_quarantine(db: sqlite_utils.Database) -> None:
         "CREATE INDEX rejections_open ON rejections (seq) WHERE resolved_at IS NULL",
     ):
         db.execute(statement)
+
+
+@migrations()
+def m0003_history_by_fact(db: sqlite_utils.Database) -> None:
+    """History is found through its facts (whose route-key index already exists): an index on
+    the ever-growing fact_seq is appended to, where one on the route key took a random page
+    of the database on every route change."""
+    db.execute("DROP INDEX IF EXISTS route_history_key")
+    db.execute("CREATE INDEX IF NOT EXISTS route_history_fact ON route_history (fact_seq)")

@@ -127,6 +127,11 @@ class Engine:
         self.machine = RouteMachine(config.route)
         self.consumer = RouteConsumer(store)
         self._inputs = config.input_events()
+        # Types whose identity holds the route key's fields as plain values: a fact with such
+        # an identity can only be stored under that key, so the key's facts answer "is it known".
+        self._identity_names_key = frozenset(
+            name for name, spec in config.events.items()
+            if set(config.route.key) <= set(spec.identity) and not set(config.route.key) & spec.datetime_fields)
         self._input_seq = 0  # the input-log row of the event applied last
 
     @classmethod
@@ -274,10 +279,18 @@ class Engine:
         """Derive, validate, then store: nothing is written unless every output is valid."""
         if not rules:
             return []
-        facts = self.store.facts_for_key(route_key)
-        derived = self.rules.derive(rules, trigger, cause, facts, self.store.has_identity)
+        rows = self.store.facts_with_identity(route_key)
+        facts = [(event_type, data) for event_type, data, _ in rows]
+        local = {(event_type, identity) for event_type, _, identity in rows if identity is not None}
+
+        def known(event_type: str, identity: str, data: dict[str, Any]) -> bool:
+            if event_type in self._identity_names_key and self.contract.route_key(data) == route_key:
+                return (event_type, identity) in local  # every fact that could hold it was read above
+            return self.store.has_identity(event_type, identity)
+
+        derived = self.rules.derive(rules, trigger, cause, facts, known)
         for d in derived:
-            env = Envelope(d.event, d.canonical)
+            env = Envelope(d.event, d.canonical, floats=d.floats)
             self.store.insert_fact(self._fact_row(env, self.contract.route_key(env.data), d.identity, at,
                                                   rule_id=d.rule.id, cause_seq=cause_seq, evaluation_seq=evaluation_seq))
         return [d.event for d in derived]

@@ -7,6 +7,7 @@ of the rule and its cause), so a replay yields the same ids.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .model import Config, FactRef, FieldMap, RuleSpec
 from .reasons import Rejected, error
 
 NAMESPACE = uuid.UUID("6f1c2e0a-4b5d-5e6f-8a9b-0c1d2e3f4a5b")
+_NAMESPACE_BYTES = NAMESPACE.bytes
 MAX_CASCADE = 64
 
 Fact = tuple[str, dict[str, Any]]  # (event type, data)
@@ -53,6 +55,7 @@ class Derived:
     canonical: str
     identity: str | None
     cause: tuple[str, str]  # (source, id) of what triggered it
+    floats: bool | None = None  # False: the data holds no float (its canonical JSON needs no rewrite)
 
 
 def _matches(ref: FactRef, fact: Fact) -> bool:
@@ -98,7 +101,13 @@ def build_data(rule: RuleSpec, trigger: dict[str, Any]) -> dict[str, Any]:
 
 
 def derived_id(rule_id: str, cause: tuple[str, str]) -> str:
-    return str(uuid.uuid5(NAMESPACE, canonical_json([rule_id, cause[0], cause[1]])))
+    """uuid.uuid5(NAMESPACE, ...) as text, without building a UUID object (tests hold them equal)."""
+    name = canonical_json([rule_id, cause[0], cause[1]])
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8"), usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class RuleBook:
@@ -116,12 +125,12 @@ class RuleBook:
         return event_type in self.on_event
 
     def derive(self, rules: list[RuleSpec], trigger: dict[str, Any], cause: tuple[str, str],
-               facts: list[Fact], known: Callable[[str, str], bool]) -> list[Derived]:
+               facts: list[Fact], known: Callable[[str, str, dict[str, Any]], bool]) -> list[Derived]:
         """Fire `rules` on `trigger`, then every rule their outputs trigger, breadth first.
 
         `facts` grows with each output, so later rules see earlier outputs; `known(type,
-        identity)` tells whether a fact with that identity is already stored, in which case
-        the output is already a fact and is not derived again.
+        identity, data)` tells whether a fact with that identity is already stored, in which
+        case the output is already a fact and is not derived again.
         """
         out: list[Derived] = []
         queue = [(rule, trigger, cause) for rule in rules]
@@ -132,7 +141,7 @@ class RuleBook:
             if not applies(rule, data, facts):
                 continue
             derived = self._emit(rule, data, why)
-            if derived.identity is not None and (known(rule.emit_event, derived.identity)
+            if derived.identity is not None and (known(rule.emit_event, derived.identity, derived.event["data"])
                                                  or any(d.identity == derived.identity and d.event["type"] == rule.emit_event
                                                         for d in out)):
                 continue
@@ -153,6 +162,6 @@ class RuleBook:
         event = {"specversion": "1.0", "id": derived_id(rule.id, cause), "source": rule.emit_source,
                  "type": rule.emit_event, "datacontenttype": "application/json", "data": data}
         spec = self.contract.config.events[rule.emit_event]
-        plain = all(type(v) in (str, int, bool) or v is None for v in data.values())
-        return Derived(rule, event, canonical_json(event, floats=False if plain else None),
-                       self.contract.identity(spec, data), cause)
+        floats = False if all(type(v) in (str, int, bool) or v is None for v in data.values()) else None
+        return Derived(rule, event, canonical_json(event, floats=floats), self.contract.identity(spec, data), cause,
+                       floats)

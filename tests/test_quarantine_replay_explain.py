@@ -268,11 +268,15 @@ def test_a_version_1_database_is_upgraded_in_place(run_cli, tmp_path, config_cop
 
     listed = json_lines(run_cli("rejections", "--db", str(old), "--format", "json"))
     assert [e["id"] for e in listed] == ["q-left", "q-reg"]
-    assert rows(old, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    assert rows(old, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
     assert {"resolved_at", "resolved_by_input"} <= {r[1] for r in rows(old, "PRAGMA table_info(rejections)")}
     assert [r[0] for r in rows(old, "SELECT name FROM _sqlite_migrations ORDER BY id")] == \
-        ["m0001_initial", "m0002_quarantine"]
+        ["m0001_initial", "m0002_quarantine", "m0003_history_by_fact"]
+    indexes = {r[0] for r in rows(old, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "route_history_fact" in indexes and "route_history_key" not in indexes
     assert digest(old) == before  # every row kept
+    route = json.loads(run_cli("route", "--lead", "l1", "--webinar", "w1", "--db", str(old)).stdout)
+    assert [(h["from"], h["to"], h["event"]["id"]) for h in route["history"]] == [("new", "in_webinar", "e1")]
     results = json_lines(run_cli("reprocess", "--config", str(approve_left(config_copy)), "--db", str(old)))
     assert [r["status"] for r in results] == ["accepted", "rejected"]
 

@@ -163,10 +163,15 @@ class Contract:
         return flat_json([data[f] for f in self.key])
 
 
+_PLAIN = frozenset((str, int, bool, type(None)))
+
+
 def flat_json(values: list[Any]) -> str:
     """canonical_json for a list of key values, skipping its walk when they are plain scalars."""
-    plain = all(type(v) in (str, int, bool) or v is None for v in values)
-    return canonical_json(values, floats=False if plain else None)
+    for value in values:
+        if type(value) not in _PLAIN:
+            return canonical_json(values)
+    return canonical_json(values, floats=False)
 
 
 def same(a: Any, b: Any) -> bool:

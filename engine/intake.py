@@ -168,8 +168,56 @@ def _finite(value: Any) -> None:
             todo.extend(node)
 
 
-def parse_json(raw: bytes) -> tuple[Any, str]:  # noqa: C901
+_KEY_SPACE = re.compile(rb'"[ \t\r\n]+:')
+
+
+def _parse_fast(raw: bytes) -> Any:
+    """orjson, where it provably reads what the strict decoder below would; None: ask that one.
+
+    orjson keeps the last of two equal keys and reads an integer beyond 64 bits as a float,
+    where the strict decoder refuses both. So the shortcut is taken only for text without
+    escapes (every key is spelled as it reads, and no string can hold a quote), whose parsed
+    value holds no float and no integer out of range, and whose count of `":` (one per key,
+    as no string can hold a quote) equals the members its objects ended up with: a
+    duplicate key would have left fewer. tests/test_fast_paths.py holds the two equal.
+    """
+    if b"\\" in raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    members, todo = 0, [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            return None
+        for item in node.values() if type(node) is dict else node if type(node) is list else (node,):
+            kind = type(item)
+            if kind is int:
+                if not -_INT_LIMIT <= item < _INT_LIMIT:
+                    return None
+            elif kind is dict or kind is list:
+                todo.append((item, depth + 1))
+            elif kind is float:
+                return None
+        if type(node) is dict:
+            members += len(node)
+    if raw.count(b'":') != members or _KEY_SPACE.search(raw):
+        return None
+    return value
+
+
+def parse_json(raw: bytes) -> tuple[Any, str]:
     """Strict JSON from bytes, and its canonical text; raises `Rejected` (malformed_json)."""
+    value = _parse_fast(raw)
+    if value is not None:
+        _FLOATS[0] = 0
+        return value, orjson.dumps(value, option=_ORJSON_OPTIONS).decode("utf-8")
+    return _parse_strict(raw)
+
+
+def _parse_strict(raw: bytes) -> tuple[Any, str]:  # noqa: C901
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -163,7 +163,8 @@ class Engine:
         """Process events with one commit per `batch_size`; results equal one-by-one processing."""
         lines = None if first_line is None else _count(first_line)
         items = ((e, origin, next(lines) if lines else None) for e in events)
-        return [r for batch in self.iter_batches(items, batch_size) for r in batch]
+        with _collector_paused():  # for the whole call: every result is kept until it returns anyway
+            return [r for batch in self.iter_batches(items, batch_size) for r in batch]
 
     def iter_batches(self, items: Iterable[Item], batch_size: int = DEFAULT_BATCH_SIZE, *,
                      settle: Settle | None = None) -> Iterator[list[dict[str, Any]]]:
@@ -268,11 +269,10 @@ class Engine:
 
     def _fact_row(self, env: Envelope, route_key: str | None, identity: str | None, at: str, *,
                   rule_id: str | None = None, cause_seq: int | None = None,
-                  evaluation_seq: int | None = None) -> dict[str, Any]:
-        return {"source": env.source, "id": env.id, "type": env.type, "route_key": route_key, "identity": identity,
-                "data": canonical_json(env.data, floats=env.floats), "derived": int(rule_id is not None),
-                "rule_id": rule_id, "cause_seq": cause_seq, "evaluation_seq": evaluation_seq,
-                "config_hash": self.config.hash, "recorded_at": at}
+                  evaluation_seq: int | None = None) -> tuple[Any, ...]:
+        """A facts row, in store.FACT_COLUMNS order."""
+        return (env.source, env.id, env.type, route_key, identity, canonical_json(env.data, floats=env.floats),
+                int(rule_id is not None), rule_id, cause_seq, evaluation_seq, self.config.hash, at)
 
     def _derive(self, rules: list, trigger: dict[str, Any], cause: tuple[str, str], route_key: str,
                 cause_seq: int | None, evaluation_seq: int | None, at: str) -> list[dict[str, Any]]:
@@ -283,15 +283,15 @@ class Engine:
         facts = [(event_type, data) for event_type, data, _ in rows]
         local = {(event_type, identity) for event_type, _, identity in rows if identity is not None}
 
-        def known(event_type: str, identity: str, data: dict[str, Any]) -> bool:
-            if event_type in self._identity_names_key and self.contract.route_key(data) == route_key:
+        def known(event_type: str, identity: str, key: str | None) -> bool:
+            if key == route_key and event_type in self._identity_names_key:
                 return (event_type, identity) in local  # every fact that could hold it was read above
             return self.store.has_identity(event_type, identity)
 
         derived = self.rules.derive(rules, trigger, cause, facts, known)
         for d in derived:
             env = Envelope(d.event, d.canonical, floats=d.floats)
-            self.store.insert_fact(self._fact_row(env, self.contract.route_key(env.data), d.identity, at,
+            self.store.insert_fact(self._fact_row(env, d.route_key, d.identity, at,
                                                   rule_id=d.rule.id, cause_seq=cause_seq, evaluation_seq=evaluation_seq))
         return [d.event for d in derived]
 
@@ -320,12 +320,9 @@ class Engine:
 
     def _log(self, result: dict[str, Any], origin: str | None, line: int | None, at: str, *,
              fact_seq: int | None = None, rejection_seq: int | None = None, source: str | None = None) -> None:
-        self._input_seq = self.store.record_input({
-            "origin": origin, "line": line, "status": result["status"], "reason": result["reason"],
-            "source": source, "id": result["id"],
-            "type": result["type"], "fact_seq": fact_seq, "rejection_seq": rejection_seq,
-            "config_hash": self.config.hash, "recorded_at": at,
-        })
+        self._input_seq = self.store.record_input((  # store.INPUT_COLUMNS
+            origin, line, result["status"], result["reason"], source, result["id"], result["type"], fact_seq,
+            rejection_seq, self.config.hash, at))
 
     def _reject(self, raw: bytes | Oversized, result: dict[str, Any], partial: dict[str, Any],
                 origin: str | None, line: int | None, at: str) -> None:
@@ -454,12 +451,12 @@ def normalise_time(value: str) -> str:
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Hold Python's cycle collector for one batch and let it run once after.
+    """Hold Python's cycle collector for one batch (or one process_many call) and let it run after.
 
-    A batch allocates thousands of short-lived objects and makes no cycles of its own; left
-    on, the collector would run every few hundred allocations and, while a caller keeps
-    earlier results, walk all of them again and again. The pause is per batch, so memory
-    stays bounded on a long run, and a collector the caller turned off stays off.
+    Processing allocates thousands of short-lived objects per batch and makes no cycles of its
+    own; left on, the collector would run every few hundred allocations and, while a caller
+    keeps earlier results, walk all of them again and again. A collector the caller turned
+    off stays off.
     """
     if not gc.isenabled():
         yield

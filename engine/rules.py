@@ -55,6 +55,7 @@ class Derived:
     canonical: str
     identity: str | None
     cause: tuple[str, str]  # (source, id) of what triggered it
+    route_key: str | None = None
     floats: bool | None = None  # False: the data holds no float (its canonical JSON needs no rewrite)
 
 
@@ -125,12 +126,12 @@ class RuleBook:
         return event_type in self.on_event
 
     def derive(self, rules: list[RuleSpec], trigger: dict[str, Any], cause: tuple[str, str],
-               facts: list[Fact], known: Callable[[str, str, dict[str, Any]], bool]) -> list[Derived]:
+               facts: list[Fact], known: Callable[[str, str, str | None], bool]) -> list[Derived]:
         """Fire `rules` on `trigger`, then every rule their outputs trigger, breadth first.
 
         `facts` grows with each output, so later rules see earlier outputs; `known(type,
-        identity, data)` tells whether a fact with that identity is already stored, in which
-        case the output is already a fact and is not derived again.
+        identity, route_key)` tells whether a fact with that identity is already stored, in
+        which case the output is already a fact and is not derived again.
         """
         out: list[Derived] = []
         queue = [(rule, trigger, cause) for rule in rules]
@@ -141,7 +142,7 @@ class RuleBook:
             if not applies(rule, data, facts):
                 continue
             derived = self._emit(rule, data, why)
-            if derived.identity is not None and (known(rule.emit_event, derived.identity, derived.event["data"])
+            if derived.identity is not None and (known(rule.emit_event, derived.identity, derived.route_key)
                                                  or any(d.identity == derived.identity and d.event["type"] == rule.emit_event
                                                         for d in out)):
                 continue
@@ -164,4 +165,4 @@ class RuleBook:
         spec = self.contract.config.events[rule.emit_event]
         floats = False if all(type(v) in (str, int, bool) or v is None for v in data.values()) else None
         return Derived(rule, event, canonical_json(event, floats=floats), self.contract.identity(spec, data), cause,
-                       floats)
+                       self.contract.route_key(data), floats)

@@ -25,6 +25,23 @@ BUSY_TIMEOUT_MS = 60_000
 CACHE_KIB = 16_384  # the page cache: the dedupe indexes' hot pages; a million-event run stays near 76 MiB
 CHECKPOINT_PAGES = 10_000  # WAL frames (about 40 MiB) before a checkpoint copies them into the file
 
+# Rows of the two tables written for every event travel as tuples in this column order:
+# binding by position is measurably cheaper than by name on the hot path.
+FACT_COLUMNS = ("source", "id", "type", "route_key", "identity", "data", "derived", "rule_id", "cause_seq",
+                "evaluation_seq", "config_hash", "recorded_at")
+INPUT_COLUMNS = ("origin", "line", "status", "reason", "source", "id", "type", "fact_seq", "rejection_seq",
+                 "config_hash", "recorded_at")
+
+
+def _insert(table: str, columns: tuple[str, ...], verb: str = "INSERT") -> str:
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+_ADD_FACT = _insert("facts", FACT_COLUMNS, "INSERT OR IGNORE")
+_INSERT_FACT = _insert("facts", FACT_COLUMNS)
+_INSERT_INPUT = _insert("inputs", INPUT_COLUMNS)
+
+
 class Store(Protocol):
     """The few operations the engine needs; a second backend implements these."""
 
@@ -33,9 +50,15 @@ class Store(Protocol):
     def find_envelope(self, source: str, event_id: str) -> str | None: ...
     def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool: ...
     def forget(self, fact_seq: int | None, source: str, event_id: str) -> None: ...
-    def add_fact(self, row: dict[str, Any]) -> int | None: ...
-    def has_identity(self, event_type: str, identity: str) -> bool: ...
-    def insert_fact(self, row: dict[str, Any]) -> int: ...
+    def add_fact(self, row: tuple[Any, ...]) -> int | None:
+        """Store a fact (a row in FACT_COLUMNS order); None when a fact with its identity already
+        exists (a same-fact duplicate)."""
+        cur = self.conn.execute(_ADD_FACT, row)
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    def insert_fact(self, row: tuple[Any, ...]) -> int:
+        return self.conn.execute(_INSERT_FACT, row).lastrowid  # type: ignore[return-value]
+
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]: ...
     def facts_with_identity(self, route_key: str) -> list[tuple[str, dict[str, Any], str | None]]: ...
     def route_state(self, route_key: str) -> tuple[str, str | None] | None: ...
@@ -46,9 +69,10 @@ class Store(Protocol):
     def add_actions(self, route_key: str, fact_seq: int, actions: list[dict[str, Any]], consumed: frozenset[str],
                     config_hash: str, at: str) -> None: ...
     def record_rejection(self, row: dict[str, Any]) -> int: ...
-    def record_input(self, row: dict[str, Any]) -> int: ...
-    def resolve_rejection(self, seq: int, input_seq: int, at: str) -> None: ...
-    def purge_rejections(self, seqs: list[int]) -> int: ...
+    def record_input(self, row: tuple[Any, ...]) -> int:
+        """Log one input (a row in INPUT_COLUMNS order)."""
+        return self.conn.execute(_INSERT_INPUT, row).lastrowid  # type: ignore[return-value]
+
     def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int: ...
     def route_row(self, route_key: str) -> dict[str, Any] | None: ...
     def history(self, route_key: str) -> list[dict[str, Any]]: ...

@@ -133,3 +133,75 @@ def test_derived_id_equals_uuid5(rule_id: str, source: str, event_id: str) -> No
     except ValueError:  # a lone surrogate: not JSON, never an id
         return
     assert derived_id(rule_id, (source, event_id)) == str(uuid.uuid5(NAMESPACE, name))
+
+
+def _outcome(parse: Any, raw: bytes) -> Any:
+    """What a parser makes of `raw`: (value, canonical, floats seen) or the rejection's errors."""
+    from engine import intake
+    from engine.reasons import Rejected
+
+    try:
+        value, canonical = parse(raw)
+    except Rejected as rejected:
+        return ("rejected", rejected.errors)
+    return ("parsed", repr(value), canonical, intake._FLOATS[0] > 0)
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.floats(), st.text(max_size=6)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8)
+
+
+@st.composite
+def json_texts(draw: st.DrawFn) -> bytes:
+    """JSON as producers write it, and the ways it goes wrong: repeated keys, spaces around
+    colons, escapes, big numbers, deep nesting, cut-off text."""
+    import json as std
+
+    value = draw(json_values)
+    text = std.dumps(value, ensure_ascii=draw(st.booleans()),
+                     separators=draw(st.sampled_from([(",", ":"), (", ", ": "), (",", " :"), (",", "\t:")])))
+    edits = draw(st.lists(st.sampled_from(["dup", "deep", "cut", "escape", "bigint", "colon_value"]), max_size=2))
+    if "dup" in edits and text.startswith("{") and text != "{}":
+        first = text[1:text.index(":", 1)]
+        text = "{" + first + ":1," + text[1:]
+    if "deep" in edits:
+        depth = draw(st.integers(60, 70))
+        text = "[" * depth + text + "]" * depth
+    if "escape" in edits:
+        text = text.replace("a", "\\u0061", 1) if '"' in text else text
+    if "bigint" in edits:
+        text = f'{{"n":{draw(st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10**30]))},"v":{text}}}'
+    if "colon_value" in edits:
+        text = f'{{"k":":)","v":{text}}}'
+    raw = text.encode("utf-8", "surrogatepass")
+    if "cut" in edits and raw:
+        raw = raw[: draw(st.integers(0, len(raw) - 1))]
+    return raw
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(json_texts())
+@example(b'{"a":1,"a":2}')
+@example(b'{"a" :1,"b":2,"b":3}')
+@example(b'{"a":1,"b":{"a":2}}')
+@example(b'{"k":":","a":1,"a":2}')
+@example(b'18446744073709551616')
+@example(b'{"n":9223372036854775808}')
+@example(b'[1.0]')
+@example(b'null')
+def test_the_orjson_shortcut_parses_exactly_as_the_strict_decoder(raw: bytes) -> None:
+    from engine import intake
+
+    assert _outcome(intake.parse_json, raw) == _outcome(intake._parse_strict, raw)
+
+
+def test_the_orjson_shortcut_is_taken_for_ordinary_events() -> None:
+    from engine import intake
+
+    line = b'{"specversion":"1.0","id":"e1","source":"s","type":"t","data":{"lead_id":"l1","n":3,"ok":true}}'
+    assert intake._parse_fast(line) == {"specversion": "1.0", "id": "e1", "source": "s", "type": "t",
+                                       "data": {"lead_id": "l1", "n": 3, "ok": True}}
+    assert intake._parse_fast(b'{"a":1,"a":2}') is None
+    assert intake._parse_fast(b'{"a" :1,"b":2,"b":3}') is None

@@ -153,7 +153,7 @@ def load_config(root: str | Path, *, display: str | None = None) -> Config:
         problems += doc.problems
         doc.problems = []
     if any(p.severity == "error" for p in problems):
-        raise ConfigError(problems)
+        raise ConfigError(problems + _despite(root, docs, config_hash, problems))
     config = _build(root, docs, config_hash)
     problems += checks.run(config, docs)
     for doc in docs.values():
@@ -162,6 +162,21 @@ def load_config(root: str | Path, *, display: str | None = None) -> Config:
     if any(p.severity == "error" for p in problems):
         raise ConfigError(problems)
     return _replace_problems(config, problems)
+
+
+def _despite(root: Path, docs: dict[str, YamlDoc], config_hash: str, found: list[Problem]) -> list[Problem]:
+    """Pass 2 over a config that failed pass 1, when it still holds together: one run then
+    reports every problem it can (a bad key and a bad reference at once), not one kind a run."""
+    try:
+        config = _build(root, docs, config_hash)
+        more = checks.run(config, docs)
+    except Exception:  # noqa: BLE001 - a config that broke its schemas need not build; pass 1 said why
+        return []
+    for doc in docs.values():
+        more += doc.problems
+    flagged = {(p.file, p.line) for p in found}  # what pass 2 says there follows from pass 1's error
+    return sorted((p for p in more if (p.file, p.line) not in flagged),
+                  key=lambda p: (p.severity != "error", p.file, p.line, p.column))
 
 
 def _replace_problems(config: Config, problems: list[Problem]) -> Config:

@@ -7,6 +7,7 @@ are data, not failures), 1 the run failed (invalid config, database error, missi
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -85,7 +86,23 @@ def _print(obj: Any) -> None:
     sys.stdout.buffer.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
 
 
-@click.group(context_settings=CONTEXT)
+class _Group(click.Group):
+    """The command group; a governance command's module is imported when it is first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from .commands import COMMANDS
+
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from .commands import COMMANDS
+
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"{__package__}.commands.{COMMANDS[cmd_name]}").register(self)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
 @_config_option
 @_db_option
 @click.version_option(package_name="webinar-flows", prog_name="webinar-flows")
@@ -271,13 +288,6 @@ def route(ctx: click.Context, lead: str, webinar: str, config_dir: Path | None, 
     _print(found)
 
 
-def _register_governance() -> None:
-    from .commands import register
-
-    register(cli)
-
-
-_register_governance()
 
 
 def main() -> None:

@@ -147,3 +147,38 @@ def test_sigkill_during_process_many_then_rerun(events_file: Path, baseline: tup
         assert snapshot(db) == expected
     figure("crash_api_batch_sizes", [7, 1000])
     figure("crash_api_final_state_equal", True)
+
+
+# The same harness on an engine whose batch is not one transaction: every statement commits on
+# its own, so a kill can leave an event half stored. If the harness could not tell, its green
+# runs above would prove nothing.
+NOT_ATOMIC = """
+import sys
+from contextlib import contextmanager
+from engine import store
+
+@contextmanager
+def every_statement_commits(self):
+    yield
+
+store.SQLiteStore.transaction = every_statement_commits
+from cli.main import cli
+cli(sys.argv[1:], prog_name="webinar-flows")
+"""
+
+
+def test_negative_control_the_harness_catches_a_batch_that_is_not_atomic(events_file: Path,
+                                                                        baseline: tuple[dict, float],
+                                                                        tmp_path: Path, figure) -> None:
+    expected, full = baseline
+    rng = random.Random(41)
+    caught = 0
+    for d in range(2):
+        db = tmp_path / f"not-atomic-{d}.db"
+        cmd = [sys.executable, "-c", NOT_ATOMIC, "process", str(events_file), "--db", str(db), "--batch-size", "500"]
+        for k in range(3):
+            _kill_run(cmd, db, tmp_path / f"not-atomic-{d}-{k}.jsonl", rng.uniform(0.5, full * 0.9))
+        finish = subprocess.run(cmd, capture_output=True)
+        caught += finish.returncode != 0 or snapshot(db) != expected
+    figure("crash_negative_control_caught", f"{caught} of 2")
+    assert caught == 2, "the harness did not notice events half stored by a non-atomic batch"

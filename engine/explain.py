@@ -71,18 +71,22 @@ def _inputs(conn: sqlite3.Connection, engine: Engine, route_key: str, key: dict[
         conn, "SELECT i.*, e.body FROM inputs i JOIN facts f ON f.seq = i.fact_seq"
               " JOIN envelopes e ON e.source = i.source AND e.id = i.id"
               " WHERE i.status = 'accepted' AND f.route_key = ?", (route_key,))]
-    needles = [json.dumps(v, ensure_ascii=False) for v in key.values() if isinstance(v, str)]
+    needles = [canonical_json(v) for v in key.values() if isinstance(v, str)]  # as envelopes spell it
     match = " AND ".join("instr(e.body, ?) > 0" for _ in needles) or "1"
     for r in rows(conn, "SELECT i.*, e.body FROM inputs i JOIN envelopes e ON e.source = i.source AND e.id = i.id"
                         f" WHERE i.status = 'duplicate' AND {match}", needles):  # noqa: S608
         event = json.loads(r.pop("body"))
         if _names(event, key):
             found.append({**r, "event": event})
+    # Raw bytes spell a value as their producer wrote it: literally, or with JSON escapes (any
+    # character may be written \uXXXX), or in another encoding json.loads still reads. So a line
+    # is a candidate when it holds every value literally, or holds a backslash or a NUL byte.
     raw_needles = [v.encode("utf-8") for v in key.values() if isinstance(v, str)]
-    match = " AND ".join("instr(r.raw, ?) > 0" for _ in raw_needles) or "1"
+    literal = " AND ".join("instr(r.raw, ?) > 0" for _ in raw_needles) or "1"
+    match = f"(({literal}) OR instr(r.raw, ?) > 0 OR instr(r.raw, ?) > 0)"
     for r in rows(conn, "SELECT i.*, r.raw, r.reason AS now_reason, r.errors, r.resolved_at, r.resolved_by_input"
                         " FROM inputs i JOIN rejections r ON r.seq = i.rejection_seq"
-                        f" WHERE i.status = 'rejected' AND {match}", raw_needles):  # noqa: S608
+                        f" WHERE i.status = 'rejected' AND {match}", [*raw_needles, b"\\", b"\x00"]):  # noqa: S608
         event = _parsed(bytes(r.pop("raw")))
         if _names(event, key):
             found.append({**r, "event": event})

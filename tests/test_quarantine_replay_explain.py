@@ -490,3 +490,16 @@ def test_explain_from_the_api(open_engine):
     eng.process(entered(id="a1"))
     assert eng.explain(lead_id="l1", webinar_id="w9") is None
     assert [s["input"] for s in eng.explain(lead_id="l1", webinar_id="w1")["story"]] == [1]
+
+
+def test_explain_finds_rejections_that_spell_the_key_with_escapes_or_another_encoding(open_engine):
+    """A producer may write "l1" as "l\\u0031", or send UTF-16; the rejection still belongs to l1."""
+    eng: Engine = open_engine()
+    eng.process(entered(id="k1"))
+    escaped = json.dumps(left(id="k2")).replace('"l1"', '"l\\u0031"').encode()  # left: unauthorized_emitter
+    utf16 = json.dumps(entered(id="k3")).encode("utf-16")                       # malformed_json (not UTF-8)
+    other = json.dumps(left(lead="l2", id="k4")).replace('"l2"', '"l\\u0032"').encode()
+    assert [eng.process(raw)["reason"] for raw in (escaped, utf16, other)] == \
+        ["unauthorized_emitter", "malformed_json", "unauthorized_emitter"]
+    story = eng.explain(lead_id="l1", webinar_id="w1")["story"]
+    assert [(s["input"], s["status"]) for s in story] == [(1, "accepted"), (2, "rejected"), (3, "rejected")]

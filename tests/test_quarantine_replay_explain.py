@@ -321,6 +321,16 @@ def test_replay_under_the_live_config_reports_no_difference(run_cli, history):
     assert text.exit_code == 0 and text.stdout.splitlines()[-1] == "no differences"
 
 
+def test_replay_fail_on_change_gates_a_config_change(run_cli, history, config_copy):
+    same = run_cli("replay", "--db", str(history), "--fail-on-change")
+    assert same.exit_code == 0 and same.stdout.splitlines()[-1] == "no differences"
+    edit(config_copy, "emitters.yaml", "      client_webinar_form_submitted: planned\n", "")
+    changed = run_cli("replay", "--db", str(history), "--config", str(config_copy), "--fail-on-change",
+                      "--format", "json")
+    assert changed.exit_code == 1 and json.loads(changed.stdout)["identical"] is False
+    assert run_cli("replay", "--db", str(history), "--config", str(config_copy)).exit_code == 0
+
+
 def test_replay_without_the_trackers_form_permission(run_cli, history, config_copy):
     edit(config_copy, "emitters.yaml", "      client_webinar_form_submitted: planned\n", "")
     report = replay_report(run_cli, history, "--config", str(config_copy))

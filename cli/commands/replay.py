@@ -49,9 +49,11 @@ class _Bar:
               help="Inputs per commit in the scratch database.")
 @click.option("--max-event-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_EVENT_BYTES, show_default=True,
               help="The size limit of the replay (use the one the history was processed with).")
+@click.option("--fail-on-change", is_flag=True,
+              help="Exit 1 when the replay differs in anything (for a CI gate on a config change).")
 @click.pass_context
 def replay(ctx: click.Context, config_dir: Path | None, db: Path | None, scratch: Path | None, examples: int,
-           fmt: str, batch_size: int, max_event_bytes: int) -> None:
+           fmt: str, batch_size: int, max_event_bytes: int, fail_on_change: bool) -> None:
     """What if the history had run under the config --config? Replays the database's recorded
     inputs (accepted, duplicates and rejections, in their original order) and evaluations
     (interleaved by the time they were recorded) into a scratch database, and reports what
@@ -59,7 +61,8 @@ def replay(ctx: click.Context, config_dir: Path | None, db: Path | None, scratch
     differ (the latest per route key), and routes whose state or screen differs.
 
     The live database (--db) is opened read-only and never written. Replaying a database under
-    the config it was processed with reports no difference. Exit 0 whatever the differences.
+    the config it was processed with reports no difference. Exit 0 whatever the differences,
+    unless --fail-on-change is given (then 1 when anything differs).
     """
     config_path, database = _settings(ctx, config_dir, db)
     config = load_or_fail(config_path, "the config to replay under")
@@ -78,6 +81,8 @@ def replay(ctx: click.Context, config_dir: Path | None, db: Path | None, scratch
         _print(report)
     else:
         click.echo(render(report))
+    if fail_on_change and not report["identical"]:
+        ctx.exit(1)
 
 
 def render(report: dict[str, Any]) -> str:

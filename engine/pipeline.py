@@ -251,7 +251,7 @@ class Engine:
         spec = self.config.events[env.type]
         identity = self.contract.identity(spec, env.data)
         route_key = self.contract.route_key(env.data)
-        fact_seq = self.store.add_fact(self._fact_row(env, route_key, identity, at))
+        fact_seq = self.store.add_fact(self._fact_row(env.event, env.floats, route_key, identity, at))
         if fact_seq is None:
             # The envelope stays remembered: a resend of it is same_envelope, its id with
             # another body an id_conflict.
@@ -267,12 +267,13 @@ class Engine:
         actions, route = self._drive(env, route_key, fact_seq, at)
         return _result(ACCEPTED, envelope=env, emitted=emitted, actions=actions, route=route), fact_seq
 
-    def _fact_row(self, env: Envelope, route_key: str | None, identity: str | None, at: str, *,
-                  rule_id: str | None = None, cause_seq: int | None = None,
+    def _fact_row(self, event: dict[str, Any], floats: bool | None, route_key: str | None, identity: str | None,
+                  at: str, *, rule_id: str | None = None, cause_seq: int | None = None,
                   evaluation_seq: int | None = None) -> tuple[Any, ...]:
-        """A facts row, in store.FACT_COLUMNS order."""
-        return (env.source, env.id, env.type, route_key, identity, canonical_json(env.data, floats=env.floats),
-                int(rule_id is not None), rule_id, cause_seq, evaluation_seq, self.config.hash, at)
+        """A facts row, in store.FACT_COLUMNS order; `floats` as canonical_json takes it."""
+        return (event["source"], event["id"], event["type"], route_key, identity,
+                canonical_json(event["data"], floats=floats), int(rule_id is not None), rule_id, cause_seq,
+                evaluation_seq, self.config.hash, at)
 
     def _derive(self, rules: list, trigger: dict[str, Any], cause: tuple[str, str], route_key: str,
                 cause_seq: int | None, evaluation_seq: int | None, at: str) -> list[dict[str, Any]]:
@@ -290,9 +291,8 @@ class Engine:
 
         derived = self.rules.derive(rules, trigger, cause, facts, known)
         for d in derived:
-            env = Envelope(d.event, d.canonical, floats=d.floats)
-            self.store.insert_fact(self._fact_row(env, d.route_key, d.identity, at,
-                                                  rule_id=d.rule.id, cause_seq=cause_seq, evaluation_seq=evaluation_seq))
+            self.store.insert_fact(self._fact_row(d.event, d.floats, d.route_key, d.identity, at, rule_id=d.rule.id,
+                                                  cause_seq=cause_seq, evaluation_seq=evaluation_seq))
         return [d.event for d in derived]
 
     def _drive(self, env: Envelope, route_key: str, fact_seq: int, at: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:

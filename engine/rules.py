@@ -52,7 +52,6 @@ class Derived:
 
     rule: RuleSpec
     event: dict[str, Any]  # the CloudEvent
-    canonical: str
     identity: str | None
     cause: tuple[str, str]  # (source, id) of what triggered it
     route_key: str | None = None
@@ -164,5 +163,4 @@ class RuleBook:
                  "type": rule.emit_event, "datacontenttype": "application/json", "data": data}
         spec = self.contract.config.events[rule.emit_event]
         floats = False if all(type(v) in (str, int, bool) or v is None for v in data.values()) else None
-        return Derived(rule, event, canonical_json(event, floats=floats), self.contract.identity(spec, data), cause,
-                       self.contract.route_key(data), floats)
+        return Derived(rule, event, self.contract.identity(spec, data), cause, self.contract.route_key(data), floats)

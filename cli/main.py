@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
+import orjson
 
 from engine import ConfigError, Engine, EngineError, StoreError, UsageError, load_config
 from engine.defaults import find_config
@@ -83,7 +84,14 @@ def engine_for(ctx: click.Context, config_dir: Path | None, db: Path | None, **k
 
 
 def _print(obj: Any) -> None:
-    sys.stdout.buffer.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
+    """One JSON document on one line, UTF-8, compact (orjson: about 8x faster than json, which
+    matters at one line per event). What orjson refuses (an integer beyond 64 bits, a lone
+    surrogate) goes through the standard encoder, escaped to ASCII."""
+    try:
+        line = orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        line = json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
+    sys.stdout.buffer.write(line)
 
 
 class _Group(click.Group):

@@ -192,6 +192,7 @@ class Engine:
                     results.append(self._apply(prep, item[1], item[2]))
                     if settle is not None:
                         settle(item, results[-1], self._input_seq)
+            del prepared  # gone before the collector runs again: it then walks only what outlives the batch
         return results
 
     def _prepare(self, event: EventInput) -> tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]:

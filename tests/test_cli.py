@@ -631,3 +631,13 @@ def test_subprocess_two_processes_write_one_database_at_once(tmp_path):
     assert _histories(db) == _histories(serial)
     assert rows(db, "SELECT count(*) FROM facts") == rows(serial, "SELECT count(*) FROM facts")
     assert rows(db, "SELECT count(*) FROM inputs") == [(4000,)]
+
+
+def test_result_lines_are_compact_utf8_json_and_never_fail_to_print(capsysbinary):
+    from cli.main import _print
+
+    _print({"id": "é", "n": [1, 2.5], "ok": True, "none": None})
+    _print({"big": 2**70, "lone": "\ud800"})  # orjson refuses both; the standard encoder escapes to ASCII
+    out = capsysbinary.readouterr().out
+    assert out == b'{"id":"\xc3\xa9","n":[1,2.5],"ok":true,"none":null}\n{"big":1180591620717411303424,"lone":"\\ud800"}\n'
+    assert [json.loads(line) for line in out.splitlines()][1] == {"big": 2**70, "lone": "\ud800"}

@@ -3,8 +3,9 @@
 Steps 1-6 (size, JSON, envelope, type, emitter, payload) are pure and run before any
 lock is taken. Steps 7-8 (dedupe, store, rules, route, actions) and the input-log row run
 inside one write transaction, so an event's effects commit together or not at all; a batch
-shares one transaction with a savepoint per event, so a rule that fails rolls back its own
-event only. A result leaves the engine only after its transaction committed.
+shares one transaction, and a rule that fails undoes its own event's two claims (envelope and
+fact; rules validate before anything else is written), so it rolls back that event only. A
+result leaves the engine only after its transaction committed.
 """
 
 from __future__ import annotations

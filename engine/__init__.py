@@ -10,7 +10,7 @@ says which ones exist. Import what you need from here:
 from .config import load_config
 from .errors import ConfigError, EngineError, Problem, StoreError, UsageError
 from .model import Config
-from .pipeline import Engine
+from .pipeline import Engine, Received
 from .reasons import DUPLICATE_REASONS, REJECTION_REASONS
 
 # The governance tools load on first use, so that processing events pays nothing for them.
@@ -43,6 +43,7 @@ __all__ = [
     "GraphvizNotFound",
     "Problem",
     "REJECTION_REASONS",
+    "Received",
     "Selection",
     "StoreError",
     "UsageError",

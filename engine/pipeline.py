@@ -17,6 +17,7 @@ import reprlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,26 @@ from .scenario import actions_for
 from .store import SQLiteStore, Store
 
 DEFAULT_BATCH_SIZE = 500
-EventInput = dict[str, Any] | str | bytes | Oversized
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An event as a transport received it, with what the transport already decided.
+
+    A transport authenticates its sender: `emitter` is that sender's emitter, and an event
+    whose `source` names another one is rejected `unauthorized_emitter`. A transport may also
+    refuse an event before the engine can read it (a request without a required attribute):
+    `refusal` = (reason, errors) records it as that rejection. `raw` is what a rejection keeps
+    when the bytes that arrived are not `event` itself (an event rebuilt from headers).
+    """
+
+    event: dict[str, Any] | str | bytes
+    emitter: str | None = None
+    refusal: tuple[str, list[dict[str, Any]]] | None = None
+    raw: bytes | None = None
+
+
+EventInput = dict[str, Any] | str | bytes | Oversized | Received
 Item = tuple[EventInput, str | None, int | None]  # (event, origin, line)
 Settle = Callable[[Item, dict[str, Any], int], None]
 
@@ -196,12 +216,15 @@ class Engine:
             del prepared  # gone before the collector runs again: it then walks only what outlives the batch
         return results
 
-    def _prepare(self, event: EventInput) -> tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]:
+    def _prepare(self, event: EventInput, emitter: str | None = None
+                 ) -> tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]:
         """Steps 1-6, which need no lock: the input's bytes, and its envelope or its rejection.
 
         The third item is what id, type and source of the result come from: the parsed event
         when it parsed, else nothing (an unparsed line is never guessed at).
         """
+        if isinstance(event, Received):
+            return self._prepare_received(event)
         try:
             raw = _as_bytes(event)
         except _NotJson as bad:
@@ -210,12 +233,31 @@ class Engine:
         try:
             envelope = read_envelope(raw, self.max_event_bytes)
             spec = self.contract.spec(envelope.type)
+            if emitter is not None and envelope.source != emitter:
+                raise Rejected("unauthorized_emitter", [error(
+                    "/source", "not_sender_emitter",
+                    f"source {envelope.source!r} is not {emitter!r}, the emitter this sender is authenticated as")])
             self.emitters.check(envelope.source, spec.name)
             self.contract.check_payload(spec.name, envelope.data)
             return raw, envelope, envelope.event
         except Rejected as rejected:
             partial = envelope.event if envelope is not None else rejected.partial
             return raw, rejected.kept(), partial or {}
+
+    def _prepare_received(self, received: Received) -> tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]:
+        if received.refusal is None:
+            raw, outcome, partial = self._prepare(received.event, received.emitter)
+        else:
+            reason, errors = received.refusal
+            try:
+                raw = _as_bytes(received.event)
+            except _NotJson as bad:
+                raw = bad.raw
+            outcome = Rejected(reason, list(errors))
+            partial = received.event if isinstance(received.event, dict) else {}
+        if received.raw is not None and isinstance(outcome, Rejected):
+            raw = received.raw
+        return raw, outcome, partial
 
     def _apply(self, prepared: tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]],
                origin: str | None, line: int | None) -> dict[str, Any]:

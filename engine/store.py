@@ -50,14 +50,9 @@ class Store(Protocol):
     def find_envelope(self, source: str, event_id: str) -> str | None: ...
     def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool: ...
     def forget(self, fact_seq: int | None, source: str, event_id: str) -> None: ...
-    def add_fact(self, row: tuple[Any, ...]) -> int | None:
-        """Store a fact (a row in FACT_COLUMNS order); None when a fact with its identity already
-        exists (a same-fact duplicate)."""
-        cur = self.conn.execute(_ADD_FACT, row)
-        return cur.lastrowid if cur.rowcount == 1 else None
-
-    def insert_fact(self, row: tuple[Any, ...]) -> int:
-        return self.conn.execute(_INSERT_FACT, row).lastrowid  # type: ignore[return-value]
+    def has_identity(self, event_type: str, identity: str) -> bool: ...
+    def add_fact(self, row: tuple[Any, ...]) -> int | None: ...
+    def insert_fact(self, row: tuple[Any, ...]) -> int: ...
 
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]: ...
     def facts_with_identity(self, route_key: str) -> list[tuple[str, dict[str, Any], str | None]]: ...
@@ -69,10 +64,9 @@ class Store(Protocol):
     def add_actions(self, route_key: str, fact_seq: int, actions: list[dict[str, Any]], consumed: frozenset[str],
                     config_hash: str, at: str) -> None: ...
     def record_rejection(self, row: dict[str, Any]) -> int: ...
-    def record_input(self, row: tuple[Any, ...]) -> int:
-        """Log one input (a row in INPUT_COLUMNS order)."""
-        return self.conn.execute(_INSERT_INPUT, row).lastrowid  # type: ignore[return-value]
-
+    def record_input(self, row: tuple[Any, ...]) -> int: ...
+    def resolve_rejection(self, seq: int, input_seq: int, at: str) -> None: ...
+    def purge_rejections(self, seqs: list[int]) -> int: ...
     def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int: ...
     def route_row(self, route_key: str) -> dict[str, Any] | None: ...
     def history(self, route_key: str) -> list[dict[str, Any]]: ...
@@ -207,20 +201,14 @@ class SQLiteStore:
         return self.conn.execute("SELECT 1 FROM facts WHERE type = ? AND identity = ?",
                                  (event_type, identity)).fetchone() is not None
 
-    def add_fact(self, row: dict[str, Any]) -> int | None:
-        """Store a fact; None when a fact with its identity already exists (a same-fact duplicate)."""
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO facts (source, id, type, route_key, identity, data, derived, rule_id, cause_seq,"
-            " evaluation_seq, config_hash, recorded_at) VALUES (:source, :id, :type, :route_key, :identity,"
-            " :data, :derived, :rule_id, :cause_seq, :evaluation_seq, :config_hash, :recorded_at)", row)
+    def add_fact(self, row: tuple[Any, ...]) -> int | None:
+        """Store a fact (a row in FACT_COLUMNS order); None when a fact with its identity already
+        exists (a same-fact duplicate)."""
+        cur = self.conn.execute(_ADD_FACT, row)
         return cur.lastrowid if cur.rowcount == 1 else None
 
-    def insert_fact(self, row: dict[str, Any]) -> int:
-        cur = self.conn.execute(
-            "INSERT INTO facts (source, id, type, route_key, identity, data, derived, rule_id, cause_seq,"
-            " evaluation_seq, config_hash, recorded_at) VALUES (:source, :id, :type, :route_key, :identity,"
-            " :data, :derived, :rule_id, :cause_seq, :evaluation_seq, :config_hash, :recorded_at)", row)
-        return cur.lastrowid  # type: ignore[return-value]
+    def insert_fact(self, row: tuple[Any, ...]) -> int:
+        return self.conn.execute(_INSERT_FACT, row).lastrowid  # type: ignore[return-value]
 
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
         rows = self.conn.execute("SELECT type, data FROM facts WHERE route_key = ? ORDER BY seq", (route_key,))
@@ -285,12 +273,9 @@ class SQLiteStore:
             removed += self.conn.execute(f"DELETE FROM rejections WHERE seq IN ({marks})", chunk).rowcount  # noqa: S608
         return removed
 
-    def record_input(self, row: dict[str, Any]) -> int:
-        cur = self.conn.execute(
-            "INSERT INTO inputs (origin, line, status, reason, source, id, type, fact_seq, rejection_seq,"
-            " config_hash, recorded_at) VALUES (:origin, :line, :status, :reason, :source, :id, :type, :fact_seq,"
-            " :rejection_seq, :config_hash, :recorded_at)", row)
-        return cur.lastrowid  # type: ignore[return-value]
+    def record_input(self, row: tuple[Any, ...]) -> int:
+        """Log one input (a row in INPUT_COLUMNS order)."""
+        return self.conn.execute(_INSERT_INPUT, row).lastrowid  # type: ignore[return-value]
 
     def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int:
         cur = self.conn.execute("INSERT INTO evaluations (route_key, evaluated_at, config_hash, recorded_at)"

@@ -8,9 +8,11 @@ says which ones exist. Import what you need from here:
 """
 
 from .config import load_config
+from .defaults import bundled_config, find_config
+from .intake import DEFAULT_MAX_EVENT_BYTES
 from .errors import ConfigError, EngineError, Problem, StoreError, UsageError
 from .model import Config
-from .pipeline import Engine, Received
+from .pipeline import DEFAULT_BATCH_SIZE, Engine, Received, normalise_time
 from .reasons import DUPLICATE_REASONS, REJECTION_REASONS
 
 # The governance tools load on first use, so that processing events pays nothing for them.
@@ -34,6 +36,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MAX_EVENT_BYTES",
     "Change",
     "Config",
     "ConfigError",
@@ -48,10 +52,13 @@ __all__ = [
     "StoreError",
     "UsageError",
     "asyncapi",
+    "bundled_config",
     "diff_configs",
     "event_schemas",
     "explain_route",
+    "find_config",
     "load_config",
+    "normalise_time",
     "render_diagram",
     "render_image",
     "render_markdown",

@@ -1,0 +1,7 @@
+"""`webinar-flows send`: being written (issue 10)."""
+
+import click
+
+
+def register(group: click.Group) -> None:
+    """Nothing yet."""

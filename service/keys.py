@@ -1,0 +1,222 @@
+"""The keys file: which emitter each ingestion key speaks for, and the secrets that prove it.
+
+Secrets never live in the YAML contract, which is in git; they live in a TOML file that only
+the service's user may read. This module finds that file, checks it against the config and
+loads it. `serve` refuses to start on any problem; `validate --keys` and the `keys` commands
+use the same checks, so every tool agrees on what a valid file is. No message here ever
+quotes a secret or a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import secrets as _random
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import Config
+
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = (24, 64)  # Standard Webhooks: at least 24 random bytes; 64 is plenty for HMAC-SHA256
+MAX_SECRETS = 2  # the current one and, during a rotation, the previous one
+DEFAULT_RATE = 100.0  # requests per second; the bucket holds twice as many
+KEY_FIELDS = frozenset({"emitter", "secrets", "batch", "rate"})
+KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # one URL path segment, nothing to escape
+ENV_KEYS = "WEBINAR_FLOWS_KEYS"
+CREDENTIAL_NAME = "keys.toml"  # the name systemd's LoadCredential= gives it under $CREDENTIALS_DIRECTORY
+HOW_TO_CREATE = "create one with: webinar-flows keys new ID --emitter NAME --keys FILE"
+
+
+class KeysFileError(Exception):
+    """The keys file cannot be used; the message names the file and every problem."""
+
+
+@dataclass(frozen=True)
+class EmitterKey:
+    """One ingestion key: the URL's key id, the emitter it authenticates as, its limits."""
+
+    id: str
+    emitter: str
+    secrets: tuple[bytes, ...] = field(repr=False)  # decoded; the first is the newest
+    batch: bool = False
+    rate: float = DEFAULT_RATE
+
+    @property
+    def burst(self) -> float:
+        return 2 * self.rate
+
+
+@dataclass(frozen=True)
+class Keys:
+    """A loaded keys file. `document` keeps every table, including ones later features read."""
+
+    path: Path
+    keys: dict[str, EmitterKey]
+    origins: tuple[str, ...] = ()
+    consumer_tokens: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    document: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def find_keys_file(option: Path | None) -> Path | None:
+    """The keys file to use: `--keys`, else $WEBINAR_FLOWS_KEYS, else $CREDENTIALS_DIRECTORY/keys.toml.
+
+    The first one configured wins even if it does not exist yet (so `keys new` creates it
+    there); None when nothing is configured.
+    """
+    if option is not None:
+        return Path(option)
+    if os.environ.get(ENV_KEYS):
+        return Path(os.environ[ENV_KEYS])
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        return Path(os.environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
+    return None
+
+
+def new_secret(size: int = 32) -> str:
+    """A fresh random secret in its `whsec_` form."""
+    return SECRET_PREFIX + base64.b64encode(_random.token_bytes(size)).decode("ascii")
+
+
+def parse_secret(text: str) -> bytes:
+    """The key bytes of a `whsec_` secret; ValueError (never quoting the secret) when malformed."""
+    if not isinstance(text, str) or not text.startswith(SECRET_PREFIX):
+        raise ValueError(f"a secret must be a string starting with {SECRET_PREFIX!r}")
+    try:
+        key = base64.b64decode(text[len(SECRET_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"a secret must be {SECRET_PREFIX!r} followed by standard base64") from None
+    low, high = SECRET_BYTES
+    if not low <= len(key) <= high:
+        raise ValueError(f"a secret must decode to {low}-{high} bytes, not {len(key)}")
+    return key
+
+
+def check_keys(path: Path, config: Config) -> list[str]:
+    """Every problem of the keys file at `path` against `config`, each naming the file; [] if none."""
+    return _read(Path(path), config)[1]
+
+
+def load_keys(path: Path, config: Config) -> Keys:
+    """The keys file at `path`, checked against `config`; KeysFileError listing every problem."""
+    keys, problems = _read(Path(path), config)
+    if problems or keys is None:
+        raise KeysFileError("\n".join(problems))
+    return keys
+
+
+def _read(path: Path, config: Config) -> tuple[Keys | None, list[str]]:
+    try:
+        mode = path.stat().st_mode
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, [f"{path}: no such keys file; {HOW_TO_CREATE}"]
+    except OSError as exc:
+        return None, [f"{path}: cannot read the keys file: {exc.strerror}"]
+    problems = []
+    if mode & 0o077:
+        problems.append(f"{path}: the keys file is accessible to group or others (mode {mode & 0o777:04o}); "
+                        f"run: chmod 600 {path}")
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, [*problems, f"{path}: not valid TOML: not UTF-8"]
+    except tomllib.TOMLDecodeError as exc:
+        return None, [*problems, f"{path}: not valid TOML: {_toml_message(exc)}"]
+    keys = _keys(path, document.get("keys"), config, problems)
+    origins = _strings(path, "[handshake] origins", _table(path, document, "handshake", problems).get("origins", []),
+                       problems)
+    tokens = _consumer_tokens(path, _table(path, document, "consumers", problems), problems)
+    return Keys(path, keys, tuple(origins), tokens, document), problems
+
+
+def _toml_message(exc: tomllib.TOMLDecodeError) -> str:
+    """The parser's message without the offending text (a malformed line may hold a secret)."""
+    return str(exc).split("\n")[0]
+
+
+def _table(path: Path, document: dict[str, Any], name: str, problems: list[str]) -> dict[str, Any]:
+    value = document.get(name, {})
+    if not isinstance(value, dict):
+        problems.append(f"{path}: [{name}] must be a table")
+        return {}
+    return value
+
+
+def _keys(path: Path, table: Any, config: Config, problems: list[str]) -> dict[str, EmitterKey]:
+    if not isinstance(table, dict) or not table:
+        problems.append(f"{path}: no [keys.ID] table; {HOW_TO_CREATE}")
+        return {}
+    keys = {}
+    for key_id, spec in table.items():
+        where = f"{path}: [keys.{key_id}]"
+        before = len(problems)
+        if not KEY_ID.match(key_id):
+            problems.append(f"{where}: a key id is 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+        if not isinstance(spec, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        for unknown in sorted(set(spec) - KEY_FIELDS):
+            problems.append(f"{where}: unknown field {unknown!r} (known: {', '.join(sorted(KEY_FIELDS))})")
+        emitter = _emitter(where, spec.get("emitter"), config, problems)
+        secrets = _secrets(where, spec.get("secrets"), problems)
+        batch = spec.get("batch", False)
+        if not isinstance(batch, bool):
+            problems.append(f"{where}: batch must be true or false")
+        rate = spec.get("rate", DEFAULT_RATE)
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1_000_000:
+            problems.append(f"{where}: rate must be a number of requests per second above 0")
+        if len(problems) == before:
+            keys[key_id] = EmitterKey(key_id, emitter, secrets, batch, float(rate))
+    return keys
+
+
+def _emitter(where: str, name: Any, config: Config, problems: list[str]) -> str:
+    if not isinstance(name, str) or not name:
+        problems.append(f"{where}: emitter is required: one of {', '.join(_external(config))}")
+    elif name not in config.emitters:
+        problems.append(f"{where}: unknown emitter {name!r}; the config's outside emitters: "
+                        f"{', '.join(_external(config))}")
+    elif config.emitters[name].internal:
+        problems.append(f"{where}: emitter {name!r} is internal (the engine's own); a key may only speak for "
+                        f"one of: {', '.join(_external(config))}")
+    return name if isinstance(name, str) else ""
+
+
+def _external(config: Config) -> list[str]:
+    return sorted(name for name, spec in config.emitters.items() if not spec.internal)
+
+
+def _secrets(where: str, values: Any, problems: list[str]) -> tuple[bytes, ...]:
+    if not isinstance(values, list) or not 1 <= len(values) <= MAX_SECRETS:
+        problems.append(f"{where}: secrets must be a list of 1 or {MAX_SECRETS} secrets")
+        return ()
+    decoded = []
+    for position, text in enumerate(values, 1):
+        try:
+            decoded.append(parse_secret(text))
+        except ValueError as exc:
+            problems.append(f"{where}: secret {position} is malformed: {exc}")
+    return tuple(decoded)
+
+
+def _strings(path: Path, what: str, values: Any, problems: list[str]) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        problems.append(f"{path}: {what} must be a list of non-empty strings")
+        return []
+    return values
+
+
+def _consumer_tokens(path: Path, consumers: dict[str, Any], problems: list[str]) -> dict[str, tuple[str, ...]]:
+    """Each consumer's bearer tokens (for route reads); the rest of a consumer's table is not read here."""
+    tokens = {}
+    for name, spec in consumers.items():
+        if not isinstance(spec, dict):
+            problems.append(f"{path}: [consumers.{name}] must be a table")
+        elif "tokens" in spec:
+            tokens[name] = tuple(_strings(path, f"[consumers.{name}] tokens", spec["tokens"], problems))
+    return tokens

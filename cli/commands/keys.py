@@ -1,7 +1,263 @@
-"""`webinar-flows keys`: being written (issue 10)."""
+"""`webinar-flows keys`: add, rotate, retire and list the ingestion keys of the keys file.
+
+The keys file (TOML, mode 0600, outside git) maps each key id to the emitter it speaks for and
+its secrets; `serve` reads it (service.keys holds the one reader and the checks). These
+commands edit it in place:
+
+- the file is found like `serve` finds it: --keys FILE, else $WEBINAR_FLOWS_KEYS, else
+  $CREDENTIALS_DIRECTORY/keys.toml. When none of them is given there is no default: a secret
+  written to the current directory would too easily end up in git, and `serve` would not find
+  it there. `keys new` then fails, saying how to name the file;
+- every write is atomic: a temporary file in the same directory, created with mode 0600,
+  fsynced, then renamed over the file (os.replace) and the directory fsynced. A reader sees
+  the old file or the new one, never half of one;
+- other tables ([handshake], [consumers.*], [console.users.*]) and other keys are kept as
+  they are; comments are not (the file is re-serialised with tomli_w);
+- a secret is printed once, alone on stdout, by `new` and `rotate`; nothing else ever prints
+  one (`list` shows how many a key has).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
 
 import click
+import tomli_w
+
+from engine import Config
+from service.keys import DEFAULT_RATE, KEY_ID, MAX_SECRETS, check_keys, find_keys_file, new_secret
+
+from ..main import CONTEXT, Failed, _config_option, _print, _settings
+from ._shared import load_or_fail
+
+_KEYS_HELP = ("The keys file (default: $WEBINAR_FLOWS_KEYS, else $CREDENTIALS_DIRECTORY/keys.toml, as for "
+              "serve).")
+
+
+def _keys_option(f: Any) -> Any:
+    return click.option("--keys", "keys_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help=_KEYS_HELP)(f)
+
+
+def _locate(option: Path | None) -> Path:
+    path = find_keys_file(option)
+    if path is None:
+        raise Failed("error: no keys file given: pass --keys FILE, or set $WEBINAR_FLOWS_KEYS (or "
+                     "$CREDENTIALS_DIRECTORY, which holds keys.toml); keep the file out of git")
+    return path
+
+
+def _load(path: Path, *, must_exist: bool) -> dict[str, Any]:
+    """The file's whole TOML document ({} when it does not exist and need not)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if must_exist:
+            raise Failed(f"error: {path}: no such keys file; create one with: "
+                         f"webinar-flows keys new ID --emitter NAME --keys {path}") from None
+        return {}
+    except OSError as exc:
+        raise Failed(f"error: {path}: cannot read the keys file: {exc.strerror}") from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        message = str(exc).split("\n")[0]  # never the offending text: a broken line may hold a secret
+        raise Failed(f"error: {path}: not valid TOML ({message}); the file was left as it is") from None
+    keys = document.get("keys", {})
+    if not isinstance(keys, dict) or not all(isinstance(spec, dict) for spec in keys.values()):
+        raise Failed(f"error: {path}: [keys] must hold one table per key; the file was left as it is")
+    return document
+
+
+def write_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Replace `path` by `document` as TOML, mode 0600, in one rename."""
+    data = tomli_w.dumps(document).encode("utf-8")
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise Failed(f"error: cannot write the keys file in {directory}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise Failed(f"error: cannot write the keys file {path}: {exc.strerror}") from None
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _key(document: dict[str, Any], path: Path, key_id: str) -> dict[str, Any]:
+    spec = document.get("keys", {}).get(key_id)
+    if spec is None:
+        known = ", ".join(sorted(document.get("keys", {}))) or "none"
+        raise Failed(f"error: {path}: no key {key_id!r} (keys: {known})")
+    return spec
+
+
+def _secrets(spec: dict[str, Any]) -> list[Any]:
+    secrets = spec.get("secrets", [])
+    return list(secrets) if isinstance(secrets, list) else []
+
+
+def _report(path: Path, config: Config) -> None:
+    """Warn (stderr) about what `serve` would refuse in the written file; never fails the command."""
+    for problem in check_keys(path, config):
+        click.echo(f"warning: {problem}", err=True)
+
+
+@click.group(context_settings=CONTEXT)
+def keys() -> None:
+    """Manage the ingestion keys of the keys file that `serve` reads.
+
+    One key per sending site: its id is in the ingestion URL (/v1/ingest/ID), it speaks for
+    one outside emitter of the config, and it holds one secret, or two during a rotation.
+    The file is found by --keys FILE, else $WEBINAR_FLOWS_KEYS, else
+    $CREDENTIALS_DIRECTORY/keys.toml; it is written atomically with mode 0600, keeping its
+    other tables. A secret is printed once, by `new` and `rotate`, and never again.
+    """
+
+
+@keys.command(name="new", context_settings=CONTEXT)
+@click.argument("key_id", metavar="ID")
+@click.option("--emitter", required=True, help="The emitter of the config this key speaks for (not an internal one).")
+@click.option("--batch/--no-batch", default=False, show_default=True, help="May the key send batched mode.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1_000_000), default=None,
+              help=f"Requests per second (default {DEFAULT_RATE:g}); the burst is twice as many.")
+@_keys_option
+@_config_option
+@click.pass_context
+def new(ctx: click.Context, key_id: str, emitter: str, batch: bool, rate: float | None, keys_file: Path | None,
+        config_dir: Path | None) -> None:
+    """Add key ID for EMITTER with a fresh secret and print the secret (once).
+
+    Creates the keys file (mode 0600) when it does not exist. Refuses an id already in the
+    file, and an emitter the config does not have or marks internal.
+    """
+    if not KEY_ID.match(key_id):
+        raise Failed(f"error: bad key id {key_id!r}: 1-64 letters, digits, '-' or '_', starting with a letter "
+                     f"or digit (it is a URL path segment)")
+    config_path = _settings(ctx, config_dir, None)[0]
+    config = load_or_fail(config_path)
+    outside = sorted(name for name, spec in config.emitters.items() if not spec.internal)
+    if emitter not in config.emitters:
+        raise Failed(f"error: unknown emitter {emitter!r} in the config {config_path}; a key may speak for: "
+                     f"{', '.join(outside) or 'no emitter'}")
+    if config.emitters[emitter].internal:
+        raise Failed(f"error: emitter {emitter!r} is internal (the engine's own); a key may speak for: "
+                     f"{', '.join(outside) or 'no emitter'}")
+    path = _locate(keys_file)
+    document = _load(path, must_exist=False)
+    table = document.setdefault("keys", {})
+    if key_id in table:
+        raise Failed(f"error: {path}: key {key_id!r} exists; use 'webinar-flows keys rotate {key_id}' for a new "
+                     f"secret")
+    secret = new_secret()
+    spec: dict[str, Any] = {"emitter": emitter, "secrets": [secret]}
+    if batch:
+        spec["batch"] = True
+    if rate is not None:
+        spec["rate"] = int(rate) if float(rate).is_integer() else rate
+    table[key_id] = spec
+    write_atomically(path, document)
+    click.echo(secret)
+    click.echo(f"added key {key_id} for {emitter} to {path}; the secret above is shown once: give it to the "
+               f"sender (e.g. WEBINAR_FLOWS_SECRET in its wp-config.php)", err=True)
+    _report(path, config)
+
+
+@keys.command(name="rotate", context_settings=CONTEXT)
+@click.argument("key_id", metavar="ID")
+@_keys_option
+def rotate(key_id: str, keys_file: Path | None) -> None:
+    """Give key ID a fresh secret, printed once; the newest old secret stays valid.
+
+    The new secret goes first; of the old ones only the newest is kept, so the sender can
+    switch over while both work. End the rotation with `keys retire ID` once the sender
+    uses the new one.
+    """
+    path = _locate(keys_file)
+    document = _load(path, must_exist=True)
+    spec = _key(document, path, key_id)
+    secret = new_secret()
+    spec["secrets"] = [secret, *_secrets(spec)[:MAX_SECRETS - 1]]
+    write_atomically(path, document)
+    click.echo(secret)
+    click.echo(f"rotated key {key_id} in {path}: the new secret above is shown once; the previous one "
+               f"stays valid until 'webinar-flows keys retire {key_id}'", err=True)
+
+
+@keys.command(name="retire", context_settings=CONTEXT)
+@click.argument("key_id", metavar="ID")
+@_keys_option
+def retire(key_id: str, keys_file: Path | None) -> None:
+    """End a rotation: key ID keeps only its newest secret."""
+    path = _locate(keys_file)
+    document = _load(path, must_exist=True)
+    spec = _key(document, path, key_id)
+    secrets = _secrets(spec)
+    if len(secrets) <= 1:
+        click.echo(f"key {key_id} in {path} has one secret: nothing to retire", err=True)
+        return
+    spec["secrets"] = secrets[:1]
+    write_atomically(path, document)
+    click.echo(f"key {key_id} in {path}: {len(secrets) - 1} old secret(s) retired", err=True)
+
+
+@keys.command(name="list", context_settings=CONTEXT)
+@_keys_option
+@click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json", show_default=True,
+              help="json: one line per key {id, emitter, batch, rate, secrets (how many)}; text: a table.")
+def list_keys(keys_file: Path | None, fmt: str) -> None:
+    """List the keys: id, emitter, batch, rate and how many secrets; never a secret."""
+    path = _locate(keys_file)
+    document = _load(path, must_exist=True)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = 0
+    if mode & 0o077:
+        click.echo(f"warning: {path} is accessible to group or others (mode {mode & 0o777:04o}); serve refuses "
+                   f"it: run chmod 600 {path}", err=True)
+    rows = []
+    for key_id, spec in document.get("keys", {}).items():
+        rate = spec.get("rate", DEFAULT_RATE)
+        if isinstance(rate, float) and rate.is_integer():
+            rate = int(rate)
+        rows.append({"id": key_id, "emitter": spec.get("emitter"), "batch": spec.get("batch", False),
+                     "rate": rate, "secrets": len(_secrets(spec))})
+    if fmt == "json":
+        for row in rows:
+            _print(row)
+        return
+    header = ("ID", "EMITTER", "BATCH", "RATE", "SECRETS")
+    table = [header, *[(r["id"], str(r["emitter"]), "yes" if r["batch"] is True else "no", f"{r['rate']:g}"
+                        if isinstance(r["rate"], int | float) else str(r["rate"]), str(r["secrets"]))
+                       for r in rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def register(group: click.Group) -> None:
-    """Nothing yet."""
+    """Add this module's command(s) to the CLI group."""
+    group.add_command(keys, name="keys")

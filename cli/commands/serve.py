@@ -1,7 +1,72 @@
-"""`webinar-flows serve`: being written (issue 10)."""
+"""`webinar-flows serve`: the HTTP service (service/), run by uvicorn in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
+from ..main import CONTEXT, Failed, _config_option, _db_option, _settings
+
+_LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_events", "commit_events",
+           "body_timeout", "synchronous"}
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; keep the default behind a reverse proxy that terminates TLS.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--keys", "keys_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The keys file (default: $WEBINAR_FLOWS_KEYS, else $CREDENTIALS_DIRECTORY/keys.toml).")
+@_config_option
+@_db_option
+@click.option("--max-event-bytes", type=click.IntRange(min=1), default=None,
+              help="Largest body of a single event (structured or binary mode)  [default: the engine's limit]")
+@click.option("--max-batch-bytes", type=click.IntRange(min=1), default=1024 * 1024, show_default=True,
+              help="Largest body of a batch.")
+@click.option("--max-batch-events", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--queue-events", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Events waiting for the writer before new requests get 503.")
+@click.option("--commit-events", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Most events in one transaction (group commit).")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds for a request body to arrive; a slower client is cut off (408).")
+@click.option("--max-header-bytes", type=click.IntRange(min=1024), default=16 * 1024, show_default=True,
+              help="Largest request head (request line and headers).")
+@click.option("--keep-alive", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Seconds an idle connection is kept open.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Concurrent connections and requests; beyond it uvicorn answers 503.")
+@click.option("--synchronous", type=click.Choice(["NORMAL", "FULL"], case_sensitive=False), default="NORMAL",
+              show_default=True, help="SQLite durability: NORMAL survives a process crash; FULL also survives "
+                                      "power loss (an fsync per commit).")
+@click.pass_context
+def serve_command(ctx: click.Context, host: str, port: int, keys_file: Path | None, config_dir: Path | None,
+                  db: Path | None, max_header_bytes: int, keep_alive: int, max_connections: int,
+                  **limits: object) -> None:
+    """Serve signed CloudEvents over HTTP: POST /v1/ingest/KEY_ID, GET /v1/routes/..., /healthz,
+    /readyz, /metrics. See docs/service.md.
+
+    Refuses to start (exit 1) without a valid keys file. SIGTERM or SIGINT: stop taking
+    requests, commit and answer what is queued, exit 0.
+    """
+    from service.keys import find_keys_file
+    from service.server import run
+    from service.settings import SettingsError, load_settings
+
+    config, database = _settings(ctx, config_dir, db)
+    limits = {k: v for k, v in limits.items() if k in _LIMITS and v is not None}
+    limits["synchronous"] = str(limits["synchronous"]).upper()
+    try:
+        settings = load_settings(config, database, find_keys_file(keys_file), **limits)
+        run(settings, host=host, port=port, max_header_bytes=max_header_bytes, keep_alive=keep_alive,
+            max_connections=max_connections)
+    except SettingsError as exc:
+        raise Failed(str(exc)) from None
+    except OSError as exc:
+        raise Failed(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
 
 def register(group: click.Group) -> None:
-    """Nothing yet."""
+    """Add this module's command(s) to the CLI group."""
+    group.add_command(serve_command, name="serve")

@@ -1,0 +1,293 @@
+"""The ASGI app: routes that parse a request, hand its events to the writer, render the answer.
+
+`create_app(settings)` builds it; nothing is built at import time, so tests and other ASGI
+servers make their own (`uvicorn --factory service.app:app_from_environment`). Handlers stay
+thin: the checks run in DESIGN's order (key, size, rate, signature, content mode, envelope,
+engine) through the modules that own them, and one exception handler turns every failure
+into problem+json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, request_response
+
+from engine import Engine, StoreError, UsageError
+
+from . import binding
+from .accesslog import INGEST, AccessLog, note
+from .auth import verify
+from .keys import EmitterKey
+from .limits import TokenBuckets, rate_limited, read_body
+from .metrics import CONTENT_TYPE, Metrics
+from .problems import Problem, rejected, too_large, unauthorized, unavailable
+from .settings import Settings, settings_from_environment
+from .writer import QueueFull, Writer, WriterClosed
+
+ALLOW = "POST, OPTIONS"
+READY_QUEUE_SHARE = 0.8
+_ENVELOPE_REASONS = ("malformed_json", "invalid_envelope")
+
+
+def _version() -> str:
+    try:
+        return version("webinar-flows")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _json(obj: Any, status: int = 200, media_type: str = "application/json") -> Response:
+    return Response(orjson.dumps(obj), status_code=status, media_type=media_type)
+
+
+class Service:
+    """The state one app holds: keys, the writer, its read engines, the buckets, the metrics."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.keys = settings.keys
+        self.writer = Writer(self._open_engine, capacity=settings.queue_events, max_batch=settings.commit_events,
+                             on_commit=lambda size: self.metrics.commit(size))
+        self.metrics = Metrics(settings.config, _version(), lambda: self.writer.depth)
+        self.buckets = TokenBuckets()
+        self.closing = False
+        self._readers = threading.local()
+        self._reader_list: list[Engine] = []
+
+    def _open_engine(self) -> Engine:
+        s = self.settings
+        return Engine.open(config=s.config, db=s.db, max_event_bytes=s.max_event_bytes, synchronous=s.synchronous)
+
+    def reader(self) -> Engine:
+        """This thread's read engine: reads never wait on the writer's connection."""
+        engine = getattr(self._readers, "engine", None)
+        if engine is None:
+            engine = self._readers.engine = self._open_engine()
+            self._reader_list.append(engine)
+        return engine
+
+    def body_limit(self, key: EmitterKey, content_type: str) -> int:
+        if key.batch and binding.is_batch(content_type):
+            return self.settings.max_batch_bytes
+        return self.settings.max_event_bytes
+
+    async def process(self, items: list[Any]) -> list[dict[str, Any]]:
+        """The items' results once committed by the writer; 503 when it cannot take them."""
+        if not items:
+            return []
+        if self.closing:
+            raise unavailable("the server is shutting down", retry_after=5)
+        try:
+            future = self.writer.submit(items)
+        except QueueFull:
+            raise unavailable("the writer's queue is full", retry_after=1) from None
+        except WriterClosed:
+            raise unavailable("the server is shutting down", retry_after=5) from None
+        return await asyncio.wrap_future(future)
+
+    def database_writable(self) -> tuple[bool, str]:
+        """Whether a write transaction can start now (taken and given back at once)."""
+        try:
+            with sqlite3.connect(self.settings.db, timeout=1.0, isolation_level=None) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            conn.close()
+            return True, "writable"
+        except sqlite3.Error as exc:
+            return False, f"not writable: {exc}"
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(self.writer.start)
+        try:
+            yield
+        finally:
+            self.closing = True
+            await run_in_threadpool(self.shutdown)
+
+    def shutdown(self) -> None:
+        self.writer.stop(timeout=8.0)
+        for engine in self._reader_list:
+            engine.close()
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def ingest(request: Request) -> Response:
+    """POST /v1/ingest/{key_id}: the checks in DESIGN's order, then the engine via the writer."""
+    service, info = _service(request), note(request.scope)
+    info.route = INGEST
+    if request.method == "OPTIONS":
+        return handshake(service, request)
+    if request.method != "POST":
+        raise Problem(405, "method-not-allowed", f"{request.method} is not allowed here; POST an event",
+                      outcome="method_not_allowed", headers={"Allow": ALLOW})
+    key = service.keys.keys.get(request.path_params["key_id"])
+    if key is None:
+        raise unauthorized()
+    info.key = key.id
+    content_type = request.headers.get("content-type", "")
+    body = await read_body(request, service.body_limit(key, content_type), service.settings.body_timeout)
+    if wait := service.buckets.take(key.id, key.rate, key.burst):
+        raise rate_limited(wait)
+    headers = dict(request.headers.raw)
+    if not verify(key.secrets, headers.get(b"webhook-id"), headers.get(b"webhook-timestamp"),
+                  headers.get(b"webhook-signature"), body, time.time(), service.settings.tolerance):
+        raise unauthorized()
+    parsed = binding.parse(content_type, request.headers.raw, body, key, max_events=service.settings.max_batch_events)
+    results = await service.process(parsed.items)
+    info.events = len(results)
+    service.metrics.events(key.emitter, results)
+    if parsed.refused or (parsed.single and results[0]["reason"] in _ENVELOPE_REASONS):
+        raise rejected(results[0])
+    return _json({"results": [{k: v for k, v in r.items() if k != "line"} for r in results]})
+
+
+def handshake(service: Service, request: Request) -> Response:
+    """The CloudEvents web-hook handshake: consent (and a rate per minute) for listed origins only."""
+    note(request.scope).outcome = "handshake"
+    headers = {"Allow": ALLOW}
+    origin = request.headers.get("webhook-request-origin")
+    key = service.keys.keys.get(request.path_params["key_id"])
+    origins = service.keys.origins
+    if origin and key is not None and (origin in origins or "*" in origins):
+        headers["WebHook-Allowed-Origin"] = origin
+        headers["WebHook-Allowed-Rate"] = str(max(1, int(key.rate * 60)))
+    return Response(status_code=200, headers=headers)
+
+
+async def read_route(request: Request) -> Response:
+    """GET /v1/routes/{...}: a route as `webinar-flows route` prints it, for a consumer token."""
+    service, info = _service(request), note(request.scope)
+    info.route = "/v1/routes/{key}"
+    if not _consumer(service, request.headers.get("authorization", "")):
+        raise Problem(401, "unauthorized", "a consumer token of the keys file is required "
+                      "(Authorization: Bearer TOKEN)", outcome="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    fields = service.settings.config.route.key
+    values = request.path_params["segments"].split("/")
+    if len(values) != len(fields) or not all(values):
+        raise _no_route(f"the path is /v1/routes/{'/'.join('{' + f + '}' for f in fields)}")
+    try:
+        route = await run_in_threadpool(lambda: service.reader().route(**dict(zip(fields, values, strict=True))))
+    except UsageError as exc:
+        raise _no_route(str(exc)) from None
+    if route is None:
+        raise _no_route("no route for this key")
+    info.outcome = "processed"
+    return _json(route)
+
+
+def _no_route(detail: str) -> Problem:
+    return Problem(404, "not-found", detail, outcome="not_found")
+
+
+def _consumer(service: Service, header: str) -> bool:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    given, ok = token.strip().encode(), False
+    for tokens in service.keys.consumer_tokens.values():
+        for known in tokens:
+            ok |= hmac.compare_digest(given, known.encode())
+    return ok
+
+
+async def healthz(request: Request) -> Response:
+    note(request.scope).route = "/healthz"
+    return _json({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the database takes a write, the writer runs and its queue is below 80%."""
+    service = _service(request)
+    note(request.scope).route = "/readyz"
+    writable, detail = await run_in_threadpool(service.database_writable)
+    depth, capacity = service.writer.depth, service.settings.queue_events
+    checks = {
+        "database": {"ok": writable, "detail": detail},
+        "writer": {"ok": service.writer.alive and not service.closing,
+                   "detail": "running" if service.writer.alive and not service.closing else "stopped"},
+        "queue": {"ok": depth < READY_QUEUE_SHARE * capacity, "detail": f"{depth} of {capacity} events"},
+    }
+    if all(check["ok"] for check in checks.values()):
+        return _json({"status": "ready", "checks": checks})
+    problem = unavailable("not ready: " + ", ".join(name for name, c in checks.items() if not c["ok"]), 5)
+    problem.extra["checks"] = checks
+    raise problem
+
+
+async def metrics(request: Request) -> Response:
+    service = _service(request)
+    note(request.scope).route = "/metrics"
+    return Response(await run_in_threadpool(service.metrics.exposition), media_type=CONTENT_TYPE)
+
+
+def _as_problem(exc: Exception) -> Problem:
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, StoreError):
+        return unavailable(f"the database cannot be written now: {exc}", retry_after=5)
+    if isinstance(exc, HTTPException):
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        outcome = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "other")
+        return Problem(exc.status_code, slug, str(exc.detail), outcome=outcome, headers=dict(exc.headers or {}))
+    return Problem(500, "internal-error", "the server failed; the events of this request may not be stored",
+                   outcome="error")
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    """The one place a failure becomes an answer."""
+    problem = _as_problem(exc)
+    note(request.scope).outcome = problem.outcome
+    return problem.response()
+
+
+class _AnyMethod:
+    """An endpoint that sees every method, so that it answers 405 itself with DESIGN's Allow header
+    (Starlette's own 405 lists the route's methods in no set order)."""
+
+    def __init__(self, endpoint: Any):
+        self.app = request_response(endpoint)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The service's ASGI app for `settings`; it opens the writer on startup and drains it on shutdown."""
+    service = Service(settings)
+    routes = [
+        Route("/v1/ingest/{key_id}", _AnyMethod(ingest)),
+        Route("/v1/routes/{segments:path}", read_route, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    handlers = {cls: _problem for cls in (Problem, StoreError, HTTPException, Exception)}
+    app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers=handlers,  # type: ignore[arg-type]
+                    middleware=[Middleware(AccessLog, metrics=service.metrics)])
+    app.state.service = service
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """For other ASGI servers: `uvicorn --factory service.app:app_from_environment` (one worker)."""
+    return create_app(settings_from_environment())

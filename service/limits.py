@@ -1,0 +1,68 @@
+"""Per-request limits: a token bucket per key, and a body read bounded in size and time.
+
+Both run before authentication, so they must be cheap and must hold no matter who calls: a
+flood on one key empties that key's bucket and nobody else's; a body larger than allowed is
+cut off at the limit, not read to the end; a body trickling in is cut off at a deadline, on
+its own connection, while the event loop serves everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from starlette.requests import ClientDisconnect, Request
+
+from .problems import Problem, too_large
+
+
+class TokenBuckets:
+    """`rate` tokens per second per key, holding at most `burst`; one request takes one.
+
+    Used on the event loop only, so it needs no lock.
+    """
+
+    def __init__(self, clock: callable = time.monotonic):  # type: ignore[valid-type]
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
+
+    def take(self, key_id: str, rate: float, burst: float) -> float:
+        """0 when the request may go on, else the seconds until a token is back."""
+        now = self._clock()
+        tokens, then = self._buckets.get(key_id, (burst, now))
+        tokens = min(burst, tokens + (now - then) * rate)
+        if tokens >= 1:
+            self._buckets[key_id] = (tokens - 1, now)
+            return 0.0
+        self._buckets[key_id] = (tokens, now)
+        return (1 - tokens) / rate
+
+
+def rate_limited(wait: float) -> Problem:
+    return Problem(429, "rate-limited", "this key sends faster than its rate; retry after the time given",
+                   outcome="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body, or Problem: 413 past `limit` bytes (declared or read), 408 past `timeout`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Problem(400, "bad-content-length", "Content-Length is not a number", outcome="bad_request")
+        if int(declared) > limit:
+            raise too_large(f"the body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(f"the body is larger than the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Problem(408, "timeout", f"the body did not arrive within {timeout:g} s",
+                      outcome="timeout", headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise Problem(400, "disconnected", "the client went away before the body ended", outcome="bad_request") from None
+    return b"".join(chunks)

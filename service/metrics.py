@@ -1,0 +1,65 @@
+"""Prometheus metrics with label values from closed sets only.
+
+A label value taken from a request (a key id, a source, an error message) would make one
+series per distinct value and let any client grow the scrape without bound. So every label
+here is checked against a set fixed at start: the config's emitters and event types, the
+outcome and status vocabularies; anything else is counted as `other`. Each app has its own
+registry, so tests and embedders can build several apps in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from engine import Config
+
+from .problems import OUTCOMES
+
+STATUSES = ("accepted", "duplicate", "rejected")
+OTHER = "other"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def _closed(value: Any, allowed: frozenset[str] | tuple[str, ...]) -> str:
+    return value if value in allowed else OTHER
+
+
+class Metrics:
+    """The service's metrics, registered in a registry of their own."""
+
+    def __init__(self, config: Config, version: str, queue_depth: Callable[[], float]):
+        self.registry = CollectorRegistry()
+        self._emitters = frozenset(config.emitters)
+        self._types = frozenset(config.events)
+        self._requests = Counter("webinar_flows_ingest_requests_total", "Ingestion requests by outcome.",
+                                 ["outcome"], registry=self.registry)
+        self._events = Counter("webinar_flows_events_total", "Events processed, by emitter, type and status.",
+                               ["emitter", "type", "status"], registry=self.registry)
+        self._duration = Histogram("webinar_flows_ingest_duration_seconds", "Ingestion request duration.",
+                                   registry=self.registry)
+        self._batch = Histogram("webinar_flows_commit_batch_size", "Events per group-commit transaction.",
+                                buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=self.registry)
+        depth = Gauge("webinar_flows_writer_queue_depth", "Events waiting for the writer.", registry=self.registry)
+        depth.set_function(queue_depth)
+        Gauge("webinar_flows_build_info", "The running version and config.", ["version", "config_hash"],
+              registry=self.registry).labels(version=version, config_hash=config.hash).set(1)
+
+    def request(self, outcome: str, seconds: float) -> None:
+        self._requests.labels(outcome=_closed(outcome, OUTCOMES)).inc()
+        self._duration.observe(seconds)
+
+    def events(self, emitter: str, results: list[dict[str, Any]]) -> None:
+        for result in results:
+            self._events.labels(emitter=_closed(emitter, self._emitters), type=_closed(result.get("type"), self._types),
+                                status=_closed(result.get("status"), STATUSES)).inc()
+
+    def commit(self, size: int) -> None:
+        """Called on the writer thread; prometheus_client's metrics are thread-safe."""
+        self._batch.observe(size)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,53 @@
+"""Running the app under uvicorn the way DESIGN wants it: one process, limits on, exit 0 on SIGTERM.
+
+uvicorn re-raises a caught SIGTERM or SIGINT once it has shut down gracefully, so the
+process would die of the signal (status 143) even though every queued event was committed
+and answered. A graceful stop is the success case here, so the captured signals are dropped
+and `run` returns normally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from engine import Engine, EngineError
+
+from .app import create_app
+from .settings import Settings, SettingsError
+
+GRACEFUL_SECONDS = 8  # in-flight requests get this long after SIGTERM; the process exits within 10 s
+
+
+class _Server(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
+def check_database(settings: Settings) -> None:
+    """Open (and migrate) the database once before listening, so a bad --db fails the start."""
+    try:
+        Engine.open(config=settings.config, db=settings.db, synchronous=settings.synchronous).close()
+    except EngineError as exc:
+        raise SettingsError(f"error: the database {settings.db} cannot be used: {exc}") from None
+
+
+def run(settings: Settings, *, host: str, port: int, max_header_bytes: int = 16 * 1024, keep_alive: int = 5,
+        max_connections: int = 1024) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; SettingsError when the server could not start."""
+    check_database(settings)
+    config = uvicorn.Config(
+        create_app(settings), host=host, port=port, workers=1, lifespan="on", access_log=False, http="h11",
+        h11_max_incomplete_event_size=max_header_bytes, timeout_keep_alive=keep_alive,
+        limit_concurrency=max_connections, timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False)
+    server = _Server(config)
+    server.run()
+    if not server.started:
+        raise SettingsError("error: the server did not start (see the messages above)")

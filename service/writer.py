@@ -1,0 +1,143 @@
+"""Group commit: one thread owns the only write connection and commits for everyone.
+
+SQLite has one writer at a time, and a commit's fsync costs the same for one event as for
+five hundred. So requests do not commit: they queue their events and wait. The writer takes
+whatever is queued (up to `max_batch` events, whole requests only) as soon as its previous
+commit ends, with no fixed wait, processes it in one transaction, and only then settles each
+request's future, so a 200 always follows its commit. The queue is bounded in events: when
+it is full a request is refused at once rather than held in memory.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import Engine
+
+Results = list[dict[str, Any]]
+
+
+class QueueFull(Exception):
+    """The queue holds as many events as it may; try again shortly."""
+
+
+class WriterClosed(Exception):
+    """The writer is stopping (or has died): nothing new is taken."""
+
+
+@dataclass
+class _Job:
+    items: list[Any]
+    future: Future = field(default_factory=Future)
+
+
+class Writer:
+    """The writer thread and its bounded queue. `submit` from any thread; `stop` drains."""
+
+    def __init__(self, open_engine: Callable[[], Engine], *, capacity: int = 5000, max_batch: int = 500,
+                 on_commit: Callable[[int], None] | None = None):
+        self._open_engine = open_engine
+        self.capacity, self.max_batch = capacity, max_batch
+        self._on_commit = on_commit
+        self._jobs: deque[_Job] = deque()
+        self._depth = 0  # events queued, not yet taken
+        self._lock = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="webinar-flows-writer", daemon=True)
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closing
+
+    def start(self) -> None:
+        """Start the thread and wait until it holds its engine; re-raise what opening it raised."""
+        self._thread.start()
+        self._started.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def submit(self, items: list[Any]) -> Future:
+        """Queue one request's events; its future gets their results once they are committed."""
+        job = _Job(items)
+        with self._lock:
+            if self._closing or not self._thread.is_alive():
+                raise WriterClosed()
+            if self._depth + len(items) > self.capacity:
+                raise QueueFull()
+            self._jobs.append(job)
+            self._depth += len(items)
+            self._lock.notify()
+        return job.future
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Take nothing new, commit and settle everything queued, then close the engine."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            engine = self._open_engine()
+        except BaseException as exc:  # noqa: BLE001 - handed to start() in the starting thread
+            self._failure = exc
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            while (jobs := self._take()) is not None:
+                self._commit(engine, jobs)
+        finally:
+            engine.close()
+
+    def _take(self) -> list[_Job] | None:
+        with self._lock:
+            while not self._jobs and not self._closing:
+                self._lock.wait()
+            if not self._jobs:
+                return None
+            jobs, count = [self._jobs.popleft()], 0
+            count = len(jobs[0].items)
+            while self._jobs and count + len(self._jobs[0].items) <= self.max_batch:
+                count += len(self._jobs[0].items)
+                jobs.append(self._jobs.popleft())
+            self._depth -= count
+            return jobs
+
+    def _commit(self, engine: Engine, jobs: list[_Job]) -> None:
+        items = [item for job in jobs for item in job.items]
+        try:
+            results = engine.process_many(items, batch_size=max(1, len(items)))
+        except Exception as exc:  # noqa: BLE001 - each waiting request answers it (503 for a StoreError)
+            for job in jobs:
+                _settle(job.future, exception=exc)
+            return
+        if self._on_commit is not None:
+            self._on_commit(len(items))
+        start = 0
+        for job in jobs:
+            _settle(job.future, result=results[start:start + len(job.items)])
+            start += len(job.items)
+
+
+def _settle(future: Future, *, result: Results | None = None, exception: BaseException | None = None) -> None:
+    """Settle a request's future; one whose request went away (cancelled) is left alone."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.floor import Floor  # noqa: E402
 from bench.generate import stream  # noqa: E402
 from engine import Engine  # noqa: E402
-from engine.defaults import bundled_config  # noqa: E402
+from engine.config.locate import bundled_config  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "webinar-flows")
 DOC = ROOT / "docs" / "PERFORMANCE.md"

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from engine.intake import KEEP_HEAD_BYTES, Oversized
+from engine.runtime.envelope import KEEP_HEAD_BYTES, Oversized
 
 _CHUNK = 1 << 20
 

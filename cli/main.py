@@ -20,9 +20,9 @@ import click
 import orjson
 
 from engine import ConfigError, Engine, EngineError, StoreError, UsageError, load_config
-from engine.defaults import find_config
-from engine.intake import DEFAULT_MAX_EVENT_BYTES
-from engine.pipeline import DEFAULT_BATCH_SIZE, normalise_time
+from engine.config.locate import find_config
+from engine.runtime.envelope import DEFAULT_MAX_EVENT_BYTES
+from engine.runtime.pipeline import DEFAULT_BATCH_SIZE, normalise_time
 
 from .lines import read_lines
 

@@ -7,22 +7,22 @@ says which ones exist. Import what you need from here:
     eng = Engine.open(config=None, db="webinar-flows.db")
 """
 
-from .config import load_config
-from .defaults import bundled_config, find_config
-from .intake import DEFAULT_MAX_EVENT_BYTES
+from .config.load import load_config
+from .config.locate import bundled_config, find_config
+from .runtime.envelope import DEFAULT_MAX_EVENT_BYTES
 from .errors import ConfigError, EngineError, Problem, StoreError, UsageError
 from .model import Config
-from .pipeline import DEFAULT_BATCH_SIZE, Engine, Received, normalise_time
+from .runtime.pipeline import DEFAULT_BATCH_SIZE, Engine, Received, normalise_time
 from .reasons import DUPLICATE_REASONS, REJECTION_REASONS
 
 # The governance tools load on first use, so that processing events pays nothing for them.
 _LAZY = {
-    "Change": ("compat", "Change"), "violates": ("compat", "violates"), "diff_configs": ("compat", "diff"),
-    "GraphvizNotFound": ("diagram", "GraphvizNotFound"), "render_diagram": ("diagram", "render_diagram"),
-    "render_image": ("diagram", "render_image"), "render_markdown": ("document", "render_markdown"),
-    "explain_route": ("explain", "explain"), "asyncapi": ("export", "asyncapi"),
-    "event_schemas": ("export", "event_schemas"), "Selection": ("quarantine", "Selection"),
-    "replay_history": ("replay", "replay"),
+    "Change": ("governance.compat", "Change"), "violates": ("governance.compat", "violates"), "diff_configs": ("governance.compat", "diff"),
+    "GraphvizNotFound": ("governance.diagram", "GraphvizNotFound"), "render_diagram": ("governance.diagram", "render_diagram"),
+    "render_image": ("governance.diagram", "render_image"), "render_markdown": ("governance.document", "render_markdown"),
+    "explain_route": ("governance.explain", "explain"), "asyncapi": ("governance.export", "asyncapi"),
+    "event_schemas": ("governance.export", "event_schemas"), "Selection": ("governance.quarantine", "Selection"),
+    "replay_history": ("governance.replay", "replay"),
 }
 
 

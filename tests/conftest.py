@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from engine import Engine
-from engine.defaults import bundled_config
+from engine.config.locate import bundled_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACKER = "client-webinar-tracker-v2"

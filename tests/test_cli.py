@@ -492,7 +492,7 @@ def test_help_lists_every_command_and_validate_starts_without_the_governance_too
         "out = CliRunner().invoke(cli, ['validate'])\n"
         "assert out.exit_code == 0, out.output\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('cli.commands.') or m in\n"
-        "                ('engine.diagram', 'engine.document', 'engine.compat', 'engine.replay'))\n"
+        "                ('engine.governance.diagram', 'engine.governance.document', 'engine.governance.compat', 'engine.governance.replay'))\n"
         "print(loaded)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
@@ -501,7 +501,7 @@ def test_help_lists_every_command_and_validate_starts_without_the_governance_too
     listed = subprocess.run([str(WF), "--help"], capture_output=True, text=True, timeout=60).stdout
     names = {line.split()[0] for line in listed.split("Commands:")[1].splitlines() if line.strip()}
     assert names == {"validate", "process", "evaluate", "route", "docs", "graph", "schema", "diff", "rejections",
-                     "reprocess", "replay", "explain"}
+                     "reprocess", "replay", "explain", "serve", "keys", "send"}
     for name in sorted(names):
         shown = subprocess.run([str(WF), name, "--help"], capture_output=True, text=True, timeout=60)
         assert shown.returncode == 0 and shown.stdout.startswith(f"Usage: webinar-flows {name} "), name

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from engine import Config, load_config
-from engine.defaults import bundled_config
-from engine.diagram import render_diagram
-from engine.document import render_markdown
+from engine.config.locate import bundled_config
+from engine.governance.diagram import render_diagram
+from engine.governance.document import render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 README_START, README_END = "<!-- route-diagram:start -->", "<!-- route-diagram:end -->"
@@ -164,8 +164,8 @@ def test_docs_rules_are_sentences_with_conditions_and_mapping(run_cli, config):
 
 
 def test_docs_state_the_spec_boundaries(run_cli, config):
-    from engine.checks import FORBIDDEN_WORDS
-    from engine.config import CALLBACK_KEYS, TIME_KEYS
+    from engine.config.checks import FORBIDDEN_WORDS
+    from engine.config.load import CALLBACK_KEYS, TIME_KEYS
 
     part = section(run_cli("docs").stdout, "## Spec boundaries")
     for word in FORBIDDEN_WORDS | TIME_KEYS | CALLBACK_KEYS:
@@ -311,7 +311,7 @@ def test_graph_output_files(run_cli, tmp_path, config):
 
 
 def test_graph_image_without_graphviz_says_how_to_install(run_cli, tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.diagram.shutil.which", lambda name: None)
+    monkeypatch.setattr("engine.governance.diagram.shutil.which", lambda name: None)
     result = run_cli("graph", "--output", "route.svg")
     assert result.exit_code == 1
     assert "apt-get install graphviz" in result.stderr and "route.mmd" in result.stderr

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from engine.config import load_config
-from engine.contract import Contract
-from engine.defaults import bundled_config
-from engine.intake import _ENVELOPE, _envelope_ok, canonical_json, is_date_time
-from engine.rules import NAMESPACE, derived_id
+from engine.runtime.contract import Contract
+from engine.config.locate import bundled_config
+from engine.runtime.envelope import _ENVELOPE, _envelope_ok, canonical_json, is_date_time
+from engine.runtime.rules import NAMESPACE, derived_id
 
 CONFIG = load_config(bundled_config())
 CONTRACT = Contract(CONFIG)
@@ -137,7 +137,7 @@ def test_derived_id_equals_uuid5(rule_id: str, source: str, event_id: str) -> No
 
 def _outcome(parse: Any, raw: bytes) -> Any:
     """What a parser makes of `raw`: (value, canonical, floats seen) or the rejection's errors."""
-    from engine import intake
+    from engine.runtime import envelope as intake
     from engine.reasons import Rejected
 
     try:
@@ -192,13 +192,13 @@ def json_texts(draw: st.DrawFn) -> bytes:
 @example(b'[1.0]')
 @example(b'null')
 def test_the_orjson_shortcut_parses_exactly_as_the_strict_decoder(raw: bytes) -> None:
-    from engine import intake
+    from engine.runtime import envelope as intake
 
     assert _outcome(intake.parse_json, raw) == _outcome(intake._parse_strict, raw)
 
 
 def test_the_orjson_shortcut_is_taken_for_ordinary_events() -> None:
-    from engine import intake
+    from engine.runtime import envelope as intake
 
     line = b'{"specversion":"1.0","id":"e1","source":"s","type":"t","data":{"lead_id":"l1","n":3,"ok":true}}'
     assert intake._parse_fast(line) == {"specversion": "1.0", "id": "e1", "source": "s", "type": "t",

@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from engine import ConfigError, Engine, load_config
-from engine.defaults import bundled_config
+from engine.config.locate import bundled_config
 
 CLI = str(Path(sys.executable).parent / "webinar-flows")
 TIME_LIMIT_S = 2.0  # measured: 0.03-0.3 s in-process, 0.25-0.9 s as a fresh process on a busy 2-core box

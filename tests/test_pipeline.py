@@ -19,7 +19,7 @@ import pytest
 from conftest import TRACKER, completed, entered, envelope, form_submitted, left, registered
 
 from engine import ConfigError, Engine, EngineError, StoreError, load_config
-from engine.defaults import bundled_config
+from engine.config.locate import bundled_config
 
 RESULT_KEYS = {"line", "id", "type", "status", "reason", "errors", "emitted", "actions", "route"}
 CLASSIFIED = "client_webinar_attendance_classified"

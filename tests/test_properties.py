@@ -47,7 +47,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 @pytest.fixture(scope="module")
 def approved_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default config plus an approved emitter for registration and leaving."""
-    from engine.defaults import bundled_config
+    from engine.config.locate import bundled_config
 
     src = bundled_config()
     target = tmp_path_factory.mktemp("config")

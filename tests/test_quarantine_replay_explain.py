@@ -16,8 +16,8 @@ from conftest import TRACKER, completed, entered, form_submitted, jsonl, left, r
 from dbstate import digest, rows
 
 from engine import Engine
-from engine.migrations import migrations
-from engine.store import SCHEMA_VERSION
+from engine.store.sqlite_migrations import migrations
+from engine.store.sqlite import SCHEMA_VERSION
 
 RESULT_KEYS = ["line", "id", "type", "status", "reason", "errors", "emitted", "actions", "route"]
 T_EVAL = "2026-02-02T00:00:00Z"

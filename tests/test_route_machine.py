@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 
 from engine import load_config
-from engine.defaults import bundled_config
-from engine.route import RouteMachine
+from engine.config.locate import bundled_config
+from engine.runtime.route import RouteMachine
 
 
 def test_compiled_table_equals_firing_the_machine_for_every_state_and_trigger():

@@ -70,8 +70,8 @@ from typing import Any
 import pytest
 
 from engine import Engine
-from engine.defaults import bundled_config
-from engine.yamlfile import load_yaml
+from engine.config.locate import bundled_config
+from engine.config.yamlfile import load_yaml
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 MODES = ("one_by_one", "batched", "batch_of_2")

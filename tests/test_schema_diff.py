@@ -25,8 +25,8 @@ from referencing.jsonschema import DRAFT7
 
 from conftest import TRACKER, envelope, jsonl, result_lines
 from engine import load_config
-from engine.compat import MODES
-from engine.defaults import bundled_config
+from engine.governance.compat import MODES
+from engine.config.locate import bundled_config
 from test_validate import apply_edits
 
 HERE = Path(__file__).resolve().parent

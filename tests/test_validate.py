@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from engine import ConfigError, EngineError, Problem, load_config
-from engine.defaults import bundled_config
+from engine.config.locate import bundled_config
 
 DATA = Path(__file__).resolve().parent / "data"
 CASES: list[dict[str, Any]] = yaml.safe_load((DATA / "broken_configs.yaml").read_text("utf-8"))["cases"]

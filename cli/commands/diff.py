@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from engine import StoreError
-from engine.compat import MODES, Change, diff, violates
+from engine.governance.compat import MODES, Change, diff, violates
 
 from ..main import CONTEXT, Failed, _config_option, _print, _settings
 from ._shared import load_or_fail

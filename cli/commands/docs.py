@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from engine.document import render_markdown
+from engine.governance.document import render_markdown
 
 from ..main import CONTEXT, _config_option
 from . import _rendered

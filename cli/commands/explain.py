@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from engine.quarantine import ORIGIN
+from engine.governance.quarantine import ORIGIN
 
 from ..main import CONTEXT, Failed, _config_option, _db_option, _print, engine_for
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from engine.diagram import FORMATS, IMAGE_FORMATS, GraphvizNotFound, render_diagram, render_image
+from engine.governance.diagram import FORMATS, IMAGE_FORMATS, GraphvizNotFound, render_diagram, render_image
 
 from ..main import CONTEXT, Failed, _config_option
 from . import _rendered

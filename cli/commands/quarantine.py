@@ -11,10 +11,10 @@ from typing import Any
 import click
 
 from engine import REJECTION_REASONS, Engine, StoreError, UsageError
-from engine.intake import DEFAULT_MAX_EVENT_BYTES
-from engine.pipeline import DEFAULT_BATCH_SIZE
-from engine.quarantine import STATES, Selection, iter_rejections, iter_reprocess
-from engine.quarantine import purge as purge_rejections
+from engine.runtime.envelope import DEFAULT_MAX_EVENT_BYTES
+from engine.runtime.pipeline import DEFAULT_BATCH_SIZE
+from engine.governance.quarantine import STATES, Selection, iter_rejections, iter_reprocess
+from engine.governance.quarantine import purge as purge_rejections
 
 from ..main import CONTEXT, Failed, _at, _config_option, _db_option, _open, _print
 

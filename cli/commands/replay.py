@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from engine import EngineError, UsageError
-from engine.intake import DEFAULT_MAX_EVENT_BYTES
-from engine.pipeline import DEFAULT_BATCH_SIZE
-from engine.replay import replay as run_replay
+from engine.runtime.envelope import DEFAULT_MAX_EVENT_BYTES
+from engine.runtime.pipeline import DEFAULT_BATCH_SIZE
+from engine.governance.replay import replay as run_replay
 
 from ..main import CONTEXT, Failed, _config_option, _db_option, _print, _settings
 from ._shared import load_or_fail

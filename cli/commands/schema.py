@@ -9,7 +9,7 @@ from typing import Any
 import click
 import yaml
 
-from engine.export import asyncapi, event_schemas
+from engine.governance.export import asyncapi, event_schemas
 
 from ..main import CONTEXT, Failed, _config_option, _db_option, _settings
 from ._shared import load_or_fail

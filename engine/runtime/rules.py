@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .contract import Contract, same
-from .intake import canonical_json
-from .model import Config, FactRef, FieldMap, RuleSpec
-from .reasons import Rejected, error
+from .envelope import canonical_json
+from ..model import Config, FactRef, FieldMap, RuleSpec
+from ..reasons import Rejected, error
 
 NAMESPACE = uuid.UUID("6f1c2e0a-4b5d-5e6f-8a9b-0c1d2e3f4a5b")
 _NAMESPACE_BYTES = NAMESPACE.bytes

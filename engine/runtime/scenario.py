@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import RouteSpec
+from ..model import RouteSpec
 
 
 def actions_for(route: RouteSpec, key: dict[str, Any], before: str, after: str, event: dict[str, Any]) -> list[dict[str, Any]]:

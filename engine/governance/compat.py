@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError, UsageError
+from ..errors import StoreError, UsageError
 from .export import ANNOTATIONS, standalone_payload
-from .model import Config, EvaluationResult, EventSpec, FactRef, FieldMap, RuleSpec, StateSpec
+from ..model import Config, EvaluationResult, EventSpec, FactRef, FieldMap, RuleSpec, StateSpec
 
 EMITTERS = "emitters"
 CONSUMERS = "consumers"

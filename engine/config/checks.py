@@ -15,8 +15,8 @@ from urllib.request import url2pathname
 
 from jsonschema import Draft202012Validator
 
-from .errors import Problem
-from .model import Config, RuleSpec
+from ..errors import Problem
+from ..model import Config, RuleSpec
 from .patterns import unsafe_pattern
 from .yamlfile import YamlDoc
 
@@ -138,7 +138,7 @@ def _check_refs(root: Path, payload: dict[str, Any], path: tuple) -> Iterator[tu
     from referencing.exceptions import Unresolvable
     from referencing.jsonschema import DRAFT202012
 
-    from .contract import local_registry
+    from ..runtime.contract import local_registry
 
     base = root.resolve().as_uri() + "/events.yaml"
     registry = local_registry(root).with_resource(base, Resource.from_contents(payload, DRAFT202012))

@@ -22,13 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from ..config.load import load_config
 from .consumers import RouteConsumer
 from .contract import Contract, key_dict
-from .defaults import bundled_config
+from ..config.locate import bundled_config
 from .emitters import EmitterPolicy
-from .errors import UsageError
-from .intake import (
+from ..errors import UsageError
+from .envelope import (
     DEFAULT_MAX_EVENT_BYTES,
     Envelope,
     Oversized,
@@ -36,12 +36,12 @@ from .intake import (
     fingerprint,
     read_envelope,
 )
-from .model import Config
-from .reasons import ACCEPTED, DUPLICATE, REJECTED, Rejected, error
+from ..model import Config
+from ..reasons import ACCEPTED, DUPLICATE, REJECTED, Rejected, error
 from .route import RouteMachine
 from .rules import RuleBook
 from .scenario import actions_for
-from .store import SQLiteStore, Store
+from ..store.sqlite import SQLiteStore, Store
 
 DEFAULT_BATCH_SIZE = 500
 
@@ -158,11 +158,15 @@ class Engine:
     @classmethod
     def open(cls, config: str | Path | Config | None = None, db: str | Path = "webinar-flows.db", *,
              max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, synchronous: str = "NORMAL",
-             clock: Callable[[], str] = utc_now) -> Engine:
-        """Load `config` (None: the bundled default) and open the database `db`."""
+             clock: Callable[[], str] = utc_now, create: bool = True) -> Engine:
+        """Load `config` (None: the bundled default) and open the database `db`.
+
+        `create=False` is for readers: a database that does not exist is then a StoreError
+        instead of a new empty one that would answer every question with "nothing".
+        """
         if not isinstance(config, Config):
             config = load_config(config if config is not None else bundled_config())
-        return cls(config, SQLiteStore(db, synchronous=synchronous), max_event_bytes=max_event_bytes, clock=clock)
+        return cls(config, SQLiteStore(db, synchronous=synchronous, create=create), max_event_bytes=max_event_bytes, clock=clock)
 
     def close(self) -> None:
         self.store.close()
@@ -458,25 +462,25 @@ class Engine:
     def rejections(self, **selection: Any) -> list[dict[str, Any]]:
         """Stored rejections, oldest first; filters as `quarantine.Selection` (reasons, sources,
         types, since, until, state)."""
-        from .quarantine import Selection, iter_rejections
+        from ..governance.quarantine import Selection, iter_rejections
 
         return list(iter_rejections(self, Selection(**selection)))
 
     def reprocess(self, *, batch_size: int = DEFAULT_BATCH_SIZE, **selection: Any) -> list[dict[str, Any]]:
         """Re-run the selected open rejections under this config; one result per rejection."""
-        from .quarantine import Selection, reprocess
+        from ..governance.quarantine import Selection, reprocess
 
         return reprocess(self, Selection(**selection), batch_size=batch_size)
 
     def purge_rejections(self, *, everything: bool = False, **selection: Any) -> int:
         """Delete the selected rejections (a filter, or everything=True, is required); returns the count."""
-        from .quarantine import Selection, purge
+        from ..governance.quarantine import Selection, purge
 
         return purge(self, Selection(**selection), everything=everything)
 
     def explain(self, **key: Any) -> dict[str, Any] | None:
         """The story of one route key: inputs, rules fired or not and why, route changes; None if unknown."""
-        from .explain import explain
+        from ..governance.explain import explain
 
         return explain(self, **key)
 

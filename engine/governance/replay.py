@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
-from .contract import key_dict
-from .errors import UsageError
+from ..config.load import load_config
+from ..runtime.contract import key_dict
+from ..errors import UsageError
 from .history import EVALUATION, Row, connect_read_only, input_bytes, rows, timeline
-from .intake import DEFAULT_MAX_EVENT_BYTES, Oversized
-from .model import Config
-from .pipeline import DEFAULT_BATCH_SIZE, Engine, Item
-from .reasons import ACCEPTED, REJECTED
+from ..runtime.envelope import DEFAULT_MAX_EVENT_BYTES, Oversized
+from ..model import Config
+from ..runtime.pipeline import DEFAULT_BATCH_SIZE, Engine, Item
+from ..reasons import ACCEPTED, REJECTED
 
 Progress = Callable[[int, int], None]  # (done, total)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from transitions import Machine
 
-from .model import RouteSpec
+from ..model import RouteSpec
 
 
 class _Cursor:

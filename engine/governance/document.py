@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import checks, config as config_module
+from ..config import checks, load as config_module
 from .diagram import render_diagram
-from .model import Config, DataCondition, EventSpec, FactRef, FieldMap, RuleSpec
+from ..model import Config, DataCondition, EventSpec, FactRef, FieldMap, RuleSpec
 
 NONE = "—"
 _FIELD_KEYWORDS = frozenset({"type", "format", "description", "title", "enum", "const", "pattern", "minLength",

@@ -21,8 +21,8 @@ from typing import Any
 from transitions import State
 from transitions.extensions.diagrams import GraphMachine
 
-from .errors import EngineError
-from .model import Config, StateSpec
+from ..errors import EngineError
+from ..model import Config, StateSpec
 
 FORMATS = ("mermaid", "dot")
 IMAGE_FORMATS = ("svg", "png", "pdf")

@@ -12,7 +12,7 @@ _MARKER = "states.yaml"
 
 
 def bundled_config() -> Path:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     for candidate in (here / "_bundled", here.parent):
         if (candidate / _MARKER).is_file():
             return candidate

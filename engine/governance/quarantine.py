@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from ..errors import UsageError
 from .history import Row, rows, sortable, with_instants
-from .intake import KEEP_HEAD_BYTES
-from .reasons import REJECTED, error
+from ..runtime.envelope import KEEP_HEAD_BYTES
+from ..reasons import REJECTED, error
 
 if TYPE_CHECKING:
-    from .pipeline import Engine, Item
+    from ..runtime.pipeline import Engine, Item
 
 STATES = ("open", "resolved", "all")
 ORIGIN = "rejection:"  # the input-log origin of a reprocessed rejection: rejection:<seq>
@@ -80,7 +80,7 @@ class Selection:
 
 
 def _time(value: str) -> str:
-    from .pipeline import normalise_time
+    from ..runtime.pipeline import normalise_time
 
     try:
         return normalise_time(value)

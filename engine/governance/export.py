@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from referencing.jsonschema import DRAFT202012
 
-from .contract import local_registry
-from .model import Config, EventSpec
+from ..runtime.contract import local_registry
+from ..model import Config, EventSpec
 
 if TYPE_CHECKING:
     from referencing._core import Resolver
@@ -38,7 +38,7 @@ ANNOTATIONS = frozenset({"description", "title", "examples", "default", "$commen
 
 
 def _envelope() -> dict[str, Any]:
-    text = resources.files("engine").joinpath("schemas/envelope.schema.json").read_text("utf-8")
+    text = resources.files("engine.runtime").joinpath("schemas/envelope.schema.json").read_text("utf-8")
     envelope: dict[str, Any] = json.loads(text)
     return envelope
 

@@ -19,8 +19,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match, relevance
 
 from . import checks
-from .errors import ConfigError, Problem
-from .model import (
+from ..errors import ConfigError, Problem
+from ..model import (
     Config,
     DataCondition,
     EmitterSpec,
@@ -50,7 +50,7 @@ _NAME_MAPS = {"emitters", "events"}  # below these, keys are emitter or event na
 
 
 def _schema(name: str) -> dict[str, Any]:
-    return json.loads(resources.files("engine").joinpath(f"schemas/{name}.schema.json").read_text("utf-8"))
+    return json.loads(resources.files("engine.config").joinpath(f"schemas/{name}.schema.json").read_text("utf-8"))
 
 
 _VALIDATORS = {kind: Draft202012Validator(_schema(kind)) for kind in ("events", "emitters", "rules", "states")}

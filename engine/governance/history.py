@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
-from .intake import Oversized
+from ..errors import StoreError
+from ..runtime.envelope import Oversized
 
 INPUT, EVALUATION = "input", "evaluation"
 Row = dict[str, Any]

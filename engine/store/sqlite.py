@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .errors import StoreError
+from ..errors import StoreError
 
 SCHEMA_VERSION = 3  # the number of migrations in engine/migrations.py
 MIGRATIONS_TABLE = "_sqlite_migrations"
@@ -77,8 +77,10 @@ class Store(Protocol):
 class SQLiteStore:
     """The SQLite store; one connection, used by one thread."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL"):
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", create: bool = True):
         self.path = str(path)
+        if not create and self.path != ":memory:" and not Path(self.path).is_file():
+            raise StoreError(f"{self.path}: the database does not exist (check --db or $WEBINAR_FLOWS_DB)")
         self._depth = 0
         try:
             self._open(synchronous)
@@ -131,7 +133,7 @@ class SQLiteStore:
     def _migrate(self) -> None:
         import sqlite_utils
 
-        from .migrations import migrations
+        from .sqlite_migrations import migrations
 
         db = sqlite_utils.Database(self.conn)
         self.conn.execute("BEGIN IMMEDIATE")

@@ -20,7 +20,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from rfc3339_validator import RFC3339_REGEX, validate_rfc3339
 
-from .reasons import Rejected, error
+from ..reasons import Rejected, error
 
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 MAX_DEPTH = 64
@@ -244,7 +244,7 @@ def _parse_strict(raw: bytes) -> tuple[Any, str]:  # noqa: C901
 
 
 def _envelope_schema() -> dict[str, Any]:
-    return json.loads(resources.files("engine").joinpath("schemas/envelope.schema.json").read_text("utf-8"))
+    return json.loads(resources.files("engine.runtime").joinpath("schemas/envelope.schema.json").read_text("utf-8"))
 
 
 _ENVELOPE = Draft202012Validator(_envelope_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
@@ -319,7 +319,7 @@ def snake(name: str) -> str:
 def schema_errors(err: Any, prefix: str) -> list[dict[str, Any]]:
     """One jsonschema error as `{path, message, code}` entries, each path a JSON Pointer to the
     field at fault (a missing field, each unexpected field, a refused attribute name)."""
-    from .yamlfile import pointer
+    from ..config.yamlfile import pointer
 
     path = list(err.absolute_path)
     if "propertyNames" in err.relative_schema_path:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .model import Config
-from .reasons import Rejected, error
+from ..model import Config
+from ..reasons import Rejected, error
 
 
 class EmitterPolicy:

@@ -12,16 +12,16 @@ import json
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from ..errors import UsageError
 from .history import INPUT, Row, rows, timeline
-from .intake import canonical_json
-from .model import RuleSpec
-from .rules import Fact, build_data, why_not
+from ..runtime.envelope import canonical_json
+from ..model import RuleSpec
+from ..runtime.rules import Fact, build_data, why_not
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from .pipeline import Engine
+    from ..runtime.pipeline import Engine
 
 
 def explain(engine: Engine, **key: Any) -> dict[str, Any] | None:

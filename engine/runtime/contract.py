@@ -20,11 +20,11 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from .checks import ref_problem
-from .intake import canonical_json, is_date_time, schema_errors
-from .model import Config, EventSpec
-from .reasons import Rejected, error
-from .yamlfile import load_yaml
+from ..config.checks import ref_problem
+from .envelope import canonical_json, is_date_time, schema_errors
+from ..model import Config, EventSpec
+from ..reasons import Rejected, error
+from ..config.yamlfile import load_yaml
 
 
 def local_registry(root: Path) -> Registry:

@@ -115,6 +115,8 @@ class Config:
     evaluation_result: EvaluationResult | None
     problems: tuple[Problem, ...] = field(default=())
     files: tuple[Path, ...] = field(default=())
+    # (URI, content) of every local file a payload `$ref` reaches; read and hashed by loading
+    schema_resources: tuple[tuple[str, Any], ...] = field(default=())
 
     @property
     def warnings(self) -> list[Problem]:

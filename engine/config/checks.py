@@ -7,17 +7,14 @@ boundary it protects, so an architect learns why, not only what.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
-from urllib.request import url2pathname
 
 from jsonschema import Draft202012Validator
 
 from ..errors import Problem
 from ..model import Config, RuleSpec
 from .patterns import unsafe_pattern
+from .refs import LocalFiles, check_refs, patterns_of
 from .yamlfile import YamlDoc
 
 FORBIDDEN_WORDS = frozenset({"partner", "partners", "sale", "sales", "sell", "selling", "qualification",
@@ -42,10 +39,12 @@ class _Reporter:
         doc.problem(path, code, message, severity="warning")
 
 
-def run(config: Config, docs: dict[str, YamlDoc]) -> list[Problem]:
-    """Run every pass-2 check; problems land on the docs, which the caller collects."""
+def run(config: Config, docs: dict[str, YamlDoc], files: LocalFiles | None = None) -> list[Problem]:
+    """Run every pass-2 check; problems land on the docs, which the caller collects.
+
+    `files` collects the schema files that payload `$ref`s reach."""
     report = _Reporter(docs)
-    _check_events(config, report)
+    _check_events(config, report, files or LocalFiles(config.root))
     _check_emitters(config, report)
     _check_rules(config, report)
     _check_route(config, report)
@@ -74,7 +73,7 @@ def _properties(config: Config, event: str) -> dict[str, Any] | None:
     return props if isinstance(props, dict) else {}
 
 
-def _check_events(config: Config, report: _Reporter) -> None:
+def _check_events(config: Config, report: _Reporter, files: LocalFiles) -> None:
     doc = report.doc("events")
     for name, spec in config.events.items():
         base = ("events", name)
@@ -95,76 +94,15 @@ def _check_events(config: Config, report: _Reporter) -> None:
             if fieldname not in props:
                 report.error(doc, base + ("repeatable_when", fieldname), "unknown_field",
                              f"repeatable_when field '{fieldname}' is not a payload field of {name}")
-        for path, code, message in _check_refs(config.root, spec.payload, base + ("payload",)):
+        for path, code, message in check_refs(files, spec.payload, base + ("payload",)):
             report.error(doc, path, code, message)
-        for path, pattern in _patterns(spec.payload, base + ("payload",)):
+        for path, pattern in patterns_of(spec.payload, base + ("payload",)):
             why = unsafe_pattern(pattern)
             if why:
                 report.error(doc, path, "unsafe_pattern", f"pattern {pattern!r} is refused: {why}")
 
 
-_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 MAX_SCHEMA_NODES = 10_000
-
-
-def _refs(node: Any, path: tuple, base: str) -> Iterator[tuple[tuple, str, str, str]]:
-    """Every `$id` and `$ref` of a schema as (path, keyword, value, base URI in force)."""
-    if isinstance(node, dict):
-        if isinstance(node.get("$id"), str):
-            yield path + ("$id",), "$id", node["$id"], base
-            rebased = _join(base, node["$id"])
-            base = rebased if rebased and rebased.startswith("file:") else base
-        for key, value in node.items():
-            if key in _REF_KEYWORDS and isinstance(value, str):
-                yield path + (key,), key, value, base
-            elif key not in ("$id", "enum", "const", "examples", "default"):
-                yield from _refs(value, path + (key,), base)
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from _refs(item, path + (i,), base)
-
-
-def _join(base: str, ref: str) -> str | None:
-    try:
-        return urljoin(base, ref)
-    except ValueError:
-        return None
-
-
-def _check_refs(root: Path, payload: dict[str, Any], path: tuple) -> Iterator[tuple[tuple, str, str]]:
-    """Problems with a payload's references and the local files they reach: leaving the config,
-    pointing at nothing, or a pattern that backtracks — the payload's own and any file's."""
-    from referencing import Resource
-    from referencing.exceptions import Unresolvable
-    from referencing.jsonschema import DRAFT202012
-
-    from ..runtime.contract import local_registry
-
-    base = root.resolve().as_uri() + "/events.yaml"
-    registry = local_registry(root).with_resource(base, Resource.from_contents(payload, DRAFT202012))
-    todo: list[tuple[Any, tuple, str]] = [(payload, path, base)]
-    seen = {base}
-    while todo:
-        schema, where_from, file_base = todo.pop()
-        for where, keyword, value, scope in _refs(schema, where_from, file_base):
-            problem = ref_problem(root, value, scope)
-            if problem is None and keyword != "$id":
-                try:
-                    resolved = registry.resolver(base_uri=scope).lookup(value)
-                except (Unresolvable, ValueError, OSError) as exc:
-                    problem = "unknown_ref", f"{keyword} '{value}' points to nothing ({type(exc).__name__})"
-                else:
-                    target = urljoin(scope, value).split("#", 1)[0]
-                    if target not in seen:  # a local file: hold its refs and patterns to the same rules
-                        seen.add(target)
-                        todo.append((resolved.resolver.lookup(target).contents, where, target))
-            if problem is not None and not (keyword == "$id" and problem[0] == "unknown_ref"):
-                yield where, *problem
-        if file_base != base:
-            for _, pattern in _patterns(schema, ()):
-                why = unsafe_pattern(pattern)
-                if why:
-                    yield where_from, "unsafe_pattern", f"pattern {pattern!r} in {file_base.rsplit('/', 1)[-1]} is refused: {why}"
 
 
 def schema_too_large(schema: Any) -> bool:
@@ -181,44 +119,6 @@ def schema_too_large(schema: Any) -> bool:
         elif isinstance(node, list):
             todo.extend(node)
     return False
-
-
-def _patterns(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
-    """Every regular expression a payload schema would run: `pattern` values, `patternProperties` keys."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "pattern" and isinstance(value, str):
-                yield path + (key,), value
-            elif key == "patternProperties" and isinstance(value, dict):
-                for regex, sub in value.items():
-                    yield path + (key, regex), regex
-                    yield from _patterns(sub, path + (key, regex))
-            elif key not in ("enum", "const", "examples", "default"):
-                yield from _patterns(value, path + (key,))
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from _patterns(item, path + (i,))
-
-
-def ref_problem(root: Path, ref: str, base: str | None = None) -> tuple[str, str] | None:
-    """Why a payload `$ref` (or `$id`) may not be followed, or None: only files inside the config are."""
-    base = base or root.resolve().as_uri() + "/events.yaml"
-    try:
-        target = urlsplit(urljoin(base, ref))
-    except ValueError:
-        return "remote_ref", f"'{ref}' is not a valid URL reference"
-    if target.scheme != "file" or target.netloc:
-        return "remote_ref", (f"'{ref}' points outside the config: only local references are allowed "
-                              "(the engine never fetches a schema over the network)")
-    try:
-        path = Path(url2pathname(target.path)).resolve()
-    except (ValueError, OSError):
-        return "unknown_ref", f"'{ref}' names no file that can exist"
-    if not path.is_relative_to(root.resolve()):
-        return "ref_outside_config", f"'{ref}' points outside the config directory"
-    if not path.is_file():
-        return "unknown_ref", f"'{ref}': no such file in the config directory"
-    return None
 
 
 def _check_emitters(config: Config, report: _Reporter) -> None:

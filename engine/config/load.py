@@ -8,6 +8,7 @@ references between files and holds the whole to the spec's boundaries.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match, relevance
 
 from . import checks
+from .refs import LocalFiles
 from ..errors import ConfigError, Problem
 from ..model import (
     Config,
@@ -155,13 +157,15 @@ def load_config(root: str | Path, *, display: str | None = None) -> Config:
     if any(p.severity == "error" for p in problems):
         raise ConfigError(problems + _despite(root, docs, config_hash, problems))
     config = _build(root, docs, config_hash)
-    problems += checks.run(config, docs)
+    files = LocalFiles(root)
+    problems += checks.run(config, docs, files)
     for doc in docs.values():
         problems += doc.problems
     problems.sort(key=lambda p: (p.severity != "error", p.file, p.line, p.column))
     if any(p.severity == "error" for p in problems):
         raise ConfigError(problems)
-    return _replace_problems(config, problems)
+    return replace(config, problems=tuple(problems), hash=files.extend_hash(config_hash),
+                   schema_resources=files.resources())
 
 
 def _despite(root: Path, docs: dict[str, YamlDoc], config_hash: str, found: list[Problem]) -> list[Problem]:
@@ -177,12 +181,6 @@ def _despite(root: Path, docs: dict[str, YamlDoc], config_hash: str, found: list
     flagged = {(p.file, p.line) for p in found}  # what pass 2 says there follows from pass 1's error
     return sorted((p for p in more if (p.file, p.line) not in flagged),
                   key=lambda p: (p.severity != "error", p.file, p.line, p.column))
-
-
-def _replace_problems(config: Config, problems: list[Problem]) -> Config:
-    from dataclasses import replace
-
-    return replace(config, problems=tuple(problems))
 
 
 def _doc(docs: dict[str, YamlDoc], kind: str) -> list[YamlDoc]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from referencing.jsonschema import DRAFT202012
 
-from ..runtime.contract import local_registry
+from ..runtime.contract import registry_of
 from ..model import Config, EventSpec
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def standalone_payload(config: Config, event: str) -> dict[str, Any]:
     """The payload schema of `event` with every `$ref` expanded in place."""
     payload = config.events[event].payload
     base = config.root.resolve().as_uri() + "/events.yaml"
-    registry = local_registry(config.root).with_resource(base, DRAFT202012.create_resource(payload))
+    registry = registry_of(config.schema_resources).with_resource(base, DRAFT202012.create_resource(payload))
     standalone: dict[str, Any] = _inline(payload, registry.resolver(base_uri=base), ())
     return standalone
 

@@ -9,35 +9,23 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
-from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 from typing import Any
 
 import fastjsonschema
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource, Unresolvable
+from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from ..config.checks import ref_problem
-from .envelope import canonical_json, is_date_time, schema_errors
 from ..model import Config, EventSpec
 from ..reasons import Rejected, error
-from ..config.yamlfile import load_yaml
+from .envelope import canonical_json, is_date_time, schema_errors
 
 
-def local_registry(root: Path) -> Registry:
-    def retrieve(uri: str) -> Resource:
-        if ref_problem(root, uri) is not None:
-            raise NoSuchResource(ref=uri)
-        path = Path(url2pathname(urlsplit(uri).path)).resolve()
-        doc = load_yaml(path.read_bytes(), str(path))
-        if doc.problems:
-            raise NoSuchResource(ref=uri)
-        return Resource.from_contents(doc.data, default_specification=DRAFT202012)
-
-    return Registry(retrieve=retrieve)  # type: ignore[call-arg]
+def registry_of(resources: tuple[tuple[str, Any], ...]) -> Registry:
+    """A registry holding exactly the schema files loading read, which retrieves nothing else."""
+    return Registry().with_resources(
+        (uri, Resource.from_contents(data, default_specification=DRAFT202012)) for uri, data in resources)
 
 
 _DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
@@ -109,7 +97,7 @@ class Contract:
     def __init__(self, config: Config):
         self.config = config
         self.key = config.route.key
-        registry = local_registry(config.root)
+        registry = registry_of(config.schema_resources)
         base = config.root.resolve().as_uri() + "/events.yaml"
         self._validators = {
             name: Draft202012Validator({**spec.payload, "$id": base}, registry=registry,

@@ -1,0 +1,162 @@
+"""Payload `$ref`s: which may be followed, and the local files they reach.
+
+A payload may refer only to files inside the config directory. Loading reads each such file
+once (`LocalFiles`), keeps its content in the `Config` and its bytes in the config hash, so the
+runtime validates against exactly what was hashed and never opens a file itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+from urllib.request import url2pathname
+
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource, Unresolvable
+from referencing.jsonschema import DRAFT202012
+
+from .patterns import unsafe_pattern
+from .yamlfile import load_yaml
+
+
+def base_uri(root: Path) -> str:
+    """The URI payload schemas are resolved against: they stand in events.yaml."""
+    return root.resolve().as_uri() + "/events.yaml"
+
+
+class LocalFiles:
+    """The config's schema files, each read once, remembered with the bytes that were read."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.read: dict[str, tuple[bytes, Any]] = {}
+
+    def retrieve(self, uri: str) -> Resource:
+        if uri not in self.read:
+            if ref_problem(self.root, uri) is not None:
+                raise NoSuchResource(ref=uri)
+            path = Path(url2pathname(urlsplit(uri).path)).resolve()
+            raw = path.read_bytes()
+            doc = load_yaml(raw, str(path))
+            if doc.problems:
+                raise NoSuchResource(ref=uri)
+            self.read[uri] = (raw, doc.data)
+        return Resource.from_contents(self.read[uri][1], default_specification=DRAFT202012)
+
+    def registry(self) -> Registry:
+        return Registry(retrieve=self.retrieve)  # type: ignore[call-arg]
+
+    def resources(self) -> tuple[tuple[str, Any], ...]:
+        return tuple((uri, data) for uri, (_, data) in sorted(self.read.items()))
+
+    def extend_hash(self, config_hash: str) -> str:
+        """The config hash with every schema file that was read: editing one changes the hash."""
+        if not self.read:
+            return config_hash
+        digest = hashlib.sha256(config_hash.encode())
+        root = self.root.resolve()
+        for uri, (raw, _) in sorted(self.read.items()):
+            name = Path(url2pathname(urlsplit(uri).path)).resolve().relative_to(root).as_posix()
+            digest.update(name.encode() + b"\0" + raw + b"\0")
+        return digest.hexdigest()
+
+
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def _refs(node: Any, path: tuple, base: str) -> Iterator[tuple[tuple, str, str, str]]:
+    """Every `$id` and `$ref` of a schema as (path, keyword, value, base URI in force)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("$id"), str):
+            yield path + ("$id",), "$id", node["$id"], base
+            rebased = _join(base, node["$id"])
+            base = rebased if rebased and rebased.startswith("file:") else base
+        for key, value in node.items():
+            if key in _REF_KEYWORDS and isinstance(value, str):
+                yield path + (key,), key, value, base
+            elif key not in ("$id", "enum", "const", "examples", "default"):
+                yield from _refs(value, path + (key,), base)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _refs(item, path + (i,), base)
+
+
+def _join(base: str, ref: str) -> str | None:
+    try:
+        return urljoin(base, ref)
+    except ValueError:
+        return None
+
+
+def check_refs(files: LocalFiles, payload: dict[str, Any], path: tuple) -> Iterator[tuple[tuple, str, str]]:
+    """Problems with a payload's references and the local files they reach: leaving the config,
+    pointing at nothing, or a pattern that backtracks — the payload's own and any file's.
+
+    Every file it reaches is read once, through `files`, which keeps it for the config."""
+    root = files.root
+    base = base_uri(root)
+    registry = files.registry().with_resource(base, Resource.from_contents(payload, DRAFT202012))
+    todo: list[tuple[Any, tuple, str]] = [(payload, path, base)]
+    seen = {base}
+    while todo:
+        schema, where_from, file_base = todo.pop()
+        for where, keyword, value, scope in _refs(schema, where_from, file_base):
+            problem = ref_problem(root, value, scope)
+            if problem is None and keyword != "$id":
+                try:
+                    resolved = registry.resolver(base_uri=scope).lookup(value)
+                except (Unresolvable, ValueError, OSError) as exc:
+                    problem = "unknown_ref", f"{keyword} '{value}' points to nothing ({type(exc).__name__})"
+                else:
+                    target = urljoin(scope, value).split("#", 1)[0]
+                    if target not in seen:  # a local file: hold its refs and patterns to the same rules
+                        seen.add(target)
+                        todo.append((resolved.resolver.lookup(target).contents, where, target))
+            if problem is not None and not (keyword == "$id" and problem[0] == "unknown_ref"):
+                yield where, *problem
+        if file_base != base:
+            for _, pattern in patterns_of(schema, ()):
+                why = unsafe_pattern(pattern)
+                if why:
+                    yield where_from, "unsafe_pattern", f"pattern {pattern!r} in {file_base.rsplit('/', 1)[-1]} is refused: {why}"
+
+
+def ref_problem(root: Path, ref: str, base: str | None = None) -> tuple[str, str] | None:
+    """Why a payload `$ref` (or `$id`) may not be followed, or None: only files inside the config are."""
+    base = base or root.resolve().as_uri() + "/events.yaml"
+    try:
+        target = urlsplit(urljoin(base, ref))
+    except ValueError:
+        return "remote_ref", f"'{ref}' is not a valid URL reference"
+    if target.scheme != "file" or target.netloc:
+        return "remote_ref", (f"'{ref}' points outside the config: only local references are allowed "
+                              "(the engine never fetches a schema over the network)")
+    try:
+        path = Path(url2pathname(target.path)).resolve()
+    except (ValueError, OSError):
+        return "unknown_ref", f"'{ref}' names no file that can exist"
+    if not path.is_relative_to(root.resolve()):
+        return "ref_outside_config", f"'{ref}' points outside the config directory"
+    if not path.is_file():
+        return "unknown_ref", f"'{ref}': no such file in the config directory"
+    return None
+
+
+def patterns_of(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    """Every regular expression a payload schema would run: `pattern` values, `patternProperties` keys."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                yield path + (key,), value
+            elif key == "patternProperties" and isinstance(value, dict):
+                for regex, sub in value.items():
+                    yield path + (key, regex), regex
+                    yield from patterns_of(sub, path + (key, regex))
+            elif key not in ("enum", "const", "examples", "default"):
+                yield from patterns_of(value, path + (key,))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from patterns_of(item, path + (i,))

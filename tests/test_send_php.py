@@ -207,3 +207,26 @@ def test_the_plugin_gives_up_on_other_4xx(tmp_path: Path, status: int) -> None:
     assert not [t for t in out["trace"] if t[0] == "schedule"]
     (log,) = [t for t in out["trace"] if t[0] == "log"]
     assert "not retried" in log[1] and SECRET not in log[1]
+
+
+def test_the_docs_example_signature_is_what_the_core_computes() -> None:
+    """docs/wordpress.md shows a request and its signature; the PHP core and the Python
+    library both produce exactly that signature."""
+    import re
+    from datetime import datetime, timezone
+
+    php = require_php()
+    doc = (ROOT / "docs" / "wordpress.md").read_text()
+    secret = re.search(r"define\('WEBINAR_FLOWS_SECRET', '(whsec_[^']+)'\)", doc).group(1)
+    msg_id = re.search(r"webhook-id: (\S+)", doc).group(1)
+    timestamp = re.search(r"webhook-timestamp: (\d+)", doc).group(1)
+    shown = re.search(r"webhook-signature: (\S+)", doc).group(1)
+    body = re.search(r"\n(\{\"specversion\".*\})\n```", doc).group(1)
+    script = (f"require '{WP / 'webinar-flows-core.php'}';"
+              "echo webinar_flows_sign(getenv('S'), getenv('I'), (int) getenv('T'), getenv('B'));")
+    proc = subprocess.run([php, "-r", script], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "S": secret, "I": msg_id, "T": timestamp, "B": body})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == shown
+    moment = datetime.fromtimestamp(int(timestamp), tz=timezone.utc)
+    assert Webhook(secret).sign(msg_id, moment, body) == shown

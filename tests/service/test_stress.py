@@ -6,8 +6,9 @@
     run of the same events through `Engine.process_many` on a fresh database (facts, derived
     events, routes, histories, actions: tests/dbstate.py).
 (b) SIGTERM under load: exit status 0 within 10 s, and every event answered 200 is stored.
-(c) The writer held back (the test takes SQLite's write lock) until the queue fills: 503 with
-    Retry-After and /readyz 503, then recovery with nothing lost.
+The held-back writer (queue full: 503 with Retry-After, /readyz 503, recovery with nothing
+lost) is test_service_lifecycle.py's
+test_a_held_writer_fills_the_queue_then_503_and_not_ready_then_recovers_losing_nothing.
 
 Every loop is bounded in count and in time; servers listen on 127.0.0.1 and are stopped by PID.
 Set WF_STRESS_REPORT=FILE to collect the figures (kills, events acknowledged, ...) as JSON lines.
@@ -254,80 +255,3 @@ def test_sigterm_under_load_exits_0_within_10s_and_keeps_every_200(tmp_path: Pat
     report("sigterm", exit_status=status, seconds_to_exit=round(took, 2), events_acknowledged=len(acked),
            statuses=dict(sum((s.statuses for s in senders), Counter())))
 
-
-def test_a_held_back_writer_fills_the_queue_then_recovers_with_nothing_lost(tmp_path: Path) -> None:
-    """(c) The writer held back by SQLite's write lock (taken here, BEGIN IMMEDIATE): the queue
-    fills, new requests get 503 with Retry-After and /readyz says 503; once the lock is given
-    back the waiting requests are answered 200, the refused ones go through when re-sent, and
-    every event is stored exactly once."""
-    from serverkit import hold_write_lock
-
-    server = start_server(tmp_path / "full", keys=KEYS, args=("--queue-events", "50"))
-    chunks = [stream(f"q{n}", 5) for n in range(12)]  # 12 batches of 10 events: more than writer + queue hold
-    answers: dict[int, httpx.Response | str] = {}
-
-    def post_chunk(n: int) -> None:
-        body = json.dumps(chunks[n]).encode()
-        headers = signed(server.secret("bulk"), {"content-type": "application/cloudevents-batch+json"}, body)
-        try:
-            answers[n] = httpx.post(server.ingest_url("bulk"), headers=headers, content=body, timeout=60)
-        except httpx.HTTPError as exc:
-            answers[n] = f"{type(exc).__name__}: {exc}"
-
-    try:
-        warm = stream("warm", 1)
-        post_chunk_body = json.dumps(warm).encode()
-        headers = signed(server.secret("bulk"), {"content-type": "application/cloudevents-batch+json"},
-                         post_chunk_body)
-        assert httpx.post(server.ingest_url("bulk"), headers=headers, content=post_chunk_body).status_code == 200
-        with hold_write_lock(server.db):
-            threads = []
-            for n in range(len(chunks)):
-                threads.append(threading.Thread(target=post_chunk, args=(n,)))
-                threads[-1].start()
-                time.sleep(0.05)  # in order: the first ones are queued, the last ones find it full
-            wait_until = time.monotonic() + 15
-            while not any(isinstance(a, httpx.Response) and a.status_code == 503 for a in answers.values()):
-                assert time.monotonic() < wait_until, f"no 503 while the writer was held: {answers}"
-                time.sleep(0.05)
-            ready = httpx.get(f"{server.url}/readyz", timeout=10)
-            health = httpx.get(f"{server.url}/healthz", timeout=10)
-            time.sleep(0.5)
-            waiting_while_held = sum(1 for n in range(len(chunks)) if n not in answers)
-        for t in threads:
-            t.join(timeout=60)
-        assert not any(t.is_alive() for t in threads)
-        refused = sorted(n for n, a in answers.items() if isinstance(a, httpx.Response) and a.status_code == 503)
-        for n in refused:
-            problem = answers[n]
-            assert int(problem.headers["retry-after"]) >= 1
-            assert problem.headers["content-type"].startswith("application/problem+json")
-            assert problem.json()["status"] == 503
-        assert ready.status_code == 503 and health.status_code == 200
-        checks = ready.json()["checks"]
-        assert checks["queue"]["ok"] is False or checks["database"]["ok"] is False, checks
-        assert waiting_while_held >= 1  # requests were held, not answered, while the writer could not commit
-        served_ok = [n for n, a in answers.items() if isinstance(a, httpx.Response) and a.status_code == 200]
-        assert sorted(served_ok + refused) == list(range(len(chunks))), answers
-        # recovery: the refused batches go through when sent again; readiness comes back
-        for n in refused:
-            for _ in range(50):
-                post_chunk(n)
-                if answers[n].status_code == 200:
-                    break
-                time.sleep(0.1)
-            assert answers[n].status_code == 200
-        wait_until = time.monotonic() + 10
-        while httpx.get(f"{server.url}/readyz", timeout=10).status_code != 200:
-            assert time.monotonic() < wait_until, "not ready again after the writer was released"
-            time.sleep(0.1)
-        assert server.stop() == 0
-    finally:
-        server.kill()
-    ids = [e["id"] for chunk in [warm, *chunks] for e in chunk]
-    counts = stored_once(server.db, ids)
-    assert [i for i, c in counts.items() if c != 1] == []
-    statuses = Counter(r["status"] for n in range(len(chunks)) for r in answers[n].json()["results"])
-    assert statuses == Counter({"accepted": 10 * len(chunks)})
-    report("queue_full", batches=len(chunks), refused_503=len(refused), held_until_release=len(served_ok),
-           readyz_checks={k: v["ok"] for k, v in checks.items()})

@@ -10,9 +10,12 @@ says which ones exist. Import what you need from here:
 from .config.load import load_config
 from .config.locate import bundled_config, find_config
 from .runtime.envelope import DEFAULT_MAX_EVENT_BYTES
-from .errors import ConfigError, EngineError, Problem, StoreError, UsageError
+from .errors import (ConfigError, DatabaseMissing, EngineError, NotADatabase, Problem, StoreBusy, StoreError, StoreFull,
+                     StoreReadOnly, UsageError)
 from .model import Config
-from .runtime.pipeline import DEFAULT_BATCH_SIZE, Engine, Received, normalise_time
+from .api import Engine
+from .runtime.pipeline import DEFAULT_BATCH_SIZE, Pipeline, Received
+from .timefmt import normalise_time
 from .reasons import DUPLICATE_REASONS, REJECTION_REASONS
 
 # The governance tools load on first use, so that processing events pays nothing for them.
@@ -42,14 +45,20 @@ __all__ = [
     "Config",
     "ConfigError",
     "DUPLICATE_REASONS",
+    "DatabaseMissing",
     "Engine",
     "EngineError",
     "GraphvizNotFound",
+    "NotADatabase",
+    "Pipeline",
     "Problem",
     "REJECTION_REASONS",
     "Received",
     "Selection",
+    "StoreBusy",
     "StoreError",
+    "StoreFull",
+    "StoreReadOnly",
     "UsageError",
     "asyncapi",
     "bundled_config",

@@ -5,11 +5,14 @@ Nothing past config loading reads YAML or raw dicts; every module downstream see
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import Problem
+from .jsonvalue import flat_json
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,29 @@ class RouteSpec:
     initial: str
     states: dict[str, StateSpec]
     transitions: tuple[TransitionSpec, ...]
+
+    @property
+    def route_key(self) -> RouteKey:
+        return RouteKey(self.key)
+
+
+@dataclass(frozen=True)
+class RouteKey:
+    """A route key: the values of the config's key fields, as one canonical JSON array.
+
+    Storage keeps that text; this is the one place that writes and reads it.
+    """
+
+    fields: tuple[str, ...]
+
+    def encode(self, values: Mapping[str, Any]) -> str | None:
+        """The key of a payload (or of named values); None when a key field is missing."""
+        if any(f not in values for f in self.fields):
+            return None
+        return flat_json([values[f] for f in self.fields])
+
+    def decode(self, text: str) -> dict[str, Any]:
+        return dict(zip(self.fields, json.loads(text), strict=True))
 
 
 @dataclass(frozen=True)

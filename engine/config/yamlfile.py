@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..errors import Problem
+from ..jsonvalue import pointer
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
@@ -57,11 +58,6 @@ class YamlDoc:
         found = Problem(self.file, line, col, severity, code, message, pointer(path))
         self.problems.append(found)
         return found
-
-
-def pointer(path: Path_) -> str:
-    """A JSON Pointer (RFC 6901) for a path of keys and indexes."""
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
 
 
 class _Abort(Exception):

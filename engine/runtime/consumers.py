@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.sqlite import Store
+from ..store.base import Store
 
 CONSUMED = frozenset({"route", "screen"})
 

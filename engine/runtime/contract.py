@@ -6,9 +6,6 @@ directory, through a registry that refuses everything else, so no schema is ever
 
 from __future__ import annotations
 
-import json
-import re
-from datetime import datetime, timezone
 from typing import Any
 
 import fastjsonschema
@@ -18,45 +15,16 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from ..model import Config, EventSpec
+from ..timefmt import utc_instant
 from ..reasons import Rejected, error
-from .envelope import canonical_json, is_date_time, schema_errors
+from ..jsonvalue import flat_json, same
+from .envelope import is_date_time, schema_errors
 
 
 def registry_of(resources: tuple[tuple[str, Any], ...]) -> Registry:
     """A registry holding exactly the schema files loading read, which retrieves nothing else."""
     return Registry().with_resources(
         (uri, Resource.from_contents(data, default_specification=DRAFT202012)) for uri, data in resources)
-
-
-_DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
-
-
-_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
-
-
-def instant(value: str) -> str:
-    """A date-time as a UTC instant, so that equal moments written differently compare equal.
-
-    The fraction is kept digit for digit (RFC 3339 allows any precision; a datetime holds
-    only microseconds), with trailing zeros dropped.
-    """
-    if _UTC.match(value):  # already UTC: only a fraction's trailing zeros can differ
-        if "." not in value:
-            return value
-        whole, fraction = value[:-1].split(".")
-        digits = fraction.rstrip("0")
-        return f"{whole}.{digits}Z" if digits else f"{whole}Z"
-    match = _DATETIME.match(value)
-    if not match:
-        return value
-    whole, fraction, offset = match.groups()
-    try:
-        moment = datetime.fromisoformat(whole.upper().replace(" ", "T") + offset.upper().replace("Z", "+00:00"))
-        utc = moment.astimezone(timezone.utc)
-    except (ValueError, OverflowError):
-        return value  # a leap second, or an instant outside years 1-9999 in UTC: compared as written
-    digits = (fraction or "").rstrip("0")
-    return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{digits}" if digits else "") + "Z"
 
 
 _REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef", "$id", "$anchor", "$dynamicAnchor")
@@ -97,6 +65,7 @@ class Contract:
     def __init__(self, config: Config):
         self.config = config
         self.key = config.route.key
+        self._route_key = config.route.route_key
         registry = registry_of(config.schema_resources)
         base = config.root.resolve().as_uri() + "/events.yaml"
         self._validators = {
@@ -142,34 +111,8 @@ class Contract:
         for fieldname, values in spec.repeatable_when.items():
             if fieldname in data and any(same(data[fieldname], v) for v in values):
                 return None
-        return flat_json([instant(data[f]) if f in spec.datetime_fields and isinstance(data[f], str) else data[f]
+        return flat_json([utc_instant(data[f]) if f in spec.datetime_fields and isinstance(data[f], str) else data[f]
                           for f in spec.identity])
 
     def route_key(self, data: dict[str, Any]) -> str | None:
-        if any(f not in data for f in self.key):
-            return None
-        return flat_json([data[f] for f in self.key])
-
-
-_PLAIN = frozenset((str, int, bool, type(None)))
-
-
-def flat_json(values: list[Any]) -> str:
-    """canonical_json for a list of key values, skipping its walk when they are plain scalars."""
-    for value in values:
-        if type(value) not in _PLAIN:
-            return canonical_json(values)
-    return canonical_json(values, floats=False)
-
-
-def same(a: Any, b: Any) -> bool:
-    """JSON equality: true is not 1, 1 is 1.0."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    return a == b
-
-
-
-
-def key_dict(key_fields: tuple[str, ...], route_key: str) -> dict[str, Any]:
-    return dict(zip(key_fields, json.loads(route_key), strict=True))
+        return self._route_key.encode(data)

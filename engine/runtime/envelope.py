@@ -20,6 +20,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from rfc3339_validator import RFC3339_REGEX, validate_rfc3339
 
+from ..jsonvalue import CANONICAL_OPTIONS, canonical_json, pointer
 from ..reasons import Rejected, error
 
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
@@ -84,11 +85,7 @@ def _constant(name: str) -> Any:
     raise _Bad("non_finite_number", f"{name} is not a JSON number")
 
 
-_FLOATS = [0]  # how many floats the current parse met (the engine parses on one thread)
-
-
 def _float(text: str) -> float:
-    _FLOATS[0] += 1
     value = float(text)
     if not math.isfinite(value):
         raise _Bad("number_out_of_range", f"{text} does not fit a double")
@@ -104,7 +101,15 @@ def _int(text: str) -> int:
     return value
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float, parse_int=_int)
+def _decoder(floats: list[int]) -> json.JSONDecoder:
+    """A strict decoder that counts the floats it reads into `floats`: one per parse, so that
+    parses on several threads share no state (the strict path is the rare one)."""
+    def parse_float(text: str) -> float:
+        floats[0] += 1
+        return _float(text)
+
+    return json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=parse_float,
+                            parse_int=_int)
 
 
 def _too_deep(value: Any) -> bool:
@@ -119,53 +124,6 @@ def _too_deep(value: Any) -> bool:
             return True
         todo.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
     return False
-
-
-def _integral(value: Any) -> Any:
-    """JSON has one number 1: spell an integral float as an integer (as RFC 8785 does)."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and abs(value) < 2**53 else value
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
-
-
-_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-
-
-def canonical_json(value: Any, *, floats: bool | None = None) -> str:
-    """The one spelling of a JSON value: sorted keys, no spaces, integral numbers as integers.
-
-    `floats=False` says the value holds no float (the parser counted them), which skips the
-    walk that rewrites integral floats. Raises TypeError or ValueError for what is not JSON
-    (a cycle, NaN, an object, an integer beyond 64 bits, a lone surrogate).
-    """
-    if floats is None or floats:
-        if floats is None:
-            _finite(value)
-        value = _integral(value)
-    try:
-        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode("utf-8")
-    except orjson.JSONEncodeError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _finite(value: Any) -> None:
-    """NaN and infinities are not JSON; orjson would write them as null."""
-    todo, seen = [value], 0
-    while todo:
-        node = todo.pop()
-        seen += 1
-        if seen > 1_000_000:
-            raise ValueError("too many values (a cycle?)")
-        if isinstance(node, float) and not math.isfinite(node):
-            raise ValueError(f"{node} is not a JSON number")
-        if isinstance(node, dict):
-            todo.extend(node.values())
-        elif isinstance(node, (list, tuple)):
-            todo.extend(node)
 
 
 _KEY_SPACE = re.compile(rb'"[ \t\r\n]+:')
@@ -208,25 +166,25 @@ def _parse_fast(raw: bytes) -> Any:
     return value
 
 
-def parse_json(raw: bytes) -> tuple[Any, str]:
-    """Strict JSON from bytes, and its canonical text; raises `Rejected` (malformed_json)."""
+def parse_json(raw: bytes) -> tuple[Any, str, bool]:
+    """Strict JSON from bytes, its canonical text, and whether it holds a float; raises
+    `Rejected` (malformed_json)."""
     value = _parse_fast(raw)
     if value is not None:
-        _FLOATS[0] = 0
-        return value, orjson.dumps(value, option=_ORJSON_OPTIONS).decode("utf-8")
+        return value, orjson.dumps(value, option=CANONICAL_OPTIONS).decode("utf-8"), False
     return _parse_strict(raw)
 
 
-def _parse_strict(raw: bytes) -> tuple[Any, str]:  # noqa: C901
+def _parse_strict(raw: bytes) -> tuple[Any, str, bool]:  # noqa: C901
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejected("malformed_json", [error("", "invalid_utf8", f"not valid UTF-8 at byte {exc.start}")]) from None
     if text.startswith("\ufeff"):
         raise Rejected("malformed_json", [error("", "bom", "a byte order mark is not allowed in JSON")])
-    _FLOATS[0] = 0
+    floats = [0]
     try:
-        value = _DECODER.decode(text)
+        value = _decoder(floats).decode(text)
     except _Bad as bad:
         raise Rejected("malformed_json", [error("", bad.code, bad.message)]) from None
     except RecursionError:
@@ -236,11 +194,11 @@ def _parse_strict(raw: bytes) -> tuple[Any, str]:  # noqa: C901
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _too_deep(value):
         raise Rejected("malformed_json", [error("", "nesting_too_deep", f"nesting deeper than {MAX_DEPTH} levels")])
     try:
-        canonical = canonical_json(value, floats=_FLOATS[0] > 0)
+        canonical = canonical_json(value, floats=floats[0] > 0)
     except ValueError:  # the only thing parsed JSON can fail on here: a lone surrogate
         raise Rejected("malformed_json", [error("", "lone_surrogate", "a string holds a lone UTF-16 surrogate")],
                        partial=value if isinstance(value, dict) else None) from None
-    return value, canonical
+    return value, canonical, floats[0] > 0
 
 
 def _envelope_schema() -> dict[str, Any]:
@@ -255,14 +213,14 @@ def read_envelope(raw: bytes | Oversized, max_bytes: int) -> Envelope:
     if isinstance(raw, Oversized) or len(raw) > max_bytes:
         size = raw.size if isinstance(raw, Oversized) else len(raw)
         raise Rejected("too_large", [error("", "too_large", f"{size} bytes; the limit is {max_bytes}")])
-    value, canonical = parse_json(raw)
+    value, canonical, floats = parse_json(raw)
     if not isinstance(value, dict):
         raise Rejected("invalid_envelope", [error("", "type", f"an event is a JSON object, not {_json_type(value)}")])
     if not _envelope_ok(value):
         errors = [e for err in _ENVELOPE.iter_errors(value) for e in schema_errors(err, "")]
         if errors:
             raise Rejected("invalid_envelope", sorted(errors, key=lambda e: e["path"]), partial=value)
-    return Envelope(value, canonical, raw, floats=_FLOATS[0] > 0)
+    return Envelope(value, canonical, raw, floats=floats)
 
 
 def is_date_time(value: str) -> bool:
@@ -319,8 +277,6 @@ def snake(name: str) -> str:
 def schema_errors(err: Any, prefix: str) -> list[dict[str, Any]]:
     """One jsonschema error as `{path, message, code}` entries, each path a JSON Pointer to the
     field at fault (a missing field, each unexpected field, a refused attribute name)."""
-    from ..config.yamlfile import pointer
-
     path = list(err.absolute_path)
     if "propertyNames" in err.relative_schema_path:
         return [error(prefix + pointer(path + [err.instance]), "property_names",

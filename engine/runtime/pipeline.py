@@ -12,36 +12,25 @@ from __future__ import annotations
 
 import gc
 import json
-import re
 import reprlib
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from ..config.load import load_config
 from .consumers import RouteConsumer
-from .contract import Contract, key_dict
-from ..config.locate import bundled_config
+from .contract import Contract
 from .emitters import EmitterPolicy
 from ..errors import UsageError
-from .envelope import (
-    DEFAULT_MAX_EVENT_BYTES,
-    Envelope,
-    Oversized,
-    canonical_json,
-    fingerprint,
-    read_envelope,
-)
+from ..jsonvalue import canonical_json
+from .envelope import DEFAULT_MAX_EVENT_BYTES, Envelope, Oversized, fingerprint, read_envelope
 from ..model import Config
+from ..timefmt import UtcClock, normalise_time
 from ..reasons import ACCEPTED, DUPLICATE, REJECTED, Rejected, error
 from .route import RouteMachine
 from .rules import RuleBook
 from .scenario import actions_for
-from ..store.sqlite import SQLiteStore, Store
+from ..store.base import Store
 
 DEFAULT_BATCH_SIZE = 500
 
@@ -66,24 +55,6 @@ class Received:
 EventInput = dict[str, Any] | str | bytes | Oversized | Received
 Item = tuple[EventInput, str | None, int | None]  # (event, origin, line)
 Settle = Callable[[Item, dict[str, Any], int], None]
-
-
-def rfc3339(moment: datetime) -> str:
-    """UTC, with a fraction only when there is one: 2026-01-31T18:00:00Z."""
-    moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if moment.microsecond else "%Y-%m-%dT%H:%M:%SZ")
-
-
-_SECOND: list[Any] = [None, ""]  # the last whole second formatted, reused within that second
-
-
-def utc_now() -> str:
-    """Now, as rfc3339() writes it, cheaply: it is read once per event."""
-    micros = time.time_ns() // 1000
-    second, fraction = divmod(micros, 1_000_000)
-    if second != _SECOND[0]:
-        _SECOND[0], _SECOND[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_SECOND[1]}.{fraction:06d}Z" if fraction else f"{_SECOND[1]}Z"
 
 
 def _result(status: str, *, envelope: Envelope | None = None, partial: dict[str, Any] | None = None,
@@ -133,15 +104,19 @@ class _NotJson(Exception):
         self.raw, self.message = raw, message
 
 
-class Engine:
-    """The embedding API: open once, then process events, evaluate and read routes."""
+class Pipeline:
+    """What happens to events, over one config and one store: process, evaluate, read routes.
+
+    It is built from a loaded `Config` and an open store and reads no file; `engine.Engine`
+    adds opening by path or URL and the governance tools.
+    """
 
     def __init__(self, config: Config, store: Store, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-                 clock: Callable[[], str] = utc_now):
+                 clock: Callable[[], str] | None = None):
         self.config = config
         self.store = store
         self.max_event_bytes = max_event_bytes
-        self.clock = clock
+        self.clock = clock or UtcClock()
         self.contract = Contract(config)
         self.emitters = EmitterPolicy(config)
         self.rules = RuleBook(config, self.contract)
@@ -155,23 +130,10 @@ class Engine:
             if set(config.route.key) <= set(spec.identity) and not set(config.route.key) & spec.datetime_fields)
         self._input_seq = 0  # the input-log row of the event applied last
 
-    @classmethod
-    def open(cls, config: str | Path | Config | None = None, db: str | Path = "webinar-flows.db", *,
-             max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, synchronous: str = "NORMAL",
-             clock: Callable[[], str] = utc_now, create: bool = True) -> Engine:
-        """Load `config` (None: the bundled default) and open the database `db`.
-
-        `create=False` is for readers: a database that does not exist is then a StoreError
-        instead of a new empty one that would answer every question with "nothing".
-        """
-        if not isinstance(config, Config):
-            config = load_config(config if config is not None else bundled_config())
-        return cls(config, SQLiteStore(db, synchronous=synchronous, create=create), max_event_bytes=max_event_bytes, clock=clock)
-
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -418,7 +380,7 @@ class Engine:
         return results
 
     def _evaluate_one(self, route_key: str, evaluated_at: str) -> dict[str, Any]:
-        key = key_dict(self.config.route.key, route_key)
+        key = self.config.route.route_key.decode(route_key)
         now = self.clock()
         seq = self.store.record_evaluation(route_key, evaluated_at, self.config.hash, now)
         trigger = {**key, "evaluated_at": evaluated_at}
@@ -452,50 +414,10 @@ class Engine:
         row = self.store.route_row(route_key)
         if row is None:
             return None
-        view = self._route_view(key_dict(self.config.route.key, route_key), row["state"], row["screen"])
+        view = self._route_view(self.config.route.route_key.decode(route_key), row["state"], row["screen"])
         view["config_hash"] = row["config_hash"]
         view["history"] = self.store.history(route_key)
         return view
-
-    # -- the quarantine and a lead's story (engine/quarantine.py, engine/explain.py) ----------
-
-    def rejections(self, **selection: Any) -> list[dict[str, Any]]:
-        """Stored rejections, oldest first; filters as `quarantine.Selection` (reasons, sources,
-        types, since, until, state)."""
-        from ..governance.quarantine import Selection, iter_rejections
-
-        return list(iter_rejections(self, Selection(**selection)))
-
-    def reprocess(self, *, batch_size: int = DEFAULT_BATCH_SIZE, **selection: Any) -> list[dict[str, Any]]:
-        """Re-run the selected open rejections under this config; one result per rejection."""
-        from ..governance.quarantine import Selection, reprocess
-
-        return reprocess(self, Selection(**selection), batch_size=batch_size)
-
-    def purge_rejections(self, *, everything: bool = False, **selection: Any) -> int:
-        """Delete the selected rejections (a filter, or everything=True, is required); returns the count."""
-        from ..governance.quarantine import Selection, purge
-
-        return purge(self, Selection(**selection), everything=everything)
-
-    def explain(self, **key: Any) -> dict[str, Any] | None:
-        """The story of one route key: inputs, rules fired or not and why, route changes; None if unknown."""
-        from ..governance.explain import explain
-
-        return explain(self, **key)
-
-
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$")
-
-
-def normalise_time(value: str) -> str:
-    """An RFC 3339 date-time (with its offset) as UTC; raises ValueError for anything else."""
-    text = value.strip()
-    if not _RFC3339.match(text):
-        raise ValueError(f"{value!r} is not an RFC 3339 date-time such as 2026-01-31T18:00:00Z")
-    moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
-    return rfc3339(moment)
-
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .contract import Contract, same
-from .envelope import canonical_json
+from ..jsonvalue import canonical_json, same
+from .contract import Contract
 from ..model import Config, FactRef, FieldMap, RuleSpec
 from ..reasons import Rejected, error
 

@@ -1,2 +1,29 @@
 """Storage behind two interfaces (store.base): the write port the runtime uses, and the
-read port governance and the console use. Every SQL statement of the project lives here."""
+read port governance and the console use. Every SQL statement of the project lives here
+(store.sqlite); store.memory holds the same behaviour in plain Python."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import HistoryReader, Store
+
+
+def open_store(db: str | Path, *, synchronous: str = "NORMAL", create: bool = True) -> Store:
+    """The store for `db`: a SQLite file path (or ":memory:", SQLite's in-memory database).
+
+    PostgreSQL URLs will be told apart here. A `MemoryStore` is made by constructing it.
+    """
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(db, synchronous=synchronous, create=create)
+
+
+def open_reader(db: str | Path) -> HistoryReader:
+    """A read-only reader of the database `db`; it must exist and be a webinar-flows database."""
+    from .sqlite import SQLiteReader
+
+    return SQLiteReader(db)
+
+
+__all__ = ["HistoryReader", "Store", "open_reader", "open_store"]

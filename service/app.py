@@ -34,7 +34,7 @@ from . import binding
 from .accesslog import INGEST, AccessLog, note
 from .auth import verify
 from .keys import EmitterKey
-from .limits import TokenBuckets, rate_limited, read_body
+from .limits import HeaderLimit, TokenBuckets, rate_limited, read_body
 from .metrics import CONTENT_TYPE, Metrics
 from .problems import Problem, rejected, too_large, unauthorized, unavailable
 from .settings import Settings, settings_from_environment
@@ -283,7 +283,8 @@ def create_app(settings: Settings) -> Starlette:
     ]
     handlers = {cls: _problem for cls in (Problem, StoreError, HTTPException, Exception)}
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers=handlers,  # type: ignore[arg-type]
-                    middleware=[Middleware(AccessLog, metrics=service.metrics)])
+                    middleware=[Middleware(AccessLog, metrics=service.metrics),
+                                Middleware(HeaderLimit, limit=settings.max_header_bytes)])
     app.state.service = service
     return app
 

@@ -13,6 +13,7 @@ import math
 import time
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .problems import Problem, too_large
 
@@ -66,3 +67,24 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     except ClientDisconnect:
         raise Problem(400, "disconnected", "the client went away before the body ended", outcome="bad_request") from None
     return b"".join(chunks)
+
+
+class HeaderLimit:
+    """ASGI middleware: a request head larger than `limit` bytes is answered 431.
+
+    uvicorn's h11 limit bounds only a head that arrives in pieces; one that arrives in a single
+    read is parsed whole, so the size is checked again here, before any route runs.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            if size > self.limit:
+                problem = Problem(431, "headers-too-large", f"the request head is larger than {self.limit} bytes",
+                                  outcome="too_large", headers={"Connection": "close"})
+                await problem.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -39,13 +39,12 @@ def check_database(settings: Settings) -> None:
         raise SettingsError(f"error: the database {settings.db} cannot be used: {exc}") from None
 
 
-def run(settings: Settings, *, host: str, port: int, max_header_bytes: int = 16 * 1024, keep_alive: int = 5,
-        max_connections: int = 1024) -> None:
+def run(settings: Settings, *, host: str, port: int, keep_alive: int = 5, max_connections: int = 1024) -> None:
     """Serve until SIGTERM or SIGINT, then drain; SettingsError when the server could not start."""
     check_database(settings)
     config = uvicorn.Config(
         create_app(settings), host=host, port=port, workers=1, lifespan="on", access_log=False, http="h11",
-        h11_max_incomplete_event_size=max_header_bytes, timeout_keep_alive=keep_alive,
+        h11_max_incomplete_event_size=settings.max_header_bytes, timeout_keep_alive=keep_alive,
         limit_concurrency=max_connections, timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False)
     server = _Server(config)
     server.run()

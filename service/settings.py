@@ -38,6 +38,7 @@ class Settings:
     body_timeout: float = 10.0  # seconds for a whole request body to arrive
     synchronous: str = "NORMAL"
     tolerance: int = 300  # seconds between a signature's timestamp and the server's clock
+    max_header_bytes: int = 16 * 1024  # the request line and headers
 
 
 def load_settings(config_dir: Path, db: Path, keys_file: Path | None, **limits: object) -> Settings:

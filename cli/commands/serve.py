@@ -9,7 +9,7 @@ import click
 from ..main import CONTEXT, Failed, _config_option, _db_option, _settings
 
 _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_events", "commit_events",
-           "body_timeout", "synchronous"}
+           "body_timeout", "synchronous", "max_header_bytes"}
 
 
 @click.command(context_settings=CONTEXT)
@@ -42,7 +42,7 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
                                       "power loss (an fsync per commit).")
 @click.pass_context
 def serve_command(ctx: click.Context, host: str, port: int, keys_file: Path | None, config_dir: Path | None,
-                  db: Path | None, max_header_bytes: int, keep_alive: int, max_connections: int,
+                  db: Path | None, keep_alive: int, max_connections: int,
                   **limits: object) -> None:
     """Serve signed CloudEvents over HTTP: POST /v1/ingest/KEY_ID, GET /v1/routes/..., /healthz,
     /readyz, /metrics. See docs/service.md.
@@ -59,8 +59,7 @@ def serve_command(ctx: click.Context, host: str, port: int, keys_file: Path | No
     limits["synchronous"] = str(limits["synchronous"]).upper()
     try:
         settings = load_settings(config, database, find_keys_file(keys_file), **limits)
-        run(settings, host=host, port=port, max_header_bytes=max_header_bytes, keep_alive=keep_alive,
-            max_connections=max_connections)
+        run(settings, host=host, port=port, keep_alive=keep_alive, max_connections=max_connections)
     except SettingsError as exc:
         raise Failed(str(exc)) from None
     except OSError as exc:

@@ -1,0 +1,196 @@
+"""`webinar-flows serve` as a process: refusing to start, draining on SIGTERM, surviving SIGKILL,
+a writer held back until its queue fills, and the limits that cut off slow or huge requests."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine import Engine
+from serverkit import (  # noqa: F401  (serve_factory is a fixture)
+    KeySpec, Server, clean_env, console_script, free_port, hold_write_lock, post, serve_factory, structured,
+    write_keys,
+)
+
+from conftest import entered
+
+
+def lead() -> str:
+    return f"lead-{uuid.uuid4().hex[:12]}"
+
+
+def stored_exactly_once(db: Path, events: list[bytes]) -> bool:
+    """Each event (the structured body that was sent: the SDK adds a `time`) is in the database:
+    processing it again is a duplicate of what is stored."""
+    with Engine.open(config=None, db=db) as eng:
+        results = eng.process_many(events)
+    return all((r["status"], r["reason"]) == ("duplicate", "same_envelope") for r in results)
+
+
+def run_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    command = [console_script(), "serve", "--port", str(free_port()), "--db", str(tmp_path / "x.db"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env or clean_env())
+
+
+# -- refusing to start -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("mode 0644", "mode 0644"),
+    ("invalid TOML", "not valid TOML"),
+    ("unknown emitter", "unknown emitter 'nobody'"),
+    ("internal emitter", "is internal"),
+    ("malformed secret", "secret 1 is malformed"),
+])
+def test_serve_refuses_a_bad_keys_file_naming_it(tmp_path: Path, case: str, expected: str) -> None:
+    path = tmp_path / "keys.toml"
+    if case == "mode 0644":
+        write_keys(path, mode=0o644)
+    elif case == "invalid TOML":
+        path.write_text("[keys.a\n")
+        path.chmod(0o600)
+    else:
+        emitter = {"unknown emitter": "nobody", "internal emitter": "attendance-classifier"}.get(case)
+        spec = KeySpec("a", emitter=emitter) if emitter else KeySpec("a", secrets=["whsec_dG9vc2hvcnQ="])
+        write_keys(path, [spec])
+    done = run_serve(tmp_path, "--keys", str(path))
+    assert done.returncode == 1
+    assert str(path) in done.stderr and expected in done.stderr
+    assert "whsec_" not in done.stderr + done.stdout
+
+
+def test_serve_without_a_keys_file_says_how_to_make_one(tmp_path: Path) -> None:
+    done = run_serve(tmp_path)
+    assert done.returncode == 1 and "webinar-flows keys new ID --emitter NAME" in done.stderr
+
+
+def test_the_keys_file_is_found_through_credentials_directory(tmp_path: Path) -> None:
+    write_keys(tmp_path / "keys.toml", mode=0o644)
+    done = run_serve(tmp_path, env=clean_env(CREDENTIALS_DIRECTORY=str(tmp_path)))
+    assert done.returncode == 1 and str(tmp_path / "keys.toml") in done.stderr
+
+
+# -- stopping ------------------------------------------------------------------------------
+
+def test_sigterm_under_load_answers_what_it_took_and_exits_0_within_10_s(serve_factory) -> None:
+    server: Server = serve_factory("term")
+    acked, stop = [], threading.Event()
+
+    def sender() -> None:
+        with httpx.Client() as client:
+            for _ in range(300):  # bounded; the signal ends it long before
+                if stop.is_set():
+                    return
+                headers, event = structured(entered(lead=lead()))
+                try:
+                    response = post(server, "site-b", headers, event, client=client)
+                except httpx.HTTPError:
+                    return
+                if response.status_code == 200:
+                    acked.append(event)
+                else:
+                    assert response.status_code == 503, response.text
+
+    threads = [threading.Thread(target=sender) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    status = server.stop(signal.SIGTERM)
+    took = time.monotonic() - started
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    assert status == 0 and took < 10
+    assert len(acked) > 10 and stored_exactly_once(server.db, acked)
+    assert "Traceback" not in server.output()
+
+
+def test_sigint_exits_0_too(serve_factory) -> None:
+    server: Server = serve_factory("int")
+    assert server.stop(signal.SIGINT) == 0
+
+
+def test_sigkill_loses_nothing_that_was_answered_200(serve_factory) -> None:
+    server: Server = serve_factory("kill")
+    requests = [structured(entered(lead=lead())) for _ in range(20)]
+    with httpx.Client() as client:
+        assert all(post(server, "site-b", *r, client=client).status_code == 200 for r in requests)
+    server.kill()
+    assert stored_exactly_once(server.db, [body for _, body in requests])
+    server.start()
+    again = post(server, "site-b", *requests[0])
+    assert again.json()["results"][0]["reason"] == "same_envelope"
+
+
+# -- backpressure ------------------------------------------------------------------------------
+
+def test_a_held_writer_fills_the_queue_then_503_and_not_ready_then_recovers_losing_nothing(serve_factory) -> None:
+    server: Server = serve_factory("held", args=("--queue-events", "4"))
+    requests = [structured(entered(lead=lead())) for _ in range(10)]
+    with cf.ThreadPoolExecutor(len(requests)) as pool:
+        with hold_write_lock(server.db):
+            futures = {pool.submit(post, server, "site-b", *requests[0]): requests[0]}
+            time.sleep(0.5)  # the first request is in the writer's transaction, which waits for the lock
+            futures.update({pool.submit(post, server, "site-b", *r): r for r in requests[1:]})
+            # Four more wait in the queue (its capacity); the other five get 503 at once.
+            deadline, done = time.monotonic() + 10, set()
+            while len(done) < 5 and time.monotonic() < deadline:
+                done, _ = cf.wait(futures, timeout=0.2)
+            refused = [f for f in done if f.result().status_code == 503]
+            assert len(refused) == 5 and all(f.result().headers["retry-after"].isdigit() for f in refused)
+            assert all(f.result().headers["content-type"].startswith("application/problem+json") for f in refused)
+            ready = httpx.get(f"{server.url}/readyz", timeout=10)
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["queue"]["ok"] is False and ready.json()["checks"]["database"]["ok"] is False
+        # the lock is released: the held requests commit and are answered
+        answered = [f for f in futures if f not in refused]
+        assert all(f.result(timeout=30).status_code == 200 for f in answered)
+        for future in refused:
+            assert post(server, "site-b", *futures[future]).status_code == 200
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+    assert stored_exactly_once(server.db, [body for _, body in requests])
+
+
+# -- limits on slow and huge requests ----------------------------------------------------------
+
+def test_a_trickling_body_is_cut_off_without_holding_up_others(serve_factory) -> None:
+    server: Server = serve_factory("slow", args=("--body-timeout", "1"))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as slow:
+        slow.sendall(b"POST /v1/ingest/site-b HTTP/1.1\r\nHost: x\r\nContent-Type: application/cloudevents+json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")
+        started = time.monotonic()
+        quick = post(server, "site-b", *structured(entered(lead=lead())))
+        assert quick.status_code == 200 and time.monotonic() - started < 1.0
+        answer = b""
+        for _ in range(20):  # 1 byte every 0.1 s until the server answers (bounded: 2 s)
+            try:
+                slow.sendall(b" ")
+            except OSError:
+                break
+            time.sleep(0.1)
+        slow.settimeout(5)
+        try:
+            answer = slow.recv(4096)
+        except OSError:
+            answer = b""
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 5
+
+
+def test_oversized_headers_are_refused(serve_factory) -> None:
+    server: Server = serve_factory("headers", args=("--max-header-bytes", "4096"))
+    try:
+        response = httpx.post(server.ingest_url("site-b"), headers={"x-big": "a" * 8000}, content=b"{}")
+        assert response.status_code == 431 and response.headers["content-type"] == "application/problem+json"
+    except httpx.HTTPError:
+        pass  # the connection was closed: also refused
+    assert httpx.get(f"{server.url}/healthz").status_code == 200

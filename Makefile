@@ -24,8 +24,9 @@ run: $(VENV)/.installed
 	@echo "--- route of lead-001 on webinar-2026-02 ---"
 	$(BIN)/webinar-flows route --lead lead-001 --webinar webinar-2026-02 --db $(DB)
 
-## test: the whole suite.
+## test: the import rules of docs/architecture.md, then the whole suite.
 test: $(VENV)/.installed
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 clean:

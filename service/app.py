@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import sqlite3
 import threading
 import time
@@ -53,7 +54,12 @@ def _version() -> str:
 
 
 def _json(obj: Any, status: int = 200, media_type: str = "application/json") -> Response:
-    return Response(orjson.dumps(obj), status_code=status, media_type=media_type)
+    """orjson, as the CLI prints; what it refuses (an integer beyond 64 bits) goes through json."""
+    try:
+        body = orjson.dumps(obj)
+    except TypeError:
+        body = json.dumps(obj, separators=(",", ":")).encode("ascii")
+    return Response(body, status_code=status, media_type=media_type)
 
 
 class Service:

@@ -127,6 +127,10 @@ class Service:
             self.closing = True
             await run_in_threadpool(self.shutdown)
 
+    def begin_shutdown(self) -> None:
+        """Refuse new work (503); what is queued is still committed and answered."""
+        self.closing = True
+
     def shutdown(self) -> None:
         self.writer.stop(timeout=8.0)
         for engine in self._reader_list:

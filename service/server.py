@@ -8,8 +8,9 @@ and `run` returns normally.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 import uvicorn
 
@@ -22,6 +23,14 @@ GRACEFUL_SECONDS = 8  # in-flight requests get this long after SIGTERM; the proc
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]):
+        super().__init__(config)
+        self._on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_signal()  # from now on a request that still arrives gets 503, not a place in the queue
+        super().handle_exit(sig, frame)
+
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
         with super().capture_signals():
@@ -42,11 +51,12 @@ def check_database(settings: Settings) -> None:
 def run(settings: Settings, *, host: str, port: int, keep_alive: int = 5, max_connections: int = 1024) -> None:
     """Serve until SIGTERM or SIGINT, then drain; SettingsError when the server could not start."""
     check_database(settings)
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings), host=host, port=port, workers=1, lifespan="on", access_log=False, http="h11",
+        app, host=host, port=port, workers=1, lifespan="on", access_log=False, http="h11",
         h11_max_incomplete_event_size=settings.max_header_bytes, timeout_keep_alive=keep_alive,
         limit_concurrency=max_connections, timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False)
-    server = _Server(config)
+    server = _Server(config, on_signal=app.state.service.begin_shutdown)
     server.run()
     if not server.started:
         raise SettingsError("error: the server did not start (see the messages above)")

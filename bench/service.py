@@ -145,11 +145,14 @@ def _client(port: int, path: str, key: bytes, content_type: str, queues: list[li
                 statuses[k] = statuses.get(k, 0) + v
 
     threads = [threading.Thread(target=run, args=(r,)) for r in prepared]
+    while time.time() < start_at:
+        time.sleep(0.001)
+    cpu = time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    out.put({"latencies": latencies, "statuses": statuses, "events": events[0]})
+    out.put({"latencies": latencies, "statuses": statuses, "events": events[0], "cpu": time.process_time() - cpu})
 
 
 def _cpu_ticks(pid: int | None = None) -> float:
@@ -233,14 +236,24 @@ def run_config(workdir: Path, name: str, lines: list[bytes], *, connections: int
         for k, v in p["statuses"].items():
             statuses[str(k)] = statuses.get(str(k), 0) + v
     events = sum(p["events"] for p in parts)
+    if any(k not in ("200", "400", "503") for k in statuses):  # a server error or a dropped connection
+        errors = [line for line in (workdir / "serve.log").read_text(errors="replace").splitlines()
+                  if not line.startswith('{"time"')]
+        print(f"{name}: unexpected answers {statuses}; the server's log:\n" + "\n".join(errors[-40:]),
+              file=sys.stderr)
     if not latencies:
         raise RuntimeError(f"{name}: no request answered 200 ({statuses}); see {workdir / 'serve.log'}")
     cores = os.cpu_count() or 1
+    client_cpu = sum(p["cpu"] for p in parts)
+    foreign = max(0.0, machine_cpu - server_cpu - client_cpu)
     return {
         "name": name, "connections": connections, "events_per_request": batch, "serve_args": serve_args,
         "seconds": round(wall, 2), "events_per_s": round(events / wall), "requests_per_s": round(len(latencies) / wall),
         "p50_ms": round(_pct(latencies, 50) * 1000, 2), "p99_ms": round(_pct(latencies, 99) * 1000, 2),
         "statuses": statuses, "server_cpu_pct": round(100 * server_cpu / wall, 1),
+        "server_cpu_us_per_event": round(1e6 * server_cpu / max(1, events), 1),
+        "client_cpu_pct": round(100 * client_cpu / wall, 1),
+        "foreign_cpu_pct_of_machine": round(100 * foreign / wall / cores, 1),
         "machine_busy_pct": round(100 * machine_cpu / wall / cores, 1), "load_avg_1m_before": round(load_before, 2),
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
     }
@@ -255,12 +268,12 @@ def engine_rate(workdir: Path, lines: list[bytes], synchronous: str) -> dict:
     db = workdir / f"engine-{synchronous}.db"
     machine_cpu, wall = _cpu_ticks(), time.perf_counter()
     with Engine.open(config=None, db=db, synchronous=synchronous) as engine:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         engine.process_many(lines, batch_size=500)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     wall = time.perf_counter() - wall
     return {"name": f"engine process_many, 500 per commit, {synchronous}", "events": len(lines),
-            "events_per_s": round(len(lines) / elapsed),
+            "events_per_s": round(len(lines) / elapsed), "cpu_us_per_event": round(1e6 * cpu / len(lines), 1),
             "machine_busy_pct": round(100 * (_cpu_ticks() - machine_cpu) / wall / (os.cpu_count() or 1), 1)}
 
 
@@ -318,13 +331,21 @@ def render(machine: dict, runs: list[dict], engine: list[dict]) -> str:
         return f"{by[a][field] / by[b][field]:.2f}×" if a in by and b in by and by[b][field] else "n/a"
 
     rows = ["| configuration | events/s | requests/s | p50 ms | p99 ms | non-200 answers | server CPU % | "
-            "machine busy % | load 1m before → after |", "|---|---|---|---|---|---|---|---|---|"]
+            "server CPU µs/event | clients CPU % | other processes, % of machine | load 1m before → after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        other = {k: v for k, v in r["statuses"].items() if k != "200"}
+        other = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()) if k != "200")
         rows.append(f"| {r['name']} | {r['events_per_s']:,} | {r['requests_per_s']:,} | {r['p50_ms']} | {r['p99_ms']} | "
-                    f"{other or 'none'} | {r['server_cpu_pct']} | {r['machine_busy_pct']} | "
+                    f"{other or 'none'} | {r['server_cpu_pct']} | {r['server_cpu_us_per_event']} | "
+                    f"{r['client_cpu_pct']} | {r['foreign_cpu_pct_of_machine']} | "
                     f"{r['load_avg_1m_before']} → {r['load_avg_1m_after']} |")
-    engine_rows = [f"| {e['name']} | {e['events']:,} | {e['events_per_s']:,} | {e['machine_busy_pct']} |" for e in engine]
+    engine_rows = [f"| {e['name']} | {e['events']:,} | {e['events_per_s']:,} | {e['cpu_us_per_event']} | "
+                   f"{e['machine_busy_pct']} |" for e in engine]
+    worst = max((r["foreign_cpu_pct_of_machine"] for r in runs), default=0.0)
+    verdict = (f"**Other processes took up to {worst}% of the machine during these runs: the absolute figures are "
+               f"contaminated.** The per-event server CPU column and the ratios within one run are the more "
+               f"reliable figures; rerun on a quiet machine for absolute ones." if worst > 10 else
+               f"Other processes took at most {worst}% of the machine during these runs (a quiet machine).")
     return f"""# Service performance: `webinar-flows serve`
 
 Figures from `python bench/service.py` (`bench/service.py` says how it measures). Each row is one
@@ -336,6 +357,8 @@ by the machine, not by the server alone.
 
 Machine: {machine['platform']}, Python {machine['python']}, {machine['cores']} cores; load average
 (1, 5, 15 min) {machine['load_avg_at_start']} at the start, {machine['load_avg_at_end']} at the end.
+
+{verdict}
 
 <!-- bench-service:start -->
 | ratio | value |
@@ -350,8 +373,8 @@ Machine: {machine['platform']}, Python {machine['python']}, {machine['cores']} c
 
 The engine alone on the same single events (in-process, no HTTP, no signature):
 
-| run | events | events/s | machine busy % |
-|---|---|---|---|
+| run | events | events/s | CPU µs/event | machine busy % |
+|---|---|---|---|---|
 {chr(10).join(engine_rows)}
 <!-- bench-service:end -->
 
@@ -361,6 +384,10 @@ How to read it:
 - A 503 in "non-200 answers" is the writer's queue (default 5,000 events) refusing work under the
   offered load, with `Retry-After`; the bench counts it and does not retry it. With 256 connections
   × 100 events per request far more is offered than the queue holds, so 503s are expected there.
+- "other processes" is the machine's busy CPU (from /proc/stat) minus the server's and the clients'
+  own CPU, as a share of all cores: anything above ~10% means another job competed for the machine.
+- "server CPU µs/event" divides the server's CPU time by the events it acknowledged: it shows what
+  group commit saves per event even when the machine is shared.
 - Under `NORMAL` (the default) a commit does not fsync in WAL mode, so one commit costs little and group
   commit buys less than under `FULL`, where each commit is an fsync.
 """

@@ -132,8 +132,10 @@ def keys() -> None:
     One key per sending site: its id is in the ingestion URL (/v1/ingest/ID), it speaks for
     one outside emitter of the config, and it holds one secret, or two during a rotation.
     The file is found by --keys FILE, else $WEBINAR_FLOWS_KEYS, else
-    $CREDENTIALS_DIRECTORY/keys.toml; it is written atomically with mode 0600, keeping its
-    other tables. A secret is printed once, by `new` and `rotate`, and never again.
+    $CREDENTIALS_DIRECTORY/keys.toml, as `serve` finds it; there is no default in the current
+    directory (a secret there too easily lands in git). It is written atomically with mode
+    0600, keeping its other tables (not its comments). A secret is printed once, by `new`
+    and `rotate`, and never again. Restart `serve` to apply a change.
     """
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from engine import StoreError
 from engine.governance.compat import MODES, Change, diff, violates
 
-from ..main import CONTEXT, Failed, _config_option, _print, _settings
-from ._shared import load_or_fail
+from ..context import AppContext, command, pass_app
+from ..options import config_option, db_option, format_option
+from ..output import print_json
 
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -34,22 +34,19 @@ def _summary(changes: list[Change], mode: str) -> str:
             f"(breaking {parties}); {mode} compatibility: {verdict}")
 
 
-@click.command(context_settings=CONTEXT)
+@command()
 @click.argument("old", type=_DIR)
 @click.argument("new", type=_DIR, required=False)
-@_config_option
+@config_option
 @click.option("--mode", type=click.Choice(list(MODES)), default="backward", show_default=True,
               help="backward: NEW takes everything OLD took (breaks no emitter); forward: readers on OLD take "
                    "everything NEW produces (breaks no consumer); full: both.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: one line per change and a summary; json: a list of {kind, where, detail, "
-                   "breaking_for, breaking_in_mode}.")
-@click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A database whose stored routes are counted for each removed state (without it, routes "
-                   "are assumed to sit in a removed state). Only an explicit --db is read.")
-@click.pass_context
-def diff_command(ctx: click.Context, old: Path, new: Path | None, config_dir: Path | None, mode: str, fmt: str,
-                 db: Path | None) -> None:
+@format_option(["text", "json"], "text: one line per change and a summary; json: a list of {kind, where, detail, "
+                                 "breaking_for, breaking_in_mode}.")
+@db_option("A database whose stored routes are counted for each removed state (without it, routes are assumed "
+           "to sit in a removed state). Only an explicit --db is read.")
+@pass_app
+def diff_command(app: AppContext, old: Path, new: Path | None, mode: str, fmt: str) -> None:
     """Compare two configs, OLD and NEW, and say what the change breaks.
 
     NEW defaults to the config in force (--config, $WEBINAR_FLOWS_CONFIG, the current
@@ -58,22 +55,19 @@ def diff_command(ctx: click.Context, old: Path, new: Path | None, config_dir: Pa
     derives and routes), in the manner of Confluent Schema Registry's compatibility
     modes. Exit 1 when the chosen mode is violated or a config is invalid, 0 otherwise.
     """
-    if new is not None and config_dir is not None:
+    if new is not None and app.config_dir is not None:
         raise click.UsageError("give NEW or --config, not both")
-    new = new or _settings(ctx, config_dir, None)[0]
-    before, after = load_or_fail(old, "the OLD config"), load_or_fail(new, "the NEW config")
-    try:
-        changes = diff(before, after, db=db or ctx.find_root().params.get("db"))
-    except StoreError as exc:
-        raise Failed(f"error: {exc}") from None
+    before = app.config(old, "the OLD config")
+    after = app.config(new or app.config_path(), "the NEW config")
+    changes = diff(before, after, db=app.db)
     if fmt == "json":
-        _print([c.as_dict(mode) for c in changes])
+        print_json([c.as_dict(mode) for c in changes])
     else:
         for change in changes:
             click.echo(_line(change, mode))
         click.echo(_summary(changes, mode))
     if violates(changes, mode):
-        ctx.exit(1)
+        click.get_current_context().exit(1)
 
 
 def register(group: click.Group) -> None:

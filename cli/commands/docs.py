@@ -8,19 +8,17 @@ import click
 
 from engine.governance.document import render_markdown
 
-from ..main import CONTEXT, _config_option
-from . import _rendered
+from ..context import AppContext, command, pass_app
+from ..options import config_option, file_options
+from ..output import emit_file
 
-_FILE = click.Path(dir_okay=False, path_type=Path)
 
-
-@click.command(context_settings=CONTEXT)
-@_config_option
-@click.option("--output", "-o", type=_FILE, default=None, help="Write the document to FILE instead of stdout.")
-@click.option("--check", "check", type=_FILE, default=None,
-              help="Write nothing; exit 1 when FILE differs from what the config renders (for CI).")
-@click.pass_context
-def docs(ctx: click.Context, config_dir: Path | None, output: Path | None, check: Path | None) -> None:
+@command()
+@config_option
+@file_options("Write the document to FILE instead of stdout.",
+              "Write nothing; exit 1 when FILE differs from what the config renders (for CI).")
+@pass_app
+def docs(app: AppContext, output: Path | None, check: Path | None) -> None:
     """Render the contract as Markdown: events, emitters, rules, route and spec boundaries.
 
     Events come with their status, description and a table of payload fields (type,
@@ -30,11 +28,8 @@ def docs(ctx: click.Context, config_dir: Path | None, output: Path | None, check
     reminders; then what `validate` refuses. The output is deterministic and names the
     config hash, so a repository can commit it and keep it current with --check.
     """
-    if output and check:
-        raise click.UsageError("--output and --check are exclusive")
-    text = render_markdown(_rendered.load(ctx, config_dir))
-    regenerate = _rendered.command("docs", config_dir, check) if check else ""
-    _rendered.emit(text, output=output, check_file=check, regenerate=regenerate)
+    text = render_markdown(app.config())
+    emit_file(text, output, check, app.regenerate("docs", check))
 
 
 def register(group: click.Group) -> None:

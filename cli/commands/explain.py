@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from engine.governance.quarantine import ORIGIN
 
-from ..main import CONTEXT, Failed, _config_option, _db_option, _print, engine_for
+from ..context import AppContext, Failed, command, pass_app
+from ..options import RouteKeyArgs, config_options, format_option, key_options
+from ..output import describe_key, key_text, print_json
 
 
-@click.command(context_settings=CONTEXT)
-@click.option("--lead", required=True, help="The lead.")
-@click.option("--webinar", required=True, help="The webinar.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: a numbered story; json: one document.")
-@_config_option
-@_db_option
-@click.pass_context
-def explain(ctx: click.Context, lead: str, webinar: str, fmt: str, config_dir: Path | None, db: Path | None) -> None:
+@command()
+@key_options("The lead.", "The webinar.")
+@format_option(["text", "json"], "text: a numbered story; json: one document.")
+@config_options
+@pass_app
+def explain(app: AppContext, key: RouteKeyArgs, fmt: str) -> None:
     """Tell the story of one lead on one webinar, step by step.
 
     Each input that concerns them (accepted, duplicate, or rejected when its envelope names
@@ -31,19 +29,21 @@ def explain(ctx: click.Context, lead: str, webinar: str, fmt: str, config_dir: P
     classification and route, and what an evaluation now would do. Exit 1 when nothing is
     known about that lead on that webinar.
     """
-    with engine_for(ctx, config_dir, db) as engine:
-        story = engine.explain(lead_id=lead, webinar_id=webinar)
+    config = app.config()
+    wanted = key.resolve(config, need="all")
+    with app.engine(config, create=False) as engine:
+        story = engine.explain(**wanted)
     if story is None:
-        raise Failed(f"error: nothing is known about lead {lead!r} on webinar {webinar!r}")
+        raise Failed(f"error: nothing is known about {describe_key(wanted)}")
     if fmt == "json":
-        _print(story)
+        print_json(story)
     else:
         click.echo(render(story))
 
 
 def render(story: dict[str, Any]) -> str:
     """The story as numbered text."""
-    out = [f"{_key(story['key'])} (judged with config {story['config_hash'][:12]})", ""]
+    out = [f"{key_text(story['key'])} (judged with config {story['config_hash'][:12]})", ""]
     for step in story["story"]:
         out += _step(step)
     out.append("")
@@ -117,10 +117,6 @@ def _action(action: dict[str, Any]) -> str:
 
 def _compact(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(", ", ": "))
-
-
-def _key(key: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in key.items())
 
 
 def _value(value: Any) -> str:

@@ -6,12 +6,18 @@ from pathlib import Path
 
 import click
 
-from engine.governance.diagram import FORMATS, IMAGE_FORMATS, GraphvizNotFound, render_diagram, render_image
+from engine.governance.diagram import (
+    FORMATS,
+    IMAGE_FORMATS,
+    GraphvizNotFound,
+    render_diagram,
+    render_image,
+)
 
-from ..main import CONTEXT, Failed, _config_option
-from . import _rendered
+from ..context import AppContext, Failed, command, pass_app
+from ..options import config_option, file_options
+from ..output import emit_file, write_file
 
-_FILE = click.Path(dir_okay=False, path_type=Path)
 _TEXT_SUFFIXES = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot"}
 
 
@@ -27,19 +33,16 @@ def _kind(fmt: str | None, output: Path | None) -> str:
     return implied or fmt or "mermaid"
 
 
-@click.command(context_settings=CONTEXT)
-@_config_option
+@command()
+@config_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Text to write: mermaid (stateDiagram-v2, rendered by GitHub) or dot (Graphviz). "
                    "Default: from the --output suffix, else mermaid.")
-@click.option("--output", "-o", type=_FILE, default=None,
-              help="Write to FILE instead of stdout: .mmd/.mermaid for Mermaid, .dot/.gv for dot, "
-                   ".svg/.png/.pdf for an image drawn by Graphviz (needs the 'dot' program).")
-@click.option("--check", "check", type=_FILE, default=None,
-              help="Write nothing; exit 1 when FILE differs from the diagram the config renders (for CI).")
-@click.pass_context
-def graph(ctx: click.Context, config_dir: Path | None, fmt: str | None, output: Path | None,
-          check: Path | None) -> None:
+@file_options("Write to FILE instead of stdout: .mmd/.mermaid for Mermaid, .dot/.gv for dot, "
+              ".svg/.png/.pdf for an image drawn by Graphviz (needs the 'dot' program).",
+              "Write nothing; exit 1 when FILE differs from the diagram the config renders (for CI).")
+@pass_app
+def graph(app: AppContext, fmt: str | None, output: Path | None, check: Path | None) -> None:
     """Draw the route machine: states with their screens and reminders, transitions labelled by event.
 
     Mermaid (the default) is a stateDiagram-v2 that GitHub renders in Markdown; dot is
@@ -48,24 +51,19 @@ def graph(ctx: click.Context, config_dir: Path | None, fmt: str | None, output: 
     it: an edge from every state, labelled 'EVENT (*)'. Edges between the same two
     states are merged, their events joined by ' | '.
     """
-    if output and check:
-        raise click.UsageError("--output and --check are exclusive")
     kind = _kind(fmt, output or check)
     if check and kind in IMAGE_FORMATS:
         raise click.UsageError("--check compares text: give a .mmd or .dot file")
-    config = _rendered.load(ctx, config_dir)
+    config = app.config()
     try:
         if kind in IMAGE_FORMATS and output:  # an image kind comes only from the --output suffix
-            _rendered.write(output, render_image(config, kind))
+            write_file(output, render_image(config, kind))
             return
         text = render_diagram(config, kind)
     except GraphvizNotFound as exc:
         raise Failed(f"error: {exc}\n(or write text instead: --output route.mmd for Mermaid)") from None
-    regenerate = ""
-    if check:
-        extra = f" --format {kind}" if check.suffix.lower() not in _TEXT_SUFFIXES else ""
-        regenerate = _rendered.command("graph", config_dir, check, extra)
-    _rendered.emit(text, output=output, check_file=check, regenerate=regenerate)
+    extra = f" --format {kind}" if check and check.suffix.lower() not in _TEXT_SUFFIXES else ""
+    emit_file(text, output, check, app.regenerate("graph", check, extra))
 
 
 def register(group: click.Group) -> None:

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
-from engine import REJECTION_REASONS, Engine, StoreError, UsageError
-from engine.runtime.envelope import DEFAULT_MAX_EVENT_BYTES
-from engine.runtime.pipeline import DEFAULT_BATCH_SIZE
-from engine.governance.quarantine import STATES, Selection, iter_rejections, iter_reprocess
+from engine import REJECTION_REASONS, Engine
+from engine.governance.quarantine import (
+    STATES,
+    Selection,
+    iter_rejections,
+    iter_reprocess,
+)
 from engine.governance.quarantine import purge as purge_rejections
 
-from ..main import CONTEXT, Failed, _at, _config_option, _db_option, _open, _print
+from ..context import AppContext, command, pass_app
+from ..options import at_time, batch_options, config_options, format_option
+from ..output import print_json, table
 
 _SELECTION = [
     click.option("--reason", "reasons", multiple=True, type=click.Choice(REJECTION_REASONS),
@@ -25,9 +29,9 @@ _SELECTION = [
                  help="Only rejections whose envelope named this source (repeat for several)."),
     click.option("--type", "types", multiple=True, metavar="EVENT",
                  help="Only rejections of this event type (repeat for several)."),
-    click.option("--since", callback=_at, default=None, metavar="TIME",
+    click.option("--since", callback=at_time, default=None, metavar="TIME",
                  help="Only rejections last seen at or after this time (RFC 3339)."),
-    click.option("--until", callback=_at, default=None, metavar="TIME",
+    click.option("--until", callback=at_time, default=None, metavar="TIME",
                  help="Only rejections last seen at or before this time (RFC 3339)."),
 ]
 
@@ -38,29 +42,19 @@ def _selection_options(f: Callable) -> Callable:
     return f
 
 
-def _selection(state: str = "open", **filters: Any) -> Selection:
-    try:
-        return Selection(state=state, **filters)
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-@click.command(context_settings=CONTEXT)
+@command()
 @_selection_options
 @click.option("--state", type=click.Choice(STATES), default="open", show_default=True,
               help="open: still in the quarantine; resolved: admitted by a reprocess (kept, not deleted); all.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: a table; json: one object per line, with the raw bytes.")
+@format_option(["text", "json"], "text: a table; json: one object per line, with the raw bytes.")
 @click.option("--purge", is_flag=True,
               help="Delete the selected rejections instead of listing them; needs a filter or --all.")
 @click.option("--all", "everything", is_flag=True,
               help="With --purge and no filter: every rejection in --state.")
-@_config_option
-@_db_option
-@click.pass_context
-def rejections(ctx: click.Context, reasons: tuple[str, ...], sources: tuple[str, ...], types: tuple[str, ...],
-               since: str | None, until: str | None, state: str, fmt: str, purge: bool, everything: bool,
-               config_dir: Path | None, db: Path | None) -> None:
+@config_options
+@pass_app
+def rejections(app: AppContext, reasons: tuple[str, ...], sources: tuple[str, ...], types: tuple[str, ...],
+               since: str | None, until: str | None, state: str, fmt: str, purge: bool, everything: bool) -> None:
     """List the quarantine: stored rejections, oldest first, with their reason and errors.
 
     Filters narrow the list (--reason, --emitter, --type, --since/--until on when each was last
@@ -73,27 +67,15 @@ def rejections(ctx: click.Context, reasons: tuple[str, ...], sources: tuple[str,
     their count goes to stderr. A purge needs an explicit filter (or --state resolved), or
     --all for every rejection in --state.
     """
-    selection = _selection(state, reasons=reasons, sources=sources, types=types, since=since, until=until)
+    selection = Selection(state=state, reasons=reasons, sources=sources, types=types, since=since, until=until)
     if everything and not purge:
         raise click.UsageError("--all is only for --purge")
-    engine = _open(ctx, config_dir, db)
-    try:
+    with app.engine(create=False) as engine:
         if purge:
-            _purge(engine, selection, everything)
+            removed = purge_rejections(engine, selection, everything=everything)
+            click.echo(f"purged {removed} rejection(s)", err=True)
         else:
             _list(engine, selection, fmt)
-    except StoreError as exc:
-        raise Failed(f"error: {exc}") from None
-    finally:
-        engine.close()
-
-
-def _purge(engine: Engine, selection: Selection, everything: bool) -> None:
-    try:
-        removed = purge_rejections(engine, selection, everything=everything)
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
-    click.echo(f"purged {removed} rejection(s)", err=True)
 
 
 def _list(engine: Engine, selection: Selection, fmt: str) -> None:
@@ -101,15 +83,15 @@ def _list(engine: Engine, selection: Selection, fmt: str) -> None:
     count = 0
     if fmt == "json":
         for count, entry in enumerate(entries, 1):
-            _print(entry)
+            print_json(entry)
     else:
-        table = [_row(e, selection.state != "open") for e in entries]
-        count = len(table)
-        if table:
+        rows = [_row(e, selection.state != "open") for e in entries]
+        count = len(rows)
+        if rows:
             header = ["SEQ", "LAST SEEN", "REASON", "SOURCE", "TYPE", "ID", "BYTES", "FIRST ERROR"]
             if selection.state != "open":
                 header.append("RESOLVED BY INPUT")
-            click.echo(_table([header, *table]))
+            click.echo(table([header, *rows]))
     click.echo(f"{count} rejection(s) ({selection.state})", err=True)
 
 
@@ -129,23 +111,14 @@ def _cut(value: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-@click.command(context_settings=CONTEXT)
+@command()
 @_selection_options
-@_config_option
-@_db_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
-              help="Rejections per commit. A result line is written only after its event is committed.")
-@click.option("--max-event-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_EVENT_BYTES, show_default=True,
-              help="The size limit, as for process.")
-@click.pass_context
-def reprocess(ctx: click.Context, reasons: tuple[str, ...], sources: tuple[str, ...], types: tuple[str, ...],
-              since: str | None, until: str | None, config_dir: Path | None, db: Path | None, batch_size: int,
-              max_event_bytes: int) -> None:
+@config_options
+@batch_options("Rejections per commit. A result line is written only after its event is committed.",
+               "The size limit, as for process.")
+@pass_app
+def reprocess(app: AppContext, reasons: tuple[str, ...], sources: tuple[str, ...], types: tuple[str, ...],
+              since: str | None, until: str | None, batch_size: int, max_event_bytes: int) -> None:
     """Run the quarantine's rejections again under the current config (e.g. after an emitter
     was approved in emitters.yaml), oldest first; the filters are those of `rejections`.
 
@@ -156,19 +129,15 @@ def reprocess(ctx: click.Context, reasons: tuple[str, ...], sources: tuple[str, 
     rejections kept only their first 64 KiB: they cannot be reprocessed and are left as they are.
     A summary goes to stderr.
     """
-    selection = _selection(reasons=reasons, sources=sources, types=types, since=since, until=until)
-    engine = _open(ctx, config_dir, db, max_event_bytes=max_event_bytes)
+    selection = Selection(reasons=reasons, sources=sources, types=types, since=since, until=until)
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "left": 0}
-    try:
+    with app.engine(create=False, max_event_bytes=max_event_bytes) as engine:
+        app.on_failure(lambda: f"{_summary(counts)} before the failure")
         for batch in iter_reprocess(engine, selection, batch_size=batch_size):
             for result in batch:
                 _count(result, counts)
-                _print(result)
+                print_json(result)
             sys.stdout.flush()
-    except StoreError as exc:
-        raise Failed(f"error: {exc}\n{_summary(counts)} before the failure") from None
-    finally:
-        engine.close()
     click.echo(_summary(counts), err=True)
 
 

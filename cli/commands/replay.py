@@ -8,13 +8,11 @@ from typing import Any
 
 import click
 
-from engine import EngineError, UsageError
-from engine.runtime.envelope import DEFAULT_MAX_EVENT_BYTES
-from engine.runtime.pipeline import DEFAULT_BATCH_SIZE
 from engine.governance.replay import replay as run_replay
 
-from ..main import CONTEXT, Failed, _config_option, _db_option, _print, _settings
-from ._shared import load_or_fail
+from ..context import AppContext, command, pass_app
+from ..options import batch_options, config_options, format_option
+from ..output import key_text, print_json
 
 
 class _Bar:
@@ -36,24 +34,20 @@ class _Bar:
             self.bar.__exit__(None, None, None)
 
 
-@click.command(context_settings=CONTEXT)
-@_config_option
-@_db_option
+@command()
+@config_options
 @click.option("--scratch", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Replay into this new database file and keep it (default: a temporary file, removed).")
 @click.option("--examples", type=click.IntRange(min=0), default=5, show_default=True,
               help="Examples shown per kind of difference.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: a readable report; json: one document.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
-              help="Inputs per commit in the scratch database.")
-@click.option("--max-event-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_EVENT_BYTES, show_default=True,
-              help="The size limit of the replay (use the one the history was processed with).")
+@format_option(["text", "json"], "text: a readable report; json: one document.")
+@batch_options("Inputs per commit in the scratch database.",
+               "The size limit of the replay (use the one the history was processed with).")
 @click.option("--fail-on-change", is_flag=True,
               help="Exit 1 when the replay differs in anything (for a CI gate on a config change).")
-@click.pass_context
-def replay(ctx: click.Context, config_dir: Path | None, db: Path | None, scratch: Path | None, examples: int,
-           fmt: str, batch_size: int, max_event_bytes: int, fail_on_change: bool) -> None:
+@pass_app
+def replay(app: AppContext, scratch: Path | None, examples: int, fmt: str, batch_size: int, max_event_bytes: int,
+           fail_on_change: bool) -> None:
     """What if the history had run under the config --config? Replays the database's recorded
     inputs (accepted, duplicates and rejections, in their original order) and evaluations
     (interleaved by the time they were recorded) into a scratch database, and reports what
@@ -64,25 +58,20 @@ def replay(ctx: click.Context, config_dir: Path | None, db: Path | None, scratch
     the config it was processed with reports no difference. Exit 0 whatever the differences,
     unless --fail-on-change is given (then 1 when anything differs).
     """
-    config_path, database = _settings(ctx, config_dir, db)
-    config = load_or_fail(config_path, "the config to replay under")
+    config = app.config(what="the config to replay under")
     bar = _Bar() if sys.stderr.isatty() else None
     try:
-        report = run_replay(database, config, scratch=scratch, examples=examples, batch_size=batch_size,
+        report = run_replay(app.db_path(), config, scratch=scratch, examples=examples, batch_size=batch_size,
                             max_event_bytes=max_event_bytes, progress=bar)
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
-    except EngineError as exc:
-        raise Failed(f"error: {exc}") from None
     finally:
         if bar is not None:
             bar.close()
     if fmt == "json":
-        _print(report)
+        print_json(report)
     else:
         click.echo(render(report))
     if fail_on_change and not report["identical"]:
-        ctx.exit(1)
+        click.get_current_context().exit(1)
 
 
 def render(report: dict[str, Any]) -> str:
@@ -104,11 +93,11 @@ def render(report: dict[str, Any]) -> str:
     classes = report["classifications"]
     if classes is not None:
         out.append(f"classifications ({classes['event']}.{classes['field']}): {classes['count']} differ")
-        out += [f"  {_key(e['key'])}: live {_json(e['live'])}, replay {_json(e['replay'])}"
+        out += [f"  {key_text(e['key'])}: live {_json(e['live'])}, replay {_json(e['replay'])}"
                 for e in classes["examples"]]
     routes = report["routes"]
     out.append(f"routes: {routes['count']} differ")
-    out += [f"  {_key(e['key'])}: live {_route(e['live'])}, replay {_route(e['replay'])}" for e in routes["examples"]]
+    out += [f"  {key_text(e['key'])}: live {_route(e['live'])}, replay {_route(e['replay'])}" for e in routes["examples"]]
     gone = report["unavailable"]
     if gone["count"]:
         out.append(f"unavailable (bytes purged, or a key the config cannot name): {gone['count']}")
@@ -123,13 +112,9 @@ def _by(counts: dict[str, int]) -> str:
 def _input(example: dict[str, Any]) -> str:
     where = f" ({example['origin']})" if example["origin"] else ""
     where += f" line {example['line']}" if example["line"] is not None else ""
-    key = f" [{_key(example['key'])}]" if example["key"] else ""
+    key = f" [{key_text(example['key'])}]" if example["key"] else ""
     return f"input #{example['input']}{where}: {example['type'] or '?'} {example['id'] or '?'} " \
            f"from {example['source'] or '?'}{key}"
-
-
-def _key(key: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in key.items())
 
 
 def _route(route: dict[str, Any] | None) -> str:

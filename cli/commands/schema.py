@@ -11,8 +11,9 @@ import yaml
 
 from engine.governance.export import asyncapi, event_schemas
 
-from ..main import CONTEXT, Failed, _config_option, _db_option, _settings
-from ._shared import load_or_fail
+from ..context import AppContext, Failed, command, pass_app
+from ..options import config_option, db_option, format_option
+from ..output import write_file
 
 _YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -23,28 +24,21 @@ def _dump(document: Any, as_yaml: bool) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise Failed(f"error: cannot write {path}: {exc.strerror}") from None
-
-
 def _write_dir(directory: Path, schemas: dict[str, dict[str, Any]]) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise Failed(f"error: cannot create {directory}: {exc.strerror}") from None
     for name, schema in schemas.items():
-        _write(directory / f"{name}.schema.json", _dump(schema, False))
+        write_file(directory / f"{name}.schema.json", _dump(schema, False))
     click.echo(f"wrote {len(schemas)} schema file(s) to {directory}", err=True)
 
 
-@click.command(context_settings=CONTEXT)
-@_config_option
-@_db_option
-@click.option("--format", "fmt", type=click.Choice(["json-schema", "asyncapi"]), default="json-schema",
-              show_default=True, help="json-schema: one JSON Schema per event; asyncapi: one AsyncAPI 3.0 document.")
+@command()
+@config_option
+@db_option("Accepted like everywhere, not used: schema reads no database.")
+@format_option(["json-schema", "asyncapi"],
+               "json-schema: one JSON Schema per event; asyncapi: one AsyncAPI 3.0 document.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="json-schema only: write <event>.schema.json files into this directory (created if missing).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -55,8 +49,8 @@ def _write_dir(directory: Path, schemas: dict[str, dict[str, Any]]) -> None:
                    "is the bare file name, resolved against wherever the file is published).")
 @click.option("--title", default="webinar-flows event contract", show_default=True,
               help="asyncapi only: the document's info.title.")
-@click.pass_context
-def schema(ctx: click.Context, config_dir: Path | None, db: Path | None, fmt: str, output_dir: Path | None,
+@pass_app
+def schema(app: AppContext, fmt: str, output_dir: Path | None,
            output: Path | None, as_yaml: bool, base_uri: str, title: str) -> None:
     """Export the event contract for other tools.
 
@@ -74,7 +68,7 @@ def schema(ctx: click.Context, config_dir: Path | None, db: Path | None, fmt: st
     """
     if output_dir is not None and (fmt != "json-schema" or output is not None or as_yaml):
         raise click.UsageError("--output-dir goes with --format json-schema, without --output or --yaml")
-    config = load_or_fail(_settings(ctx, config_dir, None)[0])
+    config = app.config()
     if fmt == "asyncapi":
         document = asyncapi(config, title=title)
     else:
@@ -87,7 +81,7 @@ def schema(ctx: click.Context, config_dir: Path | None, db: Path | None, fmt: st
     if output is None:
         click.echo(text, nl=False)
     else:
-        _write(output, text)
+        write_file(output, text)
         click.echo(f"wrote {output}", err=True)
 
 

@@ -49,7 +49,31 @@ class ConfigError(EngineError):
 
 
 class StoreError(EngineError):
-    """The database cannot be opened, read or written; the message names the file."""
+    """The database cannot be opened, read or written; the message names the file.
+
+    The subclasses say why, for a caller that answers differently (a server: busy is 503,
+    full is 507); each is a StoreError, so `except StoreError` still catches them all.
+    """
+
+
+class StoreBusy(StoreError):
+    """Another process held the database (its lock) longer than the busy timeout."""
+
+
+class StoreReadOnly(StoreError):
+    """The database or its directory cannot be written (permissions, a read-only file system)."""
+
+
+class StoreFull(StoreError):
+    """A write failed: the disk (or a file size limit) is full, or the I/O itself failed."""
+
+
+class NotADatabase(StoreError):
+    """The file is not a database of this project: another application's, or corrupt."""
+
+
+class DatabaseMissing(StoreError):
+    """The database (or its directory) does not exist, and was not to be created."""
 
 
 class UsageError(EngineError):

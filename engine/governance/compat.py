@@ -16,13 +16,12 @@ this module does not analyse is reported as `schema_changed`, breaking for both.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError, UsageError
+from ..errors import UsageError
 from .export import ANNOTATIONS, standalone_payload
 from ..model import Config, EvaluationResult, EventSpec, FactRef, FieldMap, RuleSpec, StateSpec
 
@@ -78,17 +77,13 @@ def diff(old: Config, new: Config, db: str | Path | None = None) -> list[Change]
 
 def route_counts(db: str | Path) -> dict[str, int]:
     """How many stored routes sit in each state, read from a database without changing it."""
-    path = Path(db)
-    if not path.is_file():
-        raise StoreError(f"{db}: no such database")
+    from ..store import open_reader
+
+    reader = open_reader(db)
     try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            return dict(conn.execute("SELECT state, COUNT(*) FROM routes GROUP BY state").fetchall())
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise StoreError(f"{db}: cannot count the stored routes ({exc})") from None
+        return reader.route_counts()
+    finally:
+        reader.close()
 
 
 def _json(value: Any) -> str:

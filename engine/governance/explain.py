@@ -13,15 +13,14 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .history import INPUT, Row, rows, timeline
-from ..runtime.envelope import canonical_json
+from .history import INPUT, Row, timeline
+from ..jsonvalue import canonical_json
 from ..model import RuleSpec
 from ..runtime.rules import Fact, build_data, why_not
 
 if TYPE_CHECKING:
-    import sqlite3
-
-    from ..runtime.pipeline import Engine
+    from ..runtime.pipeline import Pipeline as Engine
+    from ..store.base import KeyStory
 
 
 def explain(engine: Engine, **key: Any) -> dict[str, Any] | None:
@@ -33,14 +32,20 @@ def explain(engine: Engine, **key: Any) -> dict[str, Any] | None:
     verdict is `{rule, on, fired, why_not, emitted}`.
     """
     route_key = _route_key(engine, key)
-    conn: sqlite3.Connection = engine.store.conn  # type: ignore[attr-defined]
-    facts = {r["seq"]: r for r in rows(conn, "SELECT * FROM facts WHERE route_key = ? ORDER BY seq", (route_key,))}
-    inputs = _inputs(conn, engine, route_key, key)
-    evaluations = list(rows(conn, "SELECT * FROM evaluations WHERE route_key = ? ORDER BY seq", (route_key,)))
+    # Raw bytes spell a value as their producer wrote it: literally, or with JSON escapes (any
+    # character may be written \uXXXX), or in another encoding json.loads still reads. So the
+    # store offers as candidates the lines that hold every value literally, or hold a backslash
+    # or a NUL byte; envelopes are canonical JSON, where a value is spelled one way.
+    strings = [v for v in key.values() if isinstance(v, str)]
+    stored = engine.store.key_story(route_key, body_texts=[canonical_json(v) for v in strings],  # type: ignore[attr-defined]
+                                    raw_texts=[v.encode("utf-8") for v in strings])
+    facts = {r["seq"]: r for r in stored.facts}
+    inputs = _inputs(stored, key)
+    evaluations = stored.evaluations
     found = engine.route(**key)
     if not (facts or inputs or evaluations or found):
         return None
-    story = _Story(engine, key, facts, _by_fact(conn, route_key))
+    story = _Story(engine, key, facts, _by_fact(stored))
     for kind, row in timeline(inputs, evaluations):
         story.input(row) if kind == INPUT else story.evaluation(row)
     er = engine.config.evaluation_result
@@ -65,29 +70,15 @@ def _names(payload: Any, key: dict[str, Any]) -> bool:
     return isinstance(data, dict) and all(f in data and data[f] == v for f, v in key.items())
 
 
-def _inputs(conn: sqlite3.Connection, engine: Engine, route_key: str, key: dict[str, Any]) -> list[Row]:
+def _inputs(stored: KeyStory, key: dict[str, Any]) -> list[Row]:
     """The input-log rows that concern the key, by seq, each with its `event` (the parsed envelope or None)."""
-    found = [{**r, "event": json.loads(r.pop("body"))} for r in rows(
-        conn, "SELECT i.*, e.body FROM inputs i JOIN facts f ON f.seq = i.fact_seq"
-              " JOIN envelopes e ON e.source = i.source AND e.id = i.id"
-              " WHERE i.status = 'accepted' AND f.route_key = ?", (route_key,))]
-    needles = [canonical_json(v) for v in key.values() if isinstance(v, str)]  # as envelopes spell it
-    match = " AND ".join("instr(e.body, ?) > 0" for _ in needles) or "1"
-    for r in rows(conn, "SELECT i.*, e.body FROM inputs i JOIN envelopes e ON e.source = i.source AND e.id = i.id"
-                        f" WHERE i.status = 'duplicate' AND {match}", needles):  # noqa: S608
-        event = json.loads(r.pop("body"))
-        if _names(event, key):
-            found.append({**r, "event": event})
-    # Raw bytes spell a value as their producer wrote it: literally, or with JSON escapes (any
-    # character may be written \uXXXX), or in another encoding json.loads still reads. So a line
-    # is a candidate when it holds every value literally, or holds a backslash or a NUL byte.
-    raw_needles = [v.encode("utf-8") for v in key.values() if isinstance(v, str)]
-    literal = " AND ".join("instr(r.raw, ?) > 0" for _ in raw_needles) or "1"
-    match = f"(({literal}) OR instr(r.raw, ?) > 0 OR instr(r.raw, ?) > 0)"
-    for r in rows(conn, "SELECT i.*, r.raw, r.reason AS now_reason, r.errors, r.resolved_at, r.resolved_by_input"
-                        " FROM inputs i JOIN rejections r ON r.seq = i.rejection_seq"
-                        f" WHERE i.status = 'rejected' AND {match}", [*raw_needles, b"\\", b"\x00"]):  # noqa: S608
-        event = _parsed(bytes(r.pop("raw")))
+    found = []
+    for r in stored.inputs:
+        r = dict(r)
+        if r["status"] == "accepted":
+            found.append({**r, "event": json.loads(r.pop("body"))})
+            continue
+        event = json.loads(r.pop("body")) if r["status"] == "duplicate" else _parsed(r.pop("raw"))
         if _names(event, key):
             found.append({**r, "event": event})
     return sorted(found, key=lambda r: r["seq"])
@@ -100,13 +91,12 @@ def _parsed(raw: bytes) -> Any:
         return None
 
 
-def _by_fact(conn: sqlite3.Connection, route_key: str) -> dict[int, dict[str, list[Row]]]:
+def _by_fact(stored: KeyStory) -> dict[int, dict[str, list[Row]]]:
     """Route changes and actions of the key, grouped by the fact that caused them."""
     grouped: dict[int, dict[str, list[Row]]] = defaultdict(lambda: {"history": [], "actions": []})
-    for r in rows(conn, "SELECT h.* FROM facts AS f JOIN route_history AS h ON h.fact_seq = f.seq"
-                        " WHERE f.route_key = ? ORDER BY h.seq", (route_key,)):
+    for r in stored.history:
         grouped[r["fact_seq"]]["history"].append(r)
-    for r in rows(conn, "SELECT fact_seq, body FROM actions WHERE route_key = ? ORDER BY seq", (route_key,)):
+    for r in stored.actions:
         grouped[r["fact_seq"]]["actions"].append(json.loads(r["body"]))
     return grouped
 

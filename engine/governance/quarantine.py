@@ -13,21 +13,19 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .history import Row, rows, sortable, with_instants
 from ..runtime.envelope import KEEP_HEAD_BYTES
 from ..reasons import REJECTED, error
+from ..store.base import REJECTION_STATES, RejectionFilter, Row
 
 if TYPE_CHECKING:
-    from ..runtime.pipeline import Engine, Item
+    from ..runtime.pipeline import Item, Pipeline as Engine
 
-STATES = ("open", "resolved", "all")
+STATES = REJECTION_STATES
 ORIGIN = "rejection:"  # the input-log origin of a reprocessed rejection: rejection:<seq>
-_COLUMNS = ("seq, reason, errors, source, id, type, raw_size, raw_sha256, truncated, first_seen_at, last_seen_at,"
-            " config_hash, resolved_at, resolved_by_input")
 
 
 @dataclass(frozen=True)
@@ -62,25 +60,14 @@ class Selection:
         return bool(self.reasons or self.sources or self.types or self.since or self.until
                     or self.state == "resolved")
 
-    def where(self) -> tuple[str, list[Any]]:
-        clauses, params = [], []
-        for column, values in (("reason", self.reasons), ("source", self.sources), ("type", self.types)):
-            if values:
-                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
-                params += values
-        if self.since:
-            clauses.append("wf_instant(last_seen_at) >= ?")
-            params.append(sortable(self.since))
-        if self.until:
-            clauses.append("wf_instant(last_seen_at) <= ?")
-            params.append(sortable(self.until))
-        if self.state != "all":
-            clauses.append("resolved_at IS NULL" if self.state == "open" else "resolved_at IS NOT NULL")
-        return " AND ".join(clauses) or "1", params
+    def filter(self, **narrower: Any) -> RejectionFilter:
+        """What the store selects for this selection (`narrower`: state, truncated)."""
+        return RejectionFilter(reasons=self.reasons, sources=self.sources, types=self.types, since=self.since,
+                               until=self.until, **{"state": self.state, **narrower})
 
 
 def _time(value: str) -> str:
-    from ..runtime.pipeline import normalise_time
+    from ..timefmt import normalise_time
 
     try:
         return normalise_time(value)
@@ -95,10 +82,7 @@ def iter_rejections(engine: Engine, selection: Selection, *, raw: bool = True) -
     (`raw_encoding` "utf-8"), else base64 (`raw_encoding` "base64"). A truncated
     (too_large) one holds only its first 64 KiB; `raw_size` and `sha256` are of the whole.
     """
-    where, params = selection.where()
-    columns = _COLUMNS + (", raw" if raw else "")
-    sql = f"SELECT {columns} FROM rejections WHERE {where} ORDER BY seq"  # noqa: S608
-    for row in rows(with_instants(engine.store.conn), sql, params):
+    for row in engine.store.rejections(selection.filter(), raw=raw):
         yield _entry(row)
 
 
@@ -131,21 +115,18 @@ def iter_reprocess(engine: Engine, selection: Selection, *, batch_size: int = 50
     they cannot be re-run, come first as results with status rejected, reason too_large
     and an error coded `not_reprocessable`, and are left as they are.
     """
-    where, params = replace(selection, state="open").where()
-    conn = with_instants(engine.store.conn)
-    left = [_left(_entry(row)) for row in rows(conn, f"SELECT {_COLUMNS} FROM rejections WHERE {where}"  # noqa: S608
-                                                     " AND truncated ORDER BY seq", params)]
+    store = engine.store
+    left = [_left(_entry(row)) for row in store.rejections(selection.filter(state="open", truncated=True))]
     if left:
         yield left
-    todo = [r[0] for r in conn.execute(f"SELECT seq FROM rejections WHERE {where} AND NOT truncated"  # noqa: S608
-                                       " ORDER BY seq", params)]
+    todo = [row["seq"] for row in store.rejections(selection.filter(state="open", truncated=False))]
     done: list[int] = []
 
     def items() -> Iterator[Item]:
         for seq in todo:
-            raw = conn.execute("SELECT raw FROM rejections WHERE seq = ?", (seq,)).fetchone()
+            raw = store.rejection_raw(seq)
             if raw is not None:  # purged meanwhile by another process
-                yield bytes(raw[0]), f"{ORIGIN}{seq}", None
+                yield raw, f"{ORIGIN}{seq}", None
 
     def settle(item: Item, result: dict[str, Any], input_seq: int) -> None:
         seq = int(str(item[1])[len(ORIGIN):])
@@ -183,8 +164,6 @@ def purge(engine: Engine, selection: Selection, *, everything: bool = False) -> 
     if not everything and not selection.narrowed:
         raise UsageError("purge needs a filter (reason, emitter, type, since, until, or state resolved), "
                          "or --all to purge every rejection in the chosen state")
-    where, params = selection.where()
     with engine.store.transaction():
-        sql = f"SELECT seq FROM rejections WHERE {where}"  # noqa: S608
-        seqs = [r[0] for r in with_instants(engine.store.conn).execute(sql, params)]
+        seqs = [row["seq"] for row in engine.store.rejections(selection.filter())]
         return engine.store.purge_rejections(seqs)

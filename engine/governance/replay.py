@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config.load import load_config
-from ..runtime.contract import key_dict
 from ..errors import UsageError
-from .history import EVALUATION, Row, connect_read_only, input_bytes, rows, timeline
+from .history import EVALUATION, Row, input_bytes, timeline
 from ..runtime.envelope import DEFAULT_MAX_EVENT_BYTES, Oversized
 from ..model import Config
-from ..runtime.pipeline import DEFAULT_BATCH_SIZE, Engine, Item
+from ..runtime.pipeline import DEFAULT_BATCH_SIZE, Item, Pipeline as Engine
+from ..store import open_reader, open_store
+from ..store.base import HistoryReader
 from ..reasons import ACCEPTED, REJECTED
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -114,22 +114,23 @@ def replay(db: str | Path, config: str | Path | Config, *, scratch: str | Path |
     """
     if not isinstance(config, Config):
         config = load_config(config)
-    live = connect_read_only(db)
-    live.execute("BEGIN")  # one snapshot of the history, even while others write
+    live = open_reader(db)
     try:
         with (_scratch(db, scratch) as target,
-              Engine.open(config=config, db=target, max_event_bytes=max_event_bytes) as engine):
-            counts, comparison = _run(live, engine, examples, batch_size, progress)
-            replayed: sqlite3.Connection = engine.store.conn  # type: ignore[attr-defined]
+              Engine(config, open_store(target), max_event_bytes=max_event_bytes) as engine):
+            with live.snapshot():  # one snapshot of the history, even while others write
+                counts, comparison = _run(live, engine, examples, batch_size, progress)
+                live_hashes = live.config_hashes()
+                classifications = _classifications(live, engine.store, config, examples)  # type: ignore[arg-type]
+                routes = _routes(live, engine.store, config, examples)  # type: ignore[arg-type]
             report = {
                 "db": str(db), "config": str(config.root), "config_hash": config.hash,
-                "live_config_hashes": [r[0] for r in live.execute(
-                    "SELECT config_hash FROM inputs GROUP BY config_hash ORDER BY min(seq)")],
+                "live_config_hashes": live_hashes,
                 "scratch": str(scratch) if scratch is not None else None,
                 "replayed": counts,
                 "outcomes": comparison.report(),
-                "classifications": _classifications(live, replayed, config, examples),
-                "routes": _routes(live, replayed, config, examples),
+                "classifications": classifications,
+                "routes": routes,
                 "unavailable": comparison.unavailable.as_dict(),
             }
     finally:
@@ -156,10 +157,9 @@ def _scratch(live: str | Path, scratch: str | Path | None) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run(live: sqlite3.Connection, engine: Engine, examples: int, batch_size: int,
+def _run(live: HistoryReader, engine: Engine, examples: int, batch_size: int,
          progress: Progress | None) -> tuple[dict[str, int], _Comparison]:
-    total = sum(live.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
-                for table in ("inputs", "evaluations"))
+    total = live.history_size()
     comparison = _Comparison(engine.config, examples)
     counts = {"inputs": 0, "evaluations": 0, "unavailable": 0}
     pending: list[tuple[Row, bytes | Oversized]] = []
@@ -174,9 +174,7 @@ def _run(live: sqlite3.Connection, engine: Engine, examples: int, batch_size: in
         if progress is not None:
             progress(sum(counts.values()), total)
 
-    inputs = rows(live, "SELECT * FROM inputs ORDER BY seq")
-    evaluations = rows(live, "SELECT * FROM evaluations ORDER BY seq")
-    for kind, row in timeline(inputs, evaluations):
+    for kind, row in timeline(live.inputs(), live.evaluations()):
         if kind == EVALUATION:
             flush()
             _evaluate(engine, row, counts, comparison)
@@ -195,7 +193,7 @@ def _run(live: sqlite3.Connection, engine: Engine, examples: int, batch_size: in
 
 def _evaluate(engine: Engine, row: Row, counts: dict[str, int], comparison: _Comparison) -> None:
     try:
-        key = key_dict(engine.config.route.key, row["route_key"])
+        key = engine.config.route.route_key.decode(row["route_key"])
     except ValueError:  # the other config's route key has another shape
         counts["unavailable"] += 1
         comparison.unavailable.add({"evaluation": row["seq"], "route_key": row["route_key"]})
@@ -206,30 +204,18 @@ def _evaluate(engine: Engine, row: Row, counts: dict[str, int], comparison: _Com
 
 def _key_view(config: Config, route_key: str) -> dict[str, Any]:
     try:
-        return key_dict(config.route.key, route_key)
+        return config.route.route_key.decode(route_key)
     except ValueError:
         return {"route_key": route_key}
 
 
-def _latest_results(conn: sqlite3.Connection, config: Config) -> dict[str, Any]:
-    er = config.evaluation_result
-    assert er is not None
-    latest: dict[str, Any] = {}
-    for route_key, data in conn.execute("SELECT route_key, data FROM facts WHERE type = ? AND route_key IS NOT NULL"
-                                        " ORDER BY seq", (er.event,)):
-        payload = json.loads(data)
-        if er.field in payload:
-            latest[route_key] = payload[er.field]
-    return latest
-
-
-def _classifications(live: sqlite3.Connection, scratch: sqlite3.Connection, config: Config,
+def _classifications(live: HistoryReader, scratch: HistoryReader, config: Config,
                      examples: int) -> dict[str, Any] | None:
     """Route keys whose latest evaluation result (the config's `evaluation_result`) differs."""
     er = config.evaluation_result
     if er is None:
         return None
-    before, after = _latest_results(live, config), _latest_results(scratch, config)
+    before, after = live.latest_results(er.event, er.field), scratch.latest_results(er.event, er.field)
     tally = _Tally(examples)
     for route_key in sorted(set(before) | set(after)):
         if before.get(route_key) != after.get(route_key) or (route_key in before) != (route_key in after):
@@ -238,11 +224,10 @@ def _classifications(live: sqlite3.Connection, scratch: sqlite3.Connection, conf
     return {"event": er.event, "field": er.field, **tally.as_dict()}
 
 
-def _routes(live: sqlite3.Connection, scratch: sqlite3.Connection, config: Config, examples: int) -> dict[str, Any]:
+def _routes(live: HistoryReader, scratch: HistoryReader, config: Config, examples: int) -> dict[str, Any]:
     """Route keys whose route (state and screen) differs, or exists on one side only."""
-    sql = "SELECT route_key, state, screen FROM routes"
-    before = {k: {"state": s, "screen": sc} for k, s, sc in live.execute(sql)}
-    after = {k: {"state": s, "screen": sc} for k, s, sc in scratch.execute(sql)}
+    before = {k: {"state": s, "screen": sc} for k, (s, sc) in live.route_states().items()}
+    after = {k: {"state": s, "screen": sc} for k, (s, sc) in scratch.route_states().items()}
     tally = _Tally(examples)
     for route_key in sorted(set(before) | set(after)):
         if before.get(route_key) != after.get(route_key):

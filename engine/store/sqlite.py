@@ -1,36 +1,42 @@
-"""Storage behind a narrow interface, and its SQLite implementation.
+"""The SQLite store: every SQL statement of the project, behind `store.base`'s two interfaces.
 
-sqlite-utils owns the schema and its migrations; the per-event path uses raw `sqlite3`
-with constant SQL, because that is where the time goes. Every write runs inside
-`BEGIN IMMEDIATE`: the write lock is taken before the first read, so two processes never
-interleave a read-modify-write and no update is lost. WAL lets readers run meanwhile.
+sqlite-utils owns the schema and its migrations (sqlite_migrations.py); the per-event path
+uses raw `sqlite3` with constant SQL, because that is where the time goes. Every write runs
+inside `BEGIN IMMEDIATE`: the write lock is taken before the first read, so two processes
+never interleave a read-modify-write and no update is lost. WAL lets readers run meanwhile.
+
+Driver errors become `StoreError` subclasses, chosen by SQLite's error name
+(`sqlite3.Error.sqlite_errorname`), never by message text; every message names the file.
+A file that is not ours (another application's tables, a newer schema, not SQLite at all)
+is refused before anything is written to it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from ..errors import StoreError
+from ..errors import DatabaseMissing, NotADatabase, StoreBusy, StoreError, StoreFull, StoreReadOnly
+from ..timefmt import sortable
+from .base import FACT_COLUMNS, INPUT_COLUMNS, HistoryReader, KeyStory, Kept, RejectionFilter, Row, Store
 
-SCHEMA_VERSION = 3  # the number of migrations in engine/migrations.py
+__all__ = ["FACT_COLUMNS", "INPUT_COLUMNS", "SCHEMA_VERSION", "SQLiteReader", "SQLiteStore", "Store"]
+
+SCHEMA_VERSION = 3  # the number of migrations in sqlite_migrations.py
 MIGRATIONS_TABLE = "_sqlite_migrations"
+# The tables every schema version since the first holds: a file at one of our versions
+# without all of them is someone else's.
+OUR_TABLES = frozenset({"facts", "envelopes", "rejections", "inputs", "routes", "route_history", "actions",
+                        "evaluations"})
 BUSY_TIMEOUT_MS = 60_000
 CACHE_KIB = 16_384  # the page cache: the dedupe indexes' hot pages; a million-event run stays near 76 MiB
 CHECKPOINT_PAGES = 10_000  # WAL frames (about 40 MiB) before a checkpoint copies them into the file
-
-# Rows of the two tables written for every event travel as tuples in this column order:
-# binding by position is measurably cheaper than by name on the hot path.
-FACT_COLUMNS = ("source", "id", "type", "route_key", "identity", "data", "derived", "rule_id", "cause_seq",
-                "evaluation_seq", "config_hash", "recorded_at")
-INPUT_COLUMNS = ("origin", "line", "status", "reason", "source", "id", "type", "fact_seq", "rejection_seq",
-                 "config_hash", "recorded_at")
 
 
 def _insert(table: str, columns: tuple[str, ...], verb: str = "INSERT") -> str:
@@ -40,52 +46,242 @@ def _insert(table: str, columns: tuple[str, ...], verb: str = "INSERT") -> str:
 _ADD_FACT = _insert("facts", FACT_COLUMNS, "INSERT OR IGNORE")
 _INSERT_FACT = _insert("facts", FACT_COLUMNS)
 _INSERT_INPUT = _insert("inputs", INPUT_COLUMNS)
+_REJECTION_COLUMNS = ("seq, reason, errors, source, id, type, raw_size, raw_sha256, truncated, first_seen_at,"
+                      " last_seen_at, config_hash, resolved_at, resolved_by_input")
 
 
-class Store(Protocol):
-    """The few operations the engine needs; a second backend implements these."""
+# -- driver errors ------------------------------------------------------------------------------------
 
-    def transaction(self) -> Any: ...
-    def savepoint(self) -> Any: ...
-    def find_envelope(self, source: str, event_id: str) -> str | None: ...
-    def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool: ...
-    def forget(self, fact_seq: int | None, source: str, event_id: str) -> None: ...
-    def has_identity(self, event_type: str, identity: str) -> bool: ...
-    def add_fact(self, row: tuple[Any, ...]) -> int | None: ...
-    def insert_fact(self, row: tuple[Any, ...]) -> int: ...
-
-    def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]: ...
-    def facts_with_identity(self, route_key: str) -> list[tuple[str, dict[str, Any], str | None]]: ...
-    def route_state(self, route_key: str) -> tuple[str, str | None] | None: ...
-    def create_route(self, route_key: str, state: str, config_hash: str, at: str) -> None: ...
-    def fix_route(self, route_key: str, state: str, screen: str | None, config_hash: str, at: str) -> None: ...
-    def append_history(self, route_key: str, before: str, after: str, cause: dict[str, Any], fact_seq: int,
-                       config_hash: str, at: str) -> None: ...
-    def add_actions(self, route_key: str, fact_seq: int, actions: list[dict[str, Any]], consumed: frozenset[str],
-                    config_hash: str, at: str) -> None: ...
-    def record_rejection(self, row: dict[str, Any]) -> int: ...
-    def record_input(self, row: tuple[Any, ...]) -> int: ...
-    def resolve_rejection(self, seq: int, input_seq: int, at: str) -> None: ...
-    def purge_rejections(self, seqs: list[int]) -> int: ...
-    def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int: ...
-    def route_row(self, route_key: str) -> dict[str, Any] | None: ...
-    def history(self, route_key: str) -> list[dict[str, Any]]: ...
-    def route_keys(self, match: dict[int, Any]) -> list[str]: ...
-    def close(self) -> None: ...
+_KINDS: tuple[tuple[tuple[str, ...], type[StoreError], str], ...] = (
+    (("SQLITE_BUSY", "SQLITE_LOCKED"), StoreBusy, "another process held the database too long"),
+    (("SQLITE_FULL", "SQLITE_IOERR"), StoreFull, "disk full or write failed"),
+    (("SQLITE_NOTADB", "SQLITE_CORRUPT"), NotADatabase, "the file is not a webinar-flows database or is corrupt"),
+    (("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"), StoreReadOnly,
+     "cannot write there (read-only or missing directory?)"),
+)
 
 
-class SQLiteStore:
+def _translate(exc: sqlite3.Error, path: str) -> StoreError:
+    """A driver error as the StoreError subclass its SQLite error name (extended codes included,
+    e.g. SQLITE_IOERR_WRITE, SQLITE_READONLY_DBMOVED) calls for."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    for prefixes, kind, hint in _KINDS:
+        if name.startswith(prefixes):
+            return kind(f"{path}: {hint}: {exc}")
+    return StoreError(f"{path}: database error: {exc}")
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorname", None) or "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+# -- reads (both the store and a read-only reader) ------------------------------------------------------
+
+class _SQLiteReads(HistoryReader):
+    """The read port's SQL, over `self.conn`; every driver error leaves as a StoreError."""
+
+    path: str
+    conn: sqlite3.Connection
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> Iterator[Row]:
+        """A query's rows as dicts, without touching the connection's row factory."""
+        try:
+            cur = self.conn.execute(sql, tuple(params))
+            names = [d[0] for d in cur.description]
+            for values in cur:
+                yield dict(zip(names, values, strict=True))
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every read inside sees the same state."""
+        try:
+            self.conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        try:
+            yield
+        finally:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # nothing was written; a failed end of a read changes nothing
+
+    def route_row(self, route_key: str) -> Row | None:
+        found = list(self._rows("SELECT route_key, state, screen, version, config_hash, created_at, updated_at"
+                                " FROM routes WHERE route_key = ?", (route_key,)))
+        return found[0] if found else None
+
+    def history(self, route_key: str) -> list[Row]:
+        rows = self._all("SELECT h.from_state, h.to_state, h.event_source, h.event_id, h.event_type, h.at"
+                         " FROM facts AS f JOIN route_history AS h ON h.fact_seq = f.seq"
+                         " WHERE f.route_key = ? ORDER BY h.seq", (route_key,))
+        return [{"from": f, "to": t, "event": {"source": s, "id": i, "type": ty}, "at": at}
+                for f, t, s, i, ty, at in rows]
+
+    def route_keys(self, match: dict[int, Any]) -> list[str]:
+        """Route keys whose JSON array holds `match[i]` at each position i, in key order."""
+        where = " AND ".join(f"json_extract(route_key, '$[{int(i)}]') = ?" for i in match) or "1"
+        return [r[0] for r in self._all(f"SELECT route_key FROM routes WHERE {where} ORDER BY route_key",  # noqa: S608
+                                        tuple(match.values()))]
+
+    def inputs(self) -> Iterator[Row]:
+        return self._rows("SELECT * FROM inputs ORDER BY seq")
+
+    def evaluations(self) -> Iterator[Row]:
+        return self._rows("SELECT * FROM evaluations ORDER BY seq")
+
+    def history_size(self) -> int:
+        return sum(self._all(f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608
+                   for table in ("inputs", "evaluations"))
+
+    def input_bytes(self, row: Row) -> bytes | Kept | None:
+        if row["status"] in ("accepted", "duplicate"):
+            found = self._all("SELECT body FROM envelopes WHERE source = ? AND id = ?", (row["source"], row["id"]))
+            return found[0][0].encode("utf-8") if found else None
+        found = self._all("SELECT raw, raw_size, raw_sha256, truncated FROM rejections WHERE seq = ?",
+                          (row["rejection_seq"],))
+        if not found:
+            return None
+        raw, size, digest, truncated = found[0]
+        return Kept(bytes(raw), size, digest, bool(truncated))
+
+    def rejections(self, selection: RejectionFilter, *, raw: bool = False) -> Iterator[Row]:
+        where, params = _where(selection)
+        columns = _REJECTION_COLUMNS + (", raw" if raw else "")
+        for row in self._rows(f"SELECT {columns} FROM rejections WHERE {where} ORDER BY seq", params):  # noqa: S608
+            if raw:
+                row["raw"] = bytes(row["raw"])
+            yield row
+
+    def rejection_raw(self, seq: int) -> bytes | None:
+        found = self._all("SELECT raw FROM rejections WHERE seq = ?", (seq,))
+        return bytes(found[0][0]) if found else None
+
+    def key_story(self, route_key: str, *, body_texts: Sequence[str] = (),
+                  raw_texts: Sequence[bytes] = ()) -> KeyStory:
+        story = KeyStory()
+        story.facts = list(self._rows("SELECT * FROM facts WHERE route_key = ? ORDER BY seq", (route_key,)))
+        story.inputs = list(self._rows(
+            "SELECT i.*, e.body FROM inputs i JOIN facts f ON f.seq = i.fact_seq"
+            " JOIN envelopes e ON e.source = i.source AND e.id = i.id"
+            " WHERE i.status = 'accepted' AND f.route_key = ? ORDER BY i.seq", (route_key,)))
+        match = " AND ".join("instr(e.body, ?) > 0" for _ in body_texts) or "1"
+        story.inputs += self._rows(
+            "SELECT i.*, e.body FROM inputs i JOIN envelopes e ON e.source = i.source AND e.id = i.id"
+            f" WHERE i.status = 'duplicate' AND {match} ORDER BY i.seq", body_texts)  # noqa: S608
+        literal = " AND ".join("instr(r.raw, ?) > 0" for _ in raw_texts) or "1"
+        match = f"(({literal}) OR instr(r.raw, ?) > 0 OR instr(r.raw, ?) > 0)"
+        for row in self._rows("SELECT i.*, r.raw, r.reason AS now_reason, r.errors, r.resolved_at,"
+                              " r.resolved_by_input FROM inputs i JOIN rejections r ON r.seq = i.rejection_seq"
+                              f" WHERE i.status = 'rejected' AND {match} ORDER BY i.seq",  # noqa: S608
+                              [*raw_texts, b"\\", b"\x00"]):
+            row["raw"] = bytes(row["raw"])
+            story.inputs.append(row)
+        story.evaluations = list(self._rows("SELECT * FROM evaluations WHERE route_key = ? ORDER BY seq",
+                                            (route_key,)))
+        story.history = list(self._rows("SELECT h.* FROM facts AS f JOIN route_history AS h ON h.fact_seq = f.seq"
+                                        " WHERE f.route_key = ? ORDER BY h.seq", (route_key,)))
+        story.actions = list(self._rows("SELECT fact_seq, body FROM actions WHERE route_key = ? ORDER BY seq",
+                                        (route_key,)))
+        return story
+
+    def route_states(self) -> dict[str, tuple[str, str | None]]:
+        return {k: (s, sc) for k, s, sc in self._all("SELECT route_key, state, screen FROM routes")}
+
+    def route_counts(self) -> dict[str, int]:
+        return dict(self._all("SELECT state, COUNT(*) FROM routes GROUP BY state"))  # type: ignore[arg-type]
+
+    def latest_results(self, event_type: str, field: str) -> dict[str, Any]:
+        latest: dict[str, Any] = {}
+        for route_key, data in self._rows_tuples("SELECT route_key, data FROM facts WHERE type = ?"
+                                                 " AND route_key IS NOT NULL ORDER BY seq", (event_type,)):
+            payload = orjson.loads(data)
+            if field in payload:
+                latest[route_key] = payload[field]
+        return latest
+
+    def _rows_tuples(self, sql: str, params: Iterable[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        try:
+            yield from self.conn.execute(sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    def config_hashes(self) -> list[str]:
+        return [r[0] for r in self._all("SELECT config_hash FROM inputs GROUP BY config_hash ORDER BY min(seq)")]
+
+
+def _where(s: RejectionFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, values in (("reason", s.reasons), ("source", s.sources), ("type", s.types)):
+        if values:
+            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+            params += values
+    if s.since is not None:
+        clauses.append("wf_instant(last_seen_at) >= ?")
+        params.append(sortable(s.since))
+    if s.until is not None:
+        clauses.append("wf_instant(last_seen_at) <= ?")
+        params.append(sortable(s.until))
+    if s.state != "all":
+        clauses.append("resolved_at IS NULL" if s.state == "open" else "resolved_at IS NOT NULL")
+    if s.truncated is not None:
+        clauses.append("truncated" if s.truncated else "NOT truncated")
+    return " AND ".join(clauses) or "1", params
+
+
+def _with_instants(conn: sqlite3.Connection) -> None:
+    """The SQL function wf_instant(text): `sortable` in SQL (SQLite's own date functions keep
+    only milliseconds)."""
+    conn.create_function("wf_instant", 1, sortable, deterministic=True)
+
+
+def _refusal(conn: sqlite3.Connection, path: str) -> StoreError | None:
+    """Why the open file cannot be ours, or None: read before anything is written to it."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        return StoreError(f"{path}: the database has schema version {version}, newer than this "
+                          f"webinar-flows understands ({SCHEMA_VERSION}); upgrade webinar-flows")
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if version == 0 and names - {MIGRATIONS_TABLE}:
+        return NotADatabase(f"{path}: not a webinar-flows database (it holds other tables); use a new file")
+    if version > 0 and not OUR_TABLES <= names:
+        return NotADatabase(f"{path}: not a webinar-flows database (schema version {version} without its "
+                            "tables); use a new file")
+    return None
+
+
+# -- the store ---------------------------------------------------------------------------------------
+
+class SQLiteStore(_SQLiteReads, Store):
     """The SQLite store; one connection, used by one thread."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", create: bool = True):
         self.path = str(path)
         if not create and self.path != ":memory:" and not Path(self.path).is_file():
-            raise StoreError(f"{self.path}: the database does not exist (check --db or $WEBINAR_FLOWS_DB)")
+            raise DatabaseMissing(f"{self.path}: the database does not exist (check --db or $WEBINAR_FLOWS_DB)")
         self._depth = 0
         try:
             self._open(synchronous)
         except sqlite3.Error as exc:
+            self._close_quietly()
             raise _translate(exc, self.path) from exc
+        except StoreError:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
 
     def _open(self, synchronous: str) -> None:
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
@@ -95,7 +291,7 @@ class SQLiteStore:
             except sqlite3.OperationalError as exc:
                 # Switching a new file to WAL, or creating its schema, can meet another process
                 # doing the same; SQLite does not wait on that lock upgrade, so we do.
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                if not _busy(exc) or time.monotonic() > deadline:
                     raise
                 self.conn.close()
                 time.sleep(0.02)
@@ -104,17 +300,14 @@ class SQLiteStore:
         if self.path != ":memory:":
             parent = Path(self.path).resolve().parent
             if not parent.is_dir():
-                raise StoreError(f"{self.path}: cannot open the database: directory {parent} does not exist")
+                raise DatabaseMissing(f"{self.path}: cannot open the database: directory {parent} does not exist")
         self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                     check_same_thread=False)
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        refusal = _refusal(self.conn, self.path)
+        if refusal is not None:
+            raise refusal
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: the database has schema version {version}, newer than this "
-                             f"webinar-flows understands ({SCHEMA_VERSION}); upgrade webinar-flows")
-        if version == 0 and self._foreign():
-            raise StoreError(f"{self.path}: not a webinar-flows database (it holds other tables); "
-                             "use a new file")
         if self.path != ":memory:" and self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -122,13 +315,9 @@ class SQLiteStore:
         # Each event dirties a few index pages at random; a longer WAL lets a checkpoint copy a
         # hot page once for many commits and fsync less often (SQLite's default is 1,000 pages).
         self.conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
+        _with_instants(self.conn)
         if version < SCHEMA_VERSION:
             self._migrate()
-
-    def _foreign(self) -> bool:
-        """Whether a file without our schema version already holds someone else's tables."""
-        names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        return bool(names - {MIGRATIONS_TABLE})
 
     def _migrate(self) -> None:
         import sqlite_utils
@@ -183,6 +372,9 @@ class SQLiteStore:
             self.conn.execute(f"RELEASE {name}")
         finally:
             self._depth -= 1
+
+    # The per-event methods run inside `transaction()`, which translates their driver errors;
+    # they call the connection directly, with no layer in between.
 
     def find_envelope(self, source: str, event_id: str) -> str | None:
         row = self.conn.execute("SELECT body FROM envelopes WHERE source = ? AND id = ?", (source, event_id)).fetchone()
@@ -284,37 +476,40 @@ class SQLiteStore:
                                 " VALUES (?, ?, ?, ?)", (route_key, evaluated_at, config_hash, at))
         return cur.lastrowid  # type: ignore[return-value]
 
-    def route_row(self, route_key: str) -> dict[str, Any] | None:
-        cur = self.conn.execute("SELECT route_key, state, screen, version, config_hash, created_at, updated_at"
-                                " FROM routes WHERE route_key = ?", (route_key,))
-        row = cur.fetchone()
-        return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
 
-    def history(self, route_key: str) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT h.from_state, h.to_state, h.event_source, h.event_id, h.event_type, h.at"
-                                 " FROM facts AS f JOIN route_history AS h ON h.fact_seq = f.seq"
-                                 " WHERE f.route_key = ? ORDER BY h.seq", (route_key,))
-        return [{"from": f, "to": t, "event": {"source": s, "id": i, "type": ty}, "at": at}
-                for f, t, s, i, ty, at in rows]
+# -- a read-only reader of a database file -------------------------------------------------------------
 
-    def route_keys(self, match: dict[int, Any]) -> list[str]:
-        """Route keys whose JSON array holds `match[i]` at each position i, in key order."""
-        where = " AND ".join(f"json_extract(route_key, '$[{i}]') = ?" for i in match) or "1"
-        rows = self.conn.execute(f"SELECT route_key FROM routes WHERE {where} ORDER BY route_key",  # noqa: S608
-                                 tuple(match.values()))
-        return [r[0] for r in rows]
+class SQLiteReader(_SQLiteReads):
+    """A webinar-flows database opened so that nothing can be written to it (replay's live
+    database, diff's route counts). Its path is escaped into the URI (`#`, `?`, `%`)."""
 
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if not Path(path).is_file():
+            raise DatabaseMissing(f"{path}: no such database file")
+        try:
+            self.conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True,
+                                        isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        try:
+            refusal = _refusal(self.conn, self.path)
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if refusal is None and version < 1:
+                refusal = NotADatabase(f"{path}: not a webinar-flows database (schema version {version})")
+            _with_instants(self.conn)
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise _translate(exc, self.path) from exc
+        if refusal is not None:
+            self.conn.close()
+            raise refusal
 
-def _translate(exc: sqlite3.Error, path: str) -> StoreError:
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        hint = "another process held the database too long"
-    elif "full" in text or "disk I/O" in text:
-        hint = "disk full or write failed"
-    elif "not a database" in text or "malformed" in text:
-        hint = "the file is not a webinar-flows database or is corrupt"
-    elif "readonly" in text or "unable to open" in text:
-        hint = "cannot write there (read-only or missing directory?)"
-    else:
-        hint = "database error"
-    return StoreError(f"{path}: {hint}: {text}")
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SQLiteReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -195,3 +195,23 @@ def test_keys_help_shows_no_secret() -> None:
                  ("keys", "list", "--help")):
         result = run(*args)
         assert result.exit_code == 0 and "whsec_" not in result.output
+
+
+def test_concurrent_new_commands_lose_no_key(tmp_path: Path) -> None:
+    """Eight `keys new` processes at once on one file: every key is in it afterwards."""
+    import subprocess
+    import sys
+
+    cli_path = str(Path(sys.executable).with_name("webinar-flows"))
+    path = tmp_path / "keys.toml"
+    env = {k: v for k, v in os.environ.items() if k not in ("WEBINAR_FLOWS_KEYS", "CREDENTIALS_DIRECTORY")}
+    procs = [subprocess.Popen([cli_path, "keys", "new", f"site-{n}", "--emitter", TRACKER, "--keys", str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for n in range(8)]
+    secrets = {}
+    for n, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        secrets[f"site-{n}"] = out.decode().strip()
+    document = _doc(path)
+    assert {k: v["secrets"] for k, v in document["keys"].items()} == {k: [v] for k, v in secrets.items()}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

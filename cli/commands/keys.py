@@ -8,6 +8,8 @@ commands edit it in place:
   $CREDENTIALS_DIRECTORY/keys.toml. When none of them is given there is no default: a secret
   written to the current directory would too easily end up in git, and `serve` would not find
   it there. `keys new` then fails, saying how to name the file;
+- a change holds an exclusive flock on the file's directory from reading to replacing, so two
+  commands at once do not lose one's change;
 - every write is atomic: a temporary file in the same directory, created with mode 0600,
   fsynced, then renamed over the file (os.replace) and the directory fsynced. A reader sees
   the old file or the new one, never half of one;
@@ -19,9 +21,12 @@ commands edit it in place:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +111,22 @@ def write_atomically(path: Path, document: dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file's directory while it is read, changed and replaced, so
+    that two `keys` commands at once cannot lose one's change (flock; no lock file left behind)."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise Failed(f"error: cannot open the keys file's directory {directory}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _key(document: dict[str, Any], path: Path, key_id: str) -> dict[str, Any]:
     spec = document.get("keys", {}).get(key_id)
     if spec is None:
@@ -168,19 +189,20 @@ def new(ctx: click.Context, key_id: str, emitter: str, batch: bool, rate: float 
         raise Failed(f"error: emitter {emitter!r} is internal (the engine's own); a key may speak for: "
                      f"{', '.join(outside) or 'no emitter'}")
     path = _locate(keys_file)
-    document = _load(path, must_exist=False)
-    table = document.setdefault("keys", {})
-    if key_id in table:
-        raise Failed(f"error: {path}: key {key_id!r} exists; use 'webinar-flows keys rotate {key_id}' for a new "
-                     f"secret")
-    secret = new_secret()
-    spec: dict[str, Any] = {"emitter": emitter, "secrets": [secret]}
-    if batch:
-        spec["batch"] = True
-    if rate is not None:
-        spec["rate"] = int(rate) if float(rate).is_integer() else rate
-    table[key_id] = spec
-    write_atomically(path, document)
+    with _locked(path):
+        document = _load(path, must_exist=False)
+        table = document.setdefault("keys", {})
+        if key_id in table:
+            raise Failed(f"error: {path}: key {key_id!r} exists; use 'webinar-flows keys rotate {key_id}' for a "
+                         f"new secret")
+        secret = new_secret()
+        spec: dict[str, Any] = {"emitter": emitter, "secrets": [secret]}
+        if batch:
+            spec["batch"] = True
+        if rate is not None:
+            spec["rate"] = int(rate) if float(rate).is_integer() else rate
+        table[key_id] = spec
+        write_atomically(path, document)
     click.echo(secret)
     click.echo(f"added key {key_id} for {emitter} to {path}; the secret above is shown once: give it to the "
                f"sender (e.g. WEBINAR_FLOWS_SECRET in its wp-config.php)", err=True)
@@ -198,11 +220,12 @@ def rotate(key_id: str, keys_file: Path | None) -> None:
     uses the new one.
     """
     path = _locate(keys_file)
-    document = _load(path, must_exist=True)
-    spec = _key(document, path, key_id)
-    secret = new_secret()
-    spec["secrets"] = [secret, *_secrets(spec)[:MAX_SECRETS - 1]]
-    write_atomically(path, document)
+    with _locked(path):
+        document = _load(path, must_exist=True)
+        spec = _key(document, path, key_id)
+        secret = new_secret()
+        spec["secrets"] = [secret, *_secrets(spec)[:MAX_SECRETS - 1]]
+        write_atomically(path, document)
     click.echo(secret)
     click.echo(f"rotated key {key_id} in {path}: the new secret above is shown once; the previous one "
                f"stays valid until 'webinar-flows keys retire {key_id}'", err=True)
@@ -214,14 +237,15 @@ def rotate(key_id: str, keys_file: Path | None) -> None:
 def retire(key_id: str, keys_file: Path | None) -> None:
     """End a rotation: key ID keeps only its newest secret."""
     path = _locate(keys_file)
-    document = _load(path, must_exist=True)
-    spec = _key(document, path, key_id)
-    secrets = _secrets(spec)
-    if len(secrets) <= 1:
-        click.echo(f"key {key_id} in {path} has one secret: nothing to retire", err=True)
-        return
-    spec["secrets"] = secrets[:1]
-    write_atomically(path, document)
+    with _locked(path):
+        document = _load(path, must_exist=True)
+        spec = _key(document, path, key_id)
+        secrets = _secrets(spec)
+        if len(secrets) <= 1:
+            click.echo(f"key {key_id} in {path} has one secret: nothing to retire", err=True)
+            return
+        spec["secrets"] = secrets[:1]
+        write_atomically(path, document)
     click.echo(f"key {key_id} in {path}: {len(secrets) - 1} old secret(s) retired", err=True)
 
 

@@ -24,7 +24,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import sys
 import time
 import urllib.error
@@ -126,7 +125,7 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answ
         except (OSError, http.client.HTTPException):
             data = b""
         return Answer(exc.code, data, _retry_after(exc.headers.get("Retry-After") if exc.headers else None))
-    except (urllib.error.URLError, OSError, http.client.HTTPException, socket.timeout) as exc:
+    except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", None) or exc
         return Answer(None, b"", None, f"{type(exc).__name__}: {reason}")
 

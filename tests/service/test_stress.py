@@ -29,9 +29,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dbstate import snapshot
 from serverkit import TRACKER, KeySpec, Server, signed, start_server
 
-from dbstate import snapshot
 from engine import Engine
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -78,7 +78,7 @@ class AccessLog:
         if info.route == INGEST:
             self.metrics.request(outcome, seconds)
         line: dict[str, Any] = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "method": scope.get("method"), "route": info.route or "other", "key_id": info.key,
             "outcome": outcome, "status": status, "events": info.events, "duration_ms": round(seconds * 1000, 3),
         }

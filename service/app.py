@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import sqlite3
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,12 +38,13 @@ from .auth import verify
 from .keys import EmitterKey
 from .limits import HeaderLimit, TokenBuckets, rate_limited, read_body
 from .metrics import CONTENT_TYPE, Metrics
-from .problems import Problem, rejected, too_large, unauthorized, unavailable
+from .problems import Problem, rejected, unauthorized, unavailable
 from .settings import Settings, settings_from_environment
 from .writer import QueueFull, Writer, WriterClosed
 
 ALLOW = "POST, OPTIONS"
 READY_QUEUE_SHARE = 0.8
+STUCK_SECONDS = 2.0  # a commit takes milliseconds; one waiting this long means the database is not writable
 _ENVELOPE_REASONS = ("malformed_json", "invalid_envelope")
 
 
@@ -108,15 +110,20 @@ class Service:
         return await asyncio.wrap_future(future)
 
     def database_writable(self) -> tuple[bool, str]:
-        """Whether a write transaction can start now (taken and given back at once)."""
-        try:
-            with sqlite3.connect(self.settings.db, timeout=1.0, isolation_level=None) as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("ROLLBACK")
-            conn.close()
-            return True, "writable"
-        except sqlite3.Error as exc:
-            return False, f"not writable: {exc}"
+        """Whether the writer can commit: the file and its directory are writable, the last
+        transaction did not fail and none has been waiting (on a lock, a full disk) too long.
+
+        A probe of its own would need a second write connection, which only the writer has.
+        """
+        db = Path(self.settings.db)
+        if not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK):
+            return False, "the database file or its directory is not writable"
+        if self.writer.last_error is not None:
+            return False, self.writer.last_error
+        since = self.writer.busy_since
+        if since is not None and time.monotonic() - since > STUCK_SECONDS:
+            return False, f"a transaction has waited more than {STUCK_SECONDS:g} s (a lock held elsewhere?)"
+        return True, "writable"
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -229,7 +236,7 @@ async def readyz(request: Request) -> Response:
     """Ready when the database takes a write, the writer runs and its queue is below 80%."""
     service = _service(request)
     note(request.scope).route = "/readyz"
-    writable, detail = await run_in_threadpool(service.database_writable)
+    writable, detail = service.database_writable()
     depth, capacity = service.writer.depth, service.settings.queue_events
     checks = {
         "database": {"ok": writable, "detail": detail},

@@ -16,7 +16,7 @@ from urllib.parse import unquote_to_bytes
 from engine import Received
 
 from .keys import EmitterKey
-from .problems import Problem, too_large, unsupported
+from .problems import too_large, unsupported
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"

@@ -11,7 +11,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import DEFAULT_MAX_EVENT_BYTES, Config, ConfigError, find_config, load_config
+from engine import (
+    DEFAULT_MAX_EVENT_BYTES,
+    Config,
+    ConfigError,
+    find_config,
+    load_config,
+)
 
 from .keys import HOW_TO_CREATE, Keys, KeysFileError, find_keys_file, load_keys
 

@@ -11,6 +11,7 @@ it is full a request is refused at once rather than held in memory.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
@@ -51,6 +52,8 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="webinar-flows-writer", daemon=True)
         self._started = threading.Event()
         self._failure: BaseException | None = None
+        self.busy_since: float | None = None  # monotonic start of the transaction under way
+        self.last_error: str | None = None  # why the last transaction failed; None once one commits
 
     @property
     def depth(self) -> int:
@@ -118,12 +121,17 @@ class Writer:
 
     def _commit(self, engine: Engine, jobs: list[_Job]) -> None:
         items = [item for job in jobs for item in job.items]
+        self.busy_since = time.monotonic()
         try:
             results = engine.process_many(items, batch_size=max(1, len(items)))
         except Exception as exc:  # noqa: BLE001 - each waiting request answers it (503 for a StoreError)
+            self.last_error = f"the last transaction failed: {type(exc).__name__}: {exc}"
             for job in jobs:
                 _settle(job.future, exception=exc)
             return
+        finally:
+            self.busy_since = None
+        self.last_error = None
         if self._on_commit is not None:
             self._on_commit(len(items))
         start = 0

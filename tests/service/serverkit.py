@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +262,7 @@ def signed(secret: str, headers: dict[str, str], body: bytes, *, msg_id: str | N
            at: float | None = None) -> dict[str, str]:
     """`headers` plus webhook-id/-timestamp/-signature made by the standardwebhooks library."""
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    moment = datetime.fromtimestamp(time.time() if at is None else at, tz=timezone.utc)
+    moment = datetime.fromtimestamp(time.time() if at is None else at, tz=UTC)
     signature = Webhook(secret).sign(msg_id, moment, body.decode("utf-8"))
     return {**headers, "webhook-id": msg_id, "webhook-timestamp": str(int(moment.timestamp())),
             "webhook-signature": signature}

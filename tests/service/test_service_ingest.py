@@ -11,13 +11,19 @@ from typing import Any
 
 import httpx
 import pytest
-
-from engine import Engine
+from conftest import completed, entered
 from serverkit import (  # noqa: F401  (served is a fixture)
-    TRACKER, Server, batched, binary, post, served, signed, structured,
+    TRACKER,
+    Server,
+    batched,
+    binary,
+    post,
+    served,
+    signed,
+    structured,
 )
 
-from conftest import completed, entered
+from engine import Engine
 
 PROBLEM = "application/problem+json"
 
@@ -329,8 +335,7 @@ def test_health_and_readiness(served: Server) -> None:
 def test_zz_metrics_labels_come_from_closed_sets(served: Server) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from engine import load_config
-    from engine import bundled_config
+    from engine import bundled_config, load_config
     from service.metrics import STATUSES
     from service.problems import OUTCOMES
 

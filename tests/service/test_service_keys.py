@@ -9,7 +9,13 @@ import pytest
 
 from engine import bundled_config, load_config
 from service.keys import (
-    KeysFileError, SECRET_PREFIX, check_keys, find_keys_file, load_keys, new_secret, parse_secret,
+    SECRET_PREFIX,
+    KeysFileError,
+    check_keys,
+    find_keys_file,
+    load_keys,
+    new_secret,
+    parse_secret,
 )
 
 TRACKER = "client-webinar-tracker-v2"

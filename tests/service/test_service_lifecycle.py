@@ -14,14 +14,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from engine import Engine
+from conftest import entered
 from serverkit import (  # noqa: F401  (serve_factory is a fixture)
-    KeySpec, Server, clean_env, console_script, free_port, hold_write_lock, post, serve_factory, structured,
+    KeySpec,
+    Server,
+    clean_env,
+    console_script,
+    free_port,
+    hold_write_lock,
+    post,
+    serve_factory,
+    structured,
     write_keys,
 )
 
-from conftest import entered
+from engine import Engine
 
 
 def lead() -> str:
@@ -38,7 +45,8 @@ def stored_exactly_once(db: Path, events: list[bytes]) -> bool:
 
 def run_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [console_script(), "serve", "--port", str(free_port()), "--db", str(tmp_path / "x.db"), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env or clean_env())
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env or clean_env(),
+                          check=False)
 
 
 # -- refusing to start -------------------------------------------------------------------
@@ -82,7 +90,7 @@ def test_the_keys_file_is_found_through_credentials_directory(tmp_path: Path) ->
 
 def test_sigterm_under_load_answers_what_it_took_and_exits_0_within_10_s(serve_factory) -> None:
     server: Server = serve_factory("term")
-    acked, stop = [], threading.Event()
+    acked, other, stop = [], [], threading.Event()
 
     def sender() -> None:
         with httpx.Client() as client:
@@ -97,12 +105,14 @@ def test_sigterm_under_load_answers_what_it_took_and_exits_0_within_10_s(serve_f
                 if response.status_code == 200:
                     acked.append(event)
                 else:
-                    assert response.status_code == 503, response.text
+                    other.append(response.status_code)
 
     threads = [threading.Thread(target=sender) for _ in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 15
+    while len(acked) < 20 and time.monotonic() < deadline:  # load is on: some requests were answered
+        time.sleep(0.05)
     started = time.monotonic()
     status = server.stop(signal.SIGTERM)
     took = time.monotonic() - started
@@ -110,7 +120,8 @@ def test_sigterm_under_load_answers_what_it_took_and_exits_0_within_10_s(serve_f
     for thread in threads:
         thread.join(15)
     assert status == 0 and took < 10
-    assert len(acked) > 10 and stored_exactly_once(server.db, acked)
+    assert set(other) <= {503}
+    assert len(acked) >= 20 and stored_exactly_once(server.db, acked)
     assert "Traceback" not in server.output()
 
 
@@ -149,8 +160,13 @@ def test_a_held_writer_fills_the_queue_then_503_and_not_ready_then_recovers_losi
             assert len(refused) == 5 and all(f.result().headers["retry-after"].isdigit() for f in refused)
             assert all(f.result().headers["content-type"].startswith("application/problem+json") for f in refused)
             ready = httpx.get(f"{server.url}/readyz", timeout=10)
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["queue"]["ok"] is False and ready.json()["checks"]["database"]["ok"] is False
+            assert ready.status_code == 503 and ready.json()["checks"]["queue"]["ok"] is False
+            for _ in range(40):  # bounded: 4 s; the writer's transaction waits past the 2 s it may take
+                if not ready.json()["checks"]["database"]["ok"]:
+                    break
+                time.sleep(0.1)
+                ready = httpx.get(f"{server.url}/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.json()["checks"]["database"]["ok"] is False
         # the lock is released: the held requests commit and are answered
         answered = [f for f in futures if f not in refused]
         assert all(f.result(timeout=30).status_code == 200 for f in answered)

@@ -7,7 +7,7 @@ import base64
 import threading
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ with warnings.catch_warnings():  # Starlette 1.x asks for `httpx2`; the httpx th
     warnings.filterwarnings("ignore", message=".*httpx2")
     from starlette.testclient import TestClient
 
+from conftest import entered
+from serverkit import signed, structured, write_keys
+
 from engine import bundled_config, load_config
 from service.app import create_app
 from service.auth import verify
@@ -25,15 +28,12 @@ from service.keys import load_keys, new_secret, parse_secret
 from service.limits import TokenBuckets
 from service.settings import Settings
 from service.writer import QueueFull, Writer, WriterClosed
-from serverkit import signed, structured, write_keys
-
-from conftest import entered
 
 NOW = 1_800_000_000
 
 
 def _signature(secret: str, msg_id: str, at: int, body: bytes) -> bytes:
-    moment = datetime.fromtimestamp(at, tz=timezone.utc)
+    moment = datetime.fromtimestamp(at, tz=UTC)
     return Webhook(secret).sign(msg_id, moment, body.decode("utf-8")).encode()
 
 

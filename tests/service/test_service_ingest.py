@@ -157,6 +157,13 @@ def test_a_binary_request_without_ce_id_is_400_and_its_body_stored(served: Serve
     assert stored(served)[1][-1]["reason"] == "invalid_envelope"
 
 
+def test_a_binary_request_with_a_ce_datacontenttype_header_is_400(served: Server) -> None:
+    headers, body = binary(entered(lead=lead()))
+    headers["ce-datacontenttype"] = "application/json"
+    problem = assert_problem(post(served, "site-b", headers, body), 400)
+    assert problem["reason"] == "invalid_envelope" and problem["errors"][0]["code"] == "not_allowed"
+
+
 def test_a_binary_header_that_is_not_utf8_once_decoded_is_400(served: Server) -> None:
     headers, body = binary(entered(lead=lead()))
     headers["ce-subject"] = "caf%E9"

@@ -146,3 +146,27 @@ def test_the_factory_builds_an_app_that_serves_in_process(tmp_path: Path) -> Non
         assert response.json()["results"][0]["status"] == "accepted"
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/nowhere").headers["content-type"] == "application/problem+json"
+
+
+def test_a_database_that_cannot_be_written_is_503_with_retry_after(tmp_path: Path) -> None:
+    from concurrent.futures import Future
+
+    from engine import StoreError
+
+    config = load_config(bundled_config())
+    keys = load_keys(write_keys(tmp_path / "keys.toml"), config)
+    app = create_app(Settings(config=config, db=tmp_path / "t.db", keys=keys))
+    headers, body = structured(entered(lead="unit-lead-2"))
+    secret = "whsec_" + base64.b64encode(keys.keys["site-b"].secrets[0]).decode()
+
+    def failing(items: list[Any]) -> Future:
+        future: Future = Future()
+        future.set_exception(StoreError("database is locked"))
+        return future
+
+    with TestClient(app) as client:
+        app.state.service.writer.submit = failing
+        response = client.post("/v1/ingest/site-b", content=body, headers=signed(secret, headers, body))
+    assert response.status_code == 503 and response.headers["retry-after"].isdigit()
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 503

@@ -124,6 +124,30 @@ class RouteKey:
         return dict(zip(self.fields, json.loads(text), strict=True))
 
 
+# The kinds of action the scenario produces (runtime/scenario.py), in the order it reports them:
+# what the outbox carries as `action.<kind>` and what consumers.yaml may subscribe to.
+ACTION_KINDS: tuple[str, ...] = ("route", "screen", "reminder")
+# The consumer the engine has built in: it applies route and screen actions inside the engine,
+# so consumers.yaml does not declare it.
+ROUTE_CONSUMER = "route-consumer"
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A reader of the outbox (consumers.yaml): the action kinds and derived events it receives."""
+
+    name: str
+    description: str
+    actions: tuple[str, ...]  # a subset of ACTION_KINDS, in the order written
+    events: tuple[str, ...]  # derived events (those a rule emits), in the order written
+
+    def receives(self, item_type: str) -> bool:
+        """Whether an outbox item of this CloudEvents `type` (`action.<kind>` or an event) is for it."""
+        if item_type.startswith("action."):
+            return item_type[len("action."):] in self.actions
+        return item_type in self.events
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
     event: str
@@ -143,6 +167,8 @@ class Config:
     files: tuple[Path, ...] = field(default=())
     # (URI, content) of every local file a payload `$ref` reaches; read and hashed by loading
     schema_resources: tuple[tuple[str, Any], ...] = field(default=())
+    # consumers.yaml, optional: name -> what it receives from the outbox (empty without the file)
+    consumers: dict[str, ConsumerSpec] = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[Problem]:

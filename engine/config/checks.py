@@ -12,7 +12,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from ..errors import Problem
-from ..model import Config, RuleSpec
+from ..model import ACTION_KINDS, ROUTE_CONSUMER, Config, RuleSpec
 from .patterns import unsafe_pattern
 from .refs import LocalFiles, check_refs, patterns_of
 from .yamlfile import YamlDoc
@@ -49,6 +49,7 @@ def run(config: Config, docs: dict[str, YamlDoc], files: LocalFiles | None = Non
     _check_rules(config, report)
     _check_route(config, report)
     _check_usage(config, report)
+    _check_consumers(config, report)
     return []
 
 
@@ -349,3 +350,44 @@ def _check_usage(config: Config, report: _Reporter) -> None:
         if name not in used:
             report.warning(events_doc, ("events", name), "unused_event",
                            f"event '{name}' is used by no transition and no rule")
+
+
+def _route_consumer_name(name: str) -> bool:
+    """Whether `name` is the built-in Route Consumer's: case-insensitive, `-` and `_` alike."""
+    return name.lower().replace("_", "-") == ROUTE_CONSUMER
+
+
+def _check_consumers(config: Config, report: _Reporter) -> None:
+    """consumers.yaml, when present: each consumer receives derived events and action kinds that
+    exist, and none stands in for the built-in Route Consumer."""
+    if not report.by_kind.get("consumers"):
+        return
+    doc = report.doc("consumers")
+    derived = config.emitted_by_rules()
+    inputs = config.input_events()
+    for name, spec in config.consumers.items():
+        path = ("consumers", name)
+        _vocabulary(report, doc, path, "consumer", name)
+        if _route_consumer_name(name):
+            report.error(doc, path, "route_consumer_clash",
+                         f"consumer '{name}' clashes with the built-in Route Consumer, which applies route and "
+                         "screen actions inside the engine and is not declared here: choose another name")
+        for i, kind in enumerate(spec.actions):
+            if kind not in ACTION_KINDS:  # pass 1 refuses it too; kept for a model built by hand
+                report.error(doc, path + ("receives", "actions", i), "unknown_action",
+                             f"consumer '{name}' receives unknown action kind '{kind}' "
+                             f"(the scenario produces {', '.join(ACTION_KINDS)})")
+        for i, event in enumerate(spec.events):
+            at = path + ("receives", "events", i)
+            if event not in config.events:
+                report.error(doc, at, "unknown_event", f"consumer '{name}' receives unknown event '{event}'")
+            elif event not in derived:
+                why = ("it is an input event, and an input event is not in the outbox" if event in inputs else
+                       "an internal emitter lists it, but the outbox holds only what the rules derive")
+                rules = ", ".join(sorted(derived)) or "none"
+                report.error(doc, at, "not_in_outbox",
+                             f"consumer '{name}' receives '{event}', which no rule emits: {why} "
+                             f"(events in the outbox: {rules})")
+        if not spec.actions and not spec.events:
+            report.warning(doc, path + ("receives",), "receives_nothing",
+                           f"consumer '{name}' receives nothing: list action kinds or derived events under receives")

@@ -24,6 +24,7 @@ from .refs import LocalFiles
 from ..errors import ConfigError, Problem
 from ..model import (
     Config,
+    ConsumerSpec,
     DataCondition,
     EmitterSpec,
     EvaluationResult,
@@ -38,6 +39,7 @@ from ..model import (
 from .yamlfile import MAX_FILE_BYTES, YamlDoc, load_yaml
 
 FILES = ("events.yaml", "emitters.yaml", "states.yaml")
+OPTIONAL_FILES = ("consumers.yaml",)  # part of the config (and its hash) only when present
 RULES_DIR = "rules"
 
 # Keys that would bring time logic or executable callbacks into a config. Each is refused
@@ -48,19 +50,21 @@ CALLBACK_KEYS = frozenset({"on_enter", "on_exit", "conditions", "unless", "befor
                            "on_exception", "on_final", "finalize_event", "prepare_event", "callbacks",
                            "after_state_change", "before_state_change"})
 _FREE_FORM = {"payload", "data", "where", "repeatable_when"}  # below these, keys are user field names
-_NAME_MAPS = {"emitters", "events"}  # below these, keys are emitter or event names, not config keys
+_NAME_MAPS = {"emitters", "events", "consumers"}  # below these, keys are names, not config keys
 
 
 def _schema(name: str) -> dict[str, Any]:
     return json.loads(resources.files("engine.config").joinpath(f"schemas/{name}.schema.json").read_text("utf-8"))
 
 
-_VALIDATORS = {kind: Draft202012Validator(_schema(kind)) for kind in ("events", "emitters", "rules", "states")}
+_VALIDATORS = {kind: Draft202012Validator(_schema(kind))
+               for kind in ("events", "emitters", "rules", "states", "consumers")}
 
 
 def config_files(root: Path) -> list[Path]:
     """The files that make up a config, in a stable order (what the config hash covers)."""
     files = [root / name for name in FILES]
+    files += [root / name for name in OPTIONAL_FILES if (root / name).is_file()]
     rules = root / RULES_DIR
     if rules.is_dir():
         files += sorted(p for p in rules.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
@@ -139,6 +143,11 @@ def _schema_pass(doc: YamlDoc) -> None:
             for key in sorted(set(error.instance) - known):
                 doc.problem(path + (key,), "unknown_key", f"unknown key '{key}' (allowed: {', '.join(sorted(known))})")
             continue
+        custom = error.schema.get("x-code") if isinstance(error.schema, dict) else None
+        if custom:  # the schema names this refusal itself (e.g. an unknown action kind)
+            doc.problem(path, custom, f"{'/'.join(map(str, path))}: "
+                        + error.schema["x-message"].format(value=json.dumps(error.instance, ensure_ascii=False)))
+            continue
         code = "invalid_value" if error.validator != "required" else "missing_key"
         doc.problem(path, code, f"{'/'.join(map(str, path)) or 'document'}: {error.message}")
 
@@ -206,7 +215,27 @@ def _build(root: Path, docs: dict[str, YamlDoc], config_hash: str) -> Config:
         rules += [_rule(r, doc.file) for r in data.get("rules", [])]
     return Config(root=root, hash=config_hash, events=events, emitters=emitters, rules=tuple(rules),
                   route=_route(_doc(docs, "states")[0].data), evaluation_result=evaluation,
-                  files=tuple(config_files(root)))
+                  files=tuple(config_files(root)), consumers=_consumers(_doc(docs, "consumers")))
+
+
+def _consumers(docs: list[YamlDoc]) -> dict[str, ConsumerSpec]:
+    """consumers.yaml as specs; none without the file. Tolerant of a file that failed its schema
+    (pass 2 then still runs over the rest): what is not a list of names is left out."""
+    data = docs[0].data if docs else None
+    section = data.get("consumers") if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        return {}
+
+    def names(value: Any) -> tuple[str, ...]:
+        return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+    found = {}
+    for name, spec in section.items():
+        spec = spec if isinstance(spec, dict) else {}
+        receives = spec.get("receives") if isinstance(spec.get("receives"), dict) else {}
+        description = spec.get("description") if isinstance(spec.get("description"), str) else ""
+        found[name] = ConsumerSpec(name, description, names(receives.get("actions")), names(receives.get("events")))
+    return found
 
 
 def _event(name: str, spec: dict[str, Any]) -> EventSpec:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,7 +27,7 @@ from .context import (
     pass_app,
     problems_text,
 )
-from .lines import read_lines
+from .lines import NoBar, check_stdin, open_inputs, read_lines
 from .options import (
     RouteKeyArgs,
     at_time,
@@ -114,42 +113,6 @@ def validate(app: AppContext, fmt: str) -> None:
 
 # -- process ---------------------------------------------------------------------------------------
 
-_STDIN = "standard input"
-
-
-def _inputs(files: tuple[str, ...]) -> Iterator[tuple[str | None, str, BinaryIO]]:
-    """(origin for the result lines, name for messages, stream) per input, opened in turn."""
-    named = len(files) > 1
-    for name in files or ("-",):
-        if name == "-":
-            yield ("-" if named else None), _STDIN, sys.stdin.buffer
-            continue
-        try:
-            handle = open(name, "rb")  # noqa: SIM115
-        except OSError as exc:
-            raise Failed(f"error: cannot read {name}: {exc.strerror}") from None
-        with handle:
-            yield (name if named else None), name, handle
-
-
-def _lines(stream: BinaryIO, name: str, max_bytes: int) -> Iterator[tuple[int, Any]]:
-    try:
-        yield from read_lines(stream, max_bytes)
-    except OSError as exc:
-        raise Failed(f"error: cannot read {name}: {exc.strerror or exc}") from None
-
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None
-
-
 def _summary(counts: dict[str, int]) -> str:
     return f"{counts['accepted']} accepted, {counts['duplicate']} duplicate, {counts['rejected']} rejected"
 
@@ -171,22 +134,21 @@ def process(app: AppContext, files: tuple[str, ...], batch_size: int, max_event_
     are skipped but counted. A summary goes to stderr. Rejections are data: the exit code
     is 0 unless the run itself failed.
     """
-    if sys.stdin is None and (not files or "-" in files):
-        raise Failed("error: standard input is closed; give FILES, or pipe events into it")
+    check_stdin(files)
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     total = sum(os.path.getsize(f) for f in files if f != "-" and os.path.isfile(f))
     show_bar = sys.stderr.isatty() and total > 0
     with app.engine(max_event_bytes=max_event_bytes, synchronous=synchronous.upper()) as engine:
         app.on_failure(lambda: f"{_summary(counts)} before the failure")
-        with click.progressbar(length=total, file=sys.stderr, label="processing") if show_bar else _NoBar() as bar:
-            for origin, name, stream in _inputs(files):
+        with click.progressbar(length=total, file=sys.stderr, label="processing") if show_bar else NoBar() as bar:
+            for origin, name, stream in open_inputs(files):
                 _run_stream(engine, origin, name, stream, batch_size, max_event_bytes, counts, bar)
     click.echo(_summary(counts), err=True)
 
 
 def _run_stream(engine: Engine, origin: str | None, name: str, stream: BinaryIO, batch_size: int, max_bytes: int,
                 counts: dict[str, int], bar: Any) -> None:
-    items = ((raw, origin, number) for number, raw in _lines(stream, name, max_bytes))
+    items = ((raw, origin, number) for number, raw in read_lines(stream, max_bytes, name))
     done = 0
     for results in engine.iter_batches(items, batch_size):
         for result in results:
@@ -209,10 +171,11 @@ def _run_stream(engine: Engine, origin: str | None, name: str, stream: BinaryIO,
 def evaluate(app: AppContext, key: RouteKeyArgs, at: str | None) -> None:
     """Run an explicit evaluation: the rules that fire `on: {evaluation: true}`.
 
-    One JSON line per lead: lead_id, webinar_id (the route key's fields), the evaluation
-    result (attended: true | false | null) and the events it emitted. --webinar is needed;
-    without --lead every lead with facts on the webinar is evaluated. Evaluating again at
-    the same --at derives nothing new.
+    One JSON line per route: its key fields (lead_id, webinar_id with the default config),
+    the evaluation result (attended: true | false | null) and the events it emitted.
+    --webinar (every key field but the first) is needed; without --lead (the first field)
+    every lead with facts on the webinar is evaluated. Evaluating again at the same --at
+    derives nothing new.
     """
     config = app.config()
     scope = key.resolve(config, need="scope")
@@ -228,7 +191,9 @@ def evaluate(app: AppContext, key: RouteKeyArgs, at: str | None) -> None:
 def route(app: AppContext, key: RouteKeyArgs) -> None:
     """Show one lead's route on one webinar: state, screen, config hash and history.
 
-    History is oldest first, one entry per route change. Exit 1 when no route exists.
+    A route is named by every field of the config's route key: --lead and --webinar with
+    the default key, --key FIELD=VALUE for any other. History is oldest first, one entry
+    per route change. Exit 1 when no route exists.
     """
     config = app.config()
     wanted = key.resolve(config, need="all")

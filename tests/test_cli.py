@@ -1,4 +1,4 @@
-"""The command line, as DESIGN.md "The command line" describes it.
+"""The command line, as docs/cli/ describes it.
 
 Most tests run in-process through click's CliRunner (the `run_cli` fixture, in tmp_path);
 the ones marked "subprocess" run the installed console script, the way services and
@@ -267,6 +267,19 @@ def test_db_option_and_environment(run_cli, tmp_path, monkeypatch):
     assert json.loads(route.stdout)["history"][0]["event"]["id"] == "x1"
 
 
+def test_a_command_option_wins_over_the_group_option(run_cli, tmp_path, config_copy):
+    add_registered_emitter(config_copy)
+    reg = jsonl(registered(id="reg1", source="client-registration-form"))
+    out = run_cli("--db", "group.db", "--config", str(tmp_path / "nowhere"), "process", "-", "--db", "cmd.db",
+                  "--config", str(config_copy), input=reg)
+    assert result_lines(out.stdout)[0]["status"] == "accepted", out.output
+    assert rows(tmp_path / "cmd.db", "SELECT id FROM facts") == [("reg1",)]
+    assert not (tmp_path / "group.db").exists()
+    # and the group's option is used when the command gives none
+    route = run_cli("--db", "cmd.db", "--config", str(config_copy), "route", "--lead", "l1", "--webinar", "w1")
+    assert json.loads(route.stdout)["config_hash"] == load_config(config_copy).hash
+
+
 def test_a_database_that_cannot_be_opened_fails_the_run(run_cli, tmp_path):
     (tmp_path / "notes.db").write_text("not a database\n" * 100)
     for args in (("process", "-"), ("route", "--lead", "l1", "--webinar", "w1"), ("evaluate", "--webinar", "w1")):
@@ -452,8 +465,9 @@ def test_route_needs_lead_and_webinar(run_cli, args):
     ((), ["validate", "process", "evaluate", "route", "--config", "--db", "--version"]),
     (("validate",), ["--config", "--format", "exit"]),
     (("process",), ["FILES", "stdin", "--batch-size", "--max-event-bytes", "--db", "--config", "accepted", "summary"]),
-    (("evaluate",), ["--webinar", "--lead", "--at", "RFC 3339", "--db", "--config"]),
-    (("route",), ["--lead", "--webinar", "history", "--db", "--config"]),
+    (("evaluate",), ["--webinar", "--lead", "--key", "FIELD=VALUE", "--at", "RFC 3339", "--db", "--config"]),
+    (("route",), ["--lead", "--webinar", "--key", "FIELD=VALUE", "history", "--db", "--config"]),
+    (("explain",), ["--lead", "--webinar", "--key", "FIELD=VALUE", "--format", "--db", "--config"]),
 ])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_for_every_command(run_cli, command, words, flag):

@@ -44,6 +44,7 @@ from .writer import QueueFull, Writer, WriterClosed
 
 ALLOW = "POST, OPTIONS"
 READY_QUEUE_SHARE = 0.8
+FAILURE_SECONDS = 10.0
 STUCK_SECONDS = 2.0  # a commit takes milliseconds; one waiting this long means the database is not writable
 _ENVELOPE_REASONS = ("malformed_json", "invalid_envelope")
 
@@ -118,8 +119,9 @@ class Service:
         db = Path(self.settings.db)
         if not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK):
             return False, "the database file or its directory is not writable"
-        if self.writer.last_error is not None:
-            return False, self.writer.last_error
+        failed = self.writer.last_error
+        if failed is not None and time.monotonic() - failed[1] < FAILURE_SECONDS:
+            return False, failed[0]  # for a while only: unready gets no traffic, so no commit would clear it
         since = self.writer.busy_since
         if since is not None and time.monotonic() - since > STUCK_SECONDS:
             return False, f"a transaction has waited more than {STUCK_SECONDS:g} s (a lock held elsewhere?)"

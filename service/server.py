@@ -57,6 +57,11 @@ def run(settings: Settings, *, host: str, port: int, keep_alive: int = 5, max_co
         h11_max_incomplete_event_size=settings.max_header_bytes, timeout_keep_alive=keep_alive,
         limit_concurrency=max_connections, timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False)
     server = _Server(config, on_signal=app.state.service.begin_shutdown)
-    server.run()
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits on its own when it cannot bind: make that our exit 1
+        if exc.code not in (0, None):
+            raise SettingsError(f"error: the server did not start on {host}:{port} (see the messages above)") from None
+        raise
     if not server.started:
         raise SettingsError("error: the server did not start (see the messages above)")

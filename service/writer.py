@@ -53,7 +53,7 @@ class Writer:
         self._started = threading.Event()
         self._failure: BaseException | None = None
         self.busy_since: float | None = None  # monotonic start of the transaction under way
-        self.last_error: str | None = None  # why the last transaction failed; None once one commits
+        self.last_error: tuple[str, float] | None = None  # why the last transaction failed, and when
 
     @property
     def depth(self) -> int:
@@ -125,7 +125,7 @@ class Writer:
         try:
             results = engine.process_many(items, batch_size=max(1, len(items)))
         except Exception as exc:  # noqa: BLE001 - each waiting request answers it (503 for a StoreError)
-            self.last_error = f"the last transaction failed: {type(exc).__name__}: {exc}"
+            self.last_error = (f"the last transaction failed: {type(exc).__name__}: {exc}", time.monotonic())
             for job in jobs:
                 _settle(job.future, exception=exc)
             return

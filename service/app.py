@@ -141,7 +141,7 @@ class Service:
         self.closing = True
 
     def shutdown(self) -> None:
-        self.writer.stop(timeout=8.0)
+        self.writer.stop(timeout=3.0)  # a writer stuck on a lock is abandoned: nothing it holds was answered
         for engine in self._reader_list:
             engine.close()
 

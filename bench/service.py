@@ -1,6 +1,7 @@
 """The service benchmark: `webinar-flows serve` under concurrent signed posts.
 
-    python bench/service.py            # full run (about three minutes), rewrites docs/service-performance.md
+    python bench/service.py            # full run (about ten minutes: 3 repetitions), rewrites
+                                       # docs/service-performance.md and bench/service-results.json
     python bench/service.py --quick    # a smoke check: short runs, writes nothing
 
 What it measures, each configuration on a fresh database and a fresh server process:
@@ -36,6 +37,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -263,7 +265,29 @@ def _pct(sorted_values: list[float], pct: float) -> float:
     return sorted_values[index]
 
 
+def median_run(results: list[dict]) -> dict:
+    """One configuration over its repetitions: the median of each figure, statuses summed,
+    the worst foreign CPU and each figure's range kept beside it."""
+    out = dict(results[0])
+    for key, value in results[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            values = [r[key] for r in results]
+            out[key] = statistics.median(values)
+            out[f"{key}_range"] = (min(values), max(values))
+    if "statuses" in out:
+        statuses: dict[str, int] = {}
+        for r in results:
+            for k, v in r["statuses"].items():
+                statuses[k] = statuses.get(k, 0) + v
+        out["statuses"] = statuses
+    if "foreign_cpu_pct_of_machine" in out:
+        out["foreign_cpu_pct_of_machine"] = max(r["foreign_cpu_pct_of_machine"] for r in results)
+    out["reps"] = len(results)
+    return out
+
+
 def engine_rate(workdir: Path, lines: list[bytes], synchronous: str) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / f"engine-{synchronous}.db"
     machine_cpu, wall = _cpu_ticks(), time.perf_counter()
     with Engine.open(config=None, db=db, synchronous=synchronous) as engine:
@@ -282,7 +306,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, write nothing (a smoke check)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per configuration")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="repetitions; configurations alternate within each, the median is kept (default 3)")
     args = parser.parse_args()
+    reps = args.reps or (1 if args.quick else 3)
     seconds = args.seconds or (2.0 if args.quick else 8.0)
     workdir = Path(tempfile.mkdtemp(prefix="wf-bench-service-"))
     machine = {"python": platform.python_version(), "cores": os.cpu_count(), "platform": platform.platform(),
@@ -303,31 +330,48 @@ def main() -> None:
     ]
     if args.quick:
         plans = [plans[0], plans[1], plans[6]]
-    runs = []
+    every: dict[str, list[dict]] = {name: [] for name, *_ in plans}
+    engine_runs: dict[str, list[dict]] = {}
     try:
-        for i, (name, lines, conns, batch, serve_args) in enumerate(plans):
-            result = run_config(workdir / f"run-{i}", name, lines, connections=conns, batch=batch, seconds=seconds,
-                                serve_args=serve_args)
-            runs.append(result)
-            print(json.dumps(result), flush=True)
-        engine = [engine_rate(workdir, single[:n if args.quick else 60_000], s) for s in ("NORMAL", "FULL")]
-        for e in engine:
-            print(json.dumps(e), flush=True)
+        for rep in range(reps):
+            for i, (name, lines, conns, batch, serve_args) in enumerate(plans):
+                result = run_config(workdir / f"run-{rep}-{i}", name, lines, connections=conns, batch=batch,
+                                    seconds=seconds, serve_args=serve_args)
+                every[name].append(result)
+                print(json.dumps({"rep": rep, **result}), flush=True)
+            for sync in ("NORMAL", "FULL"):
+                e = engine_rate(workdir / f"engine-{rep}", single[:n if args.quick else 60_000], sync)
+                engine_runs.setdefault(e["name"], []).append(e)
+                print(json.dumps({"rep": rep, **e}), flush=True)
+        runs = [median_run(results) for results in every.values()]
+        engine = [median_run(results) for results in engine_runs.values()]
+        machine["reps"] = reps
+        machine["seconds_per_run"] = seconds
+        machine["per_rep"] = every
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.quick:
         print("quick run: nothing written", file=sys.stderr)
         return
+    (ROOT / "bench" / "service-results.json").write_text(json.dumps({"machine": machine, "runs": runs,
+                                                                      "engine": engine}, indent=1) + "\n")
     DOC.write_text(render(machine, runs, engine))
     print(f"wrote {DOC.relative_to(ROOT)}", file=sys.stderr)
 
 
 def render(machine: dict, runs: list[dict], engine: list[dict]) -> str:
     by = {r["name"]: r for r in runs}
+    per_rep = machine.get("per_rep", {})
 
     def ratio(a: str, b: str, field: str = "events_per_s") -> str:
-        return f"{by[a][field] / by[b][field]:.2f}×" if a in by and b in by and by[b][field] else "n/a"
+        """The median of the ratios within each repetition (both sides ran minutes apart at most)."""
+        if a not in per_rep or b not in per_rep:
+            return "n/a"
+        ratios = sorted(x[field] / y[field] for x, y in zip(per_rep[a], per_rep[b], strict=True) if y[field])
+        if not ratios:
+            return "n/a"
+        return f"{statistics.median(ratios):.2f}× (reps: {', '.join(f'{r:.2f}' for r in ratios)})"
 
     rows = ["| configuration | events/s | requests/s | p50 ms | p99 ms | non-200 answers | server CPU % | "
             "server CPU µs/event | clients CPU % | other processes, % of machine | load 1m before → after |",
@@ -356,6 +400,9 @@ by the machine, not by the server alone.
 
 Machine: {machine['platform']}, Python {machine['python']}, {machine['cores']} cores; load average
 (1, 5, 15 min) {machine['load_avg_at_start']} at the start, {machine['load_avg_at_end']} at the end.
+{machine.get('reps', 1)} repetitions of {machine.get('seconds_per_run')} s per configuration, the configurations
+alternating within each; a figure is the median of its repetitions, a ratio the median of the
+ratios within each repetition; "other processes" is the worst repetition's.
 
 {verdict}
 

@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, entered, jsonl, registered
 
-from engine import DatabaseMissing, Engine, NotADatabase, StoreBusy, StoreError, StoreFull, StoreReadOnly
+from engine import (
+    DatabaseMissing,
+    Engine,
+    NotADatabase,
+    StoreBusy,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+)
 from engine.config.locate import bundled_config
 from engine.store import sqlite as sqlite_store
 
@@ -219,7 +227,7 @@ def test_replay_reads_the_database_its_path_names(tmp_path, folder):
     assert sha(db) == before
     # A read-only reader of a WAL database may leave its -wal and -shm files; nothing else appears.
     shared = {Path(folder, "live.db-wal"), Path(folder, "live.db-shm")}
-    assert sorted(set(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) - shared) == siblings
+    assert sorted({p.relative_to(tmp_path) for p in tmp_path.rglob("*")} - shared) == siblings
 
 
 @pytest.mark.parametrize("folder", ["a#b", "a?b", "a%41b"])

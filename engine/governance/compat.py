@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..model import (
+    Config,
+    EvaluationResult,
+    EventSpec,
+    FactRef,
+    FieldMap,
+    RuleSpec,
+    StateSpec,
+)
 from .export import ANNOTATIONS, standalone_payload
-from ..model import Config, EvaluationResult, EventSpec, FactRef, FieldMap, RuleSpec, StateSpec
 
 EMITTERS = "emitters"
 CONSUMERS = "consumers"
@@ -66,13 +74,14 @@ def violates(changes: Iterable[Change], mode: str) -> bool:
 
 
 def diff(old: Config, new: Config, db: str | Path | None = None) -> list[Change]:
-    """Every change from `old` to `new`, in config order: events, emitters, route, rules.
+    """Every change from `old` to `new`, in config order: events, emitters, route, rules, consumers.
 
     With `db`, a removed route state is checked against the routes stored there; without
     one, routes are assumed to sit in it.
     """
     counts = route_counts(db) if db is not None else None
-    return [*_events(old, new), *_emitters(old, new), *_route(old, new, counts), *_rules(old, new)]
+    return [*_events(old, new), *_emitters(old, new), *_route(old, new, counts), *_rules(old, new),
+            *_consumers(old, new)]
 
 
 def route_counts(db: str | Path) -> dict[str, int]:
@@ -509,3 +518,37 @@ def _listed(items: Iterable[str]) -> str:
 
 def _ref(ref: FactRef) -> str:
     return ref.event + (f" where {_show(dict(ref.where))}" if ref.where else "")
+
+
+# ---------------------------------------------------------------- consumers (consumers.yaml)
+
+
+def _received(actions: tuple[str, ...], events: tuple[str, ...]) -> list[str]:
+    return [f"action.{kind}" for kind in actions] + list(events)
+
+
+def _consumers(old: Config, new: Config) -> Iterator[Change]:
+    """A consumer removed, or receiving less, breaks it; one added, or receiving more, is safe."""
+    for name, c in old.consumers.items():
+        if name not in new.consumers:
+            what = ", ".join(_received(c.actions, c.events)) or "nothing"
+            yield Change("consumer_removed", f"consumer {name}",
+                         f"{name} is no longer declared: its feed is refused and it no longer receives {what}",
+                         (CONSUMERS,))
+    for name, c in new.consumers.items():
+        if name not in old.consumers:
+            what = ", ".join(_received(c.actions, c.events)) or "nothing"
+            yield Change("consumer_added", f"consumer {name}", f"{name} receives {what}")
+    for name, o in old.consumers.items():
+        n = new.consumers.get(name)
+        if n is None:
+            continue
+        at = f"consumer {name}"
+        lost = [t for t in _received(o.actions, o.events) if t not in _received(n.actions, n.events)]
+        gained = [t for t in _received(n.actions, n.events) if t not in _received(o.actions, o.events)]
+        if lost:
+            yield Change("consumer_narrowed", at, f"{name} no longer receives {', '.join(lost)}", (CONSUMERS,))
+        if gained:
+            yield Change("consumer_widened", at, f"{name} now receives {', '.join(gained)} as well")
+        if o.description != n.description:
+            yield Change("description_changed", at, "the description changed (informational)")

@@ -13,10 +13,10 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .history import INPUT, Row, timeline
 from ..jsonvalue import canonical_json
 from ..model import RuleSpec
 from ..runtime.rules import Fact, build_data, why_not
+from .history import INPUT, Row, timeline
 
 if TYPE_CHECKING:
     from ..runtime.pipeline import Pipeline as Engine

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..runtime.envelope import KEEP_HEAD_BYTES
 from ..reasons import REJECTED, error
+from ..runtime.envelope import KEEP_HEAD_BYTES
 from ..store.base import REJECTION_STATES, RejectionFilter, Row
 
 if TYPE_CHECKING:
-    from ..runtime.pipeline import Item, Pipeline as Engine
+    from ..runtime.pipeline import Item
+    from ..runtime.pipeline import Pipeline as Engine
 
 STATES = REJECTION_STATES
 ORIGIN = "rejection:"  # the input-log origin of a reprocessed rejection: rejection:<seq>

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,13 +21,14 @@ from typing import Any
 
 from ..config.load import load_config
 from ..errors import UsageError
-from .history import EVALUATION, Row, input_bytes, timeline
-from ..runtime.envelope import DEFAULT_MAX_EVENT_BYTES, Oversized
 from ..model import Config
-from ..runtime.pipeline import DEFAULT_BATCH_SIZE, Item, Pipeline as Engine
+from ..reasons import ACCEPTED, REJECTED
+from ..runtime.envelope import DEFAULT_MAX_EVENT_BYTES, Oversized
+from ..runtime.pipeline import DEFAULT_BATCH_SIZE, Item
+from ..runtime.pipeline import Pipeline as Engine
 from ..store import open_reader, open_store
 from ..store.base import HistoryReader
-from ..reasons import ACCEPTED, REJECTED
+from .history import EVALUATION, Row, input_bytes, timeline
 
 Progress = Callable[[int, int], None]  # (done, total)
 

@@ -13,18 +13,35 @@ is refused before anything is written to it.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
-from ..errors import DatabaseMissing, NotADatabase, StoreBusy, StoreError, StoreFull, StoreReadOnly
+from ..errors import (
+    DatabaseMissing,
+    NotADatabase,
+    StoreBusy,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+)
 from ..timefmt import sortable
-from .base import FACT_COLUMNS, INPUT_COLUMNS, HistoryReader, KeyStory, Kept, RejectionFilter, Row, Store
+from .base import (
+    FACT_COLUMNS,
+    INPUT_COLUMNS,
+    HistoryReader,
+    Kept,
+    KeyStory,
+    RejectionFilter,
+    Row,
+    Store,
+)
 
 __all__ = ["FACT_COLUMNS", "INPUT_COLUMNS", "SCHEMA_VERSION", "SQLiteReader", "SQLiteStore", "Store"]
 
@@ -129,7 +146,7 @@ class _SQLiteReads(HistoryReader):
     def route_keys(self, match: dict[int, Any]) -> list[str]:
         """Route keys whose JSON array holds `match[i]` at each position i, in key order."""
         where = " AND ".join(f"json_extract(route_key, '$[{int(i)}]') = ?" for i in match) or "1"
-        return [r[0] for r in self._all(f"SELECT route_key FROM routes WHERE {where} ORDER BY route_key",  # noqa: S608
+        return [r[0] for r in self._all(f"SELECT route_key FROM routes WHERE {where} ORDER BY route_key",
                                         tuple(match.values()))]
 
     def inputs(self) -> Iterator[Row]:
@@ -139,7 +156,7 @@ class _SQLiteReads(HistoryReader):
         return self._rows("SELECT * FROM evaluations ORDER BY seq")
 
     def history_size(self) -> int:
-        return sum(self._all(f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608
+        return sum(self._all(f"SELECT count(*) FROM {table}")[0][0]
                    for table in ("inputs", "evaluations"))
 
     def input_bytes(self, row: Row) -> bytes | Kept | None:
@@ -156,7 +173,7 @@ class _SQLiteReads(HistoryReader):
     def rejections(self, selection: RejectionFilter, *, raw: bool = False) -> Iterator[Row]:
         where, params = _where(selection)
         columns = _REJECTION_COLUMNS + (", raw" if raw else "")
-        for row in self._rows(f"SELECT {columns} FROM rejections WHERE {where} ORDER BY seq", params):  # noqa: S608
+        for row in self._rows(f"SELECT {columns} FROM rejections WHERE {where} ORDER BY seq", params):
             if raw:
                 row["raw"] = bytes(row["raw"])
             yield row
@@ -176,12 +193,12 @@ class _SQLiteReads(HistoryReader):
         match = " AND ".join("instr(e.body, ?) > 0" for _ in body_texts) or "1"
         story.inputs += self._rows(
             "SELECT i.*, e.body FROM inputs i JOIN envelopes e ON e.source = i.source AND e.id = i.id"
-            f" WHERE i.status = 'duplicate' AND {match} ORDER BY i.seq", body_texts)  # noqa: S608
+            f" WHERE i.status = 'duplicate' AND {match} ORDER BY i.seq", body_texts)
         literal = " AND ".join("instr(r.raw, ?) > 0" for _ in raw_texts) or "1"
         match = f"(({literal}) OR instr(r.raw, ?) > 0 OR instr(r.raw, ?) > 0)"
         for row in self._rows("SELECT i.*, r.raw, r.reason AS now_reason, r.errors, r.resolved_at,"
                               " r.resolved_by_input FROM inputs i JOIN rejections r ON r.seq = i.rejection_seq"
-                              f" WHERE i.status = 'rejected' AND {match} ORDER BY i.seq",  # noqa: S608
+                              f" WHERE i.status = 'rejected' AND {match} ORDER BY i.seq",
                               [*raw_texts, b"\\", b"\x00"]):
             row["raw"] = bytes(row["raw"])
             story.inputs.append(row)
@@ -203,7 +220,7 @@ class _SQLiteReads(HistoryReader):
         latest: dict[str, Any] = {}
         for route_key, data in self._rows_tuples("SELECT route_key, data FROM facts WHERE type = ?"
                                                  " AND route_key IS NOT NULL ORDER BY seq", (event_type,)):
-            payload = orjson.loads(data)
+            payload = json.loads(data)
             if field in payload:
                 latest[route_key] = payload[field]
         return latest
@@ -464,7 +481,7 @@ class SQLiteStore(_SQLiteReads, Store):
         for start in range(0, len(seqs), 500):
             chunk = seqs[start:start + 500]
             marks = ", ".join("?" * len(chunk))
-            removed += self.conn.execute(f"DELETE FROM rejections WHERE seq IN ({marks})", chunk).rowcount  # noqa: S608
+            removed += self.conn.execute(f"DELETE FROM rejections WHERE seq IN ({marks})", chunk).rowcount
         return removed
 
     def record_input(self, row: tuple[Any, ...]) -> int:
@@ -508,7 +525,7 @@ class SQLiteReader(_SQLiteReads):
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> SQLiteReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -180,6 +180,12 @@ class Config:
     def emitted_by_rules(self) -> set[str]:
         return {r.emit_event for r in self.rules}
 
+    def outbox_types(self) -> list[str]:
+        """The item types of the outbox: the derived events (those a rule emits, in events.yaml's
+        order), then `action.<kind>` for each of ACTION_KINDS."""
+        derived = self.emitted_by_rules()
+        return [name for name in self.events if name in derived] + [f"action.{kind}" for kind in ACTION_KINDS]
+
     def input_events(self) -> set[str]:
         """Events no internal emitter lists and no rule emits: what may come from outside."""
         return set(self.events) - self.internal_events() - self.emitted_by_rules()

@@ -9,6 +9,10 @@ initial marker and no stray graph attributes in dot.
 
 A `'*'` source is drawn as the machine runs it: one edge from every declared state,
 including a self-loop on the destination, labelled `TRIGGER (*)`.
+
+A config with a consumers.yaml also shows who reads the outbox: in Mermaid a note beside the
+initial state, in dot a cluster of note-shaped nodes, each naming a consumer and the item types
+it receives (`action.<kind>` and derived events). Without consumers the drawing is the route alone.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from transitions import State
 from transitions.extensions.diagrams import GraphMachine
 
 from ..errors import EngineError
-from ..model import Config, StateSpec
+from ..model import Config, ConsumerSpec, StateSpec
 
 FORMATS = ("mermaid", "dot")
 IMAGE_FORMATS = ("svg", "png", "pdf")
 WILDCARD_MARK = " (*)"
 _INITIAL_NODE = "__initial__"  # state names start with a letter, so this never clashes
+_CONSUMERS_CLUSTER = "cluster___consumers__"
+CONSUMERS_TITLE = "Outbox consumers"
 # Words the Mermaid state-diagram lexer reads as keywords when they stand as a state id.
 _MERMAID_RESERVED = frozenset({"state", "note", "class", "classdef", "scale", "direction", "end", "hide",
                                "as", "acctitle", "accdescr", "statediagram"})
@@ -77,6 +83,12 @@ def _state_lines(state: StateSpec) -> list[str]:
     return lines
 
 
+def consumer_line(consumer: ConsumerSpec) -> str:
+    """What the drawing says of a consumer: its name and the outbox item types it receives."""
+    received = [f"action.{kind}" for kind in consumer.actions] + list(consumer.events)
+    return f"{consumer.name}: {', '.join(received) or 'nothing'}"
+
+
 def _machine(config: Config, ids: dict[str, str], newline: str, engine: str) -> _DiagramMachine:
     route = config.route
     states = [{"name": ids[s.name], "label": newline.join(_state_lines(s))} for s in route.states.values()]
@@ -122,6 +134,10 @@ def _mermaid(config: Config) -> str:
     lines = [line.rstrip() for line in lines
              if not (line.strip().startswith("classDef ") and line.split()[1] not in used)]
     lines += [f"  {ids[name]} --> [*]" for name, state in config.route.states.items() if state.final]
+    if config.consumers:
+        lines += ["", f"  note right of {ids[config.route.initial]}", f"    {CONSUMERS_TITLE}"]
+        lines += [f"    {consumer_line(c)}" for c in config.consumers.values()]
+        lines += ["  end note"]
     return "\n".join(lines) + "\n"
 
 
@@ -139,4 +155,9 @@ def _digraph(config: Config) -> Any:
             graph.node(name, peripheries="2")
     graph.node(_INITIAL_NODE, label="", shape="point", width="0.15", style="filled", fillcolor="black")
     graph.edge(_INITIAL_NODE, config.route.initial)
+    if config.consumers:
+        with graph.subgraph(name=_CONSUMERS_CLUSTER) as cluster:
+            cluster.attr(label=CONSUMERS_TITLE, style="dashed")
+            for consumer in config.consumers.values():
+                cluster.node(f"consumer:{consumer.name}", label=consumer_line(consumer), shape="note")
     return graph

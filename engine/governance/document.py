@@ -1,8 +1,8 @@
 """The contract as a document: one Markdown page rendered from a loaded `Config`.
 
 The page holds the events and their payload fields, the emitter x event matrix, the rules
-in plain sentences, the route (table and diagram) and the spec boundaries the config is held
-to. It is a pure function of the config: no clock, no paths, only the config's hash, so a
+in plain sentences, the route (table and diagram), the outbox's consumers (when the config has
+a consumers.yaml) and the spec boundaries the config is held to. It is a pure function of the config: no clock, no paths, only the config's hash, so a
 repository can keep the rendered page in sync and check it in CI.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import checks, load as config_module
 from .diagram import render_diagram
-from ..model import Config, DataCondition, EventSpec, FactRef, FieldMap, RuleSpec
+from ..model import ACTION_KINDS, Config, DataCondition, EventSpec, FactRef, FieldMap, RuleSpec
 
 NONE = "—"
 _FIELD_KEYWORDS = frozenset({"type", "format", "description", "title", "enum", "const", "pattern", "minLength",
@@ -28,7 +28,7 @@ _BOUNDS = (("minLength", "length ≥"), ("maxLength", "length ≤"), ("minimum",
 def render_markdown(config: Config) -> str:
     """The whole contract of `config` as one deterministic Markdown document."""
     sections = [_header(config), _events(config), _emitters(config), _rules(config), _route(config),
-                _boundaries(config), _warnings(config)]
+                _consumers(config), _boundaries(config), _warnings(config)]
     return "\n\n".join(s for s in sections if s).rstrip("\n") + "\n"
 
 
@@ -77,8 +77,11 @@ def _sentence(parts: list[str]) -> str:
 def _header(config: Config) -> str:
     counts = (f"{len(config.events)} events, {len(config.emitters)} emitters, {len(config.rules)} rules, "
               f"{len(config.route.states)} states, {len(config.route.transitions)} transitions")
-    toc = ["[Events](#events)", "[Emitters](#emitters)", "[Rules](#rules)", "[Route](#route)",
-           "[Spec boundaries](#spec-boundaries)"] + (["[Warnings](#warnings)"] if config.warnings else [])
+    if config.consumers:
+        counts += f", {len(config.consumers)} consumer{'s' if len(config.consumers) > 1 else ''}"
+    toc = ["[Events](#events)", "[Emitters](#emitters)", "[Rules](#rules)", "[Route](#route)"]
+    toc += ["[Consumers](#consumers)"] if config.consumers else []
+    toc += ["[Spec boundaries](#spec-boundaries)"] + (["[Warnings](#warnings)"] if config.warnings else [])
     return "\n".join([
         "# Contract",
         "",
@@ -290,6 +293,35 @@ def _route(config: Config) -> str:
                         "### Transitions", _table(["trigger", "from", "to", "description"], moves)])
 
 
+# ---------------------------------------------------------------- consumers
+
+_ACTION_MEANING = {"route": "a route moved (`from`, `to`)", "screen": "the screen to show (`screen`)",
+                   "reminder": "a reminder to send (`reminder`, `context`)"}
+
+
+def _consumers(config: Config) -> str:
+    """Who reads the outbox and what each receives; nothing when the config has no consumers.yaml."""
+    if not config.consumers:
+        return ""
+    intro = ("What the engine decides is written to the outbox in the same transaction as the event: the "
+             "derived events, as `process` reports them, and the route, screen and reminder actions, as "
+             "CloudEvents of type `action.<kind>` from source `scenario`. Every item carries a stable `id`, "
+             "the route key's values joined by `/` as `subject`, and its commit `time`. Each consumer "
+             "receives the items of the types it lists, in commit order per route key. The built-in Route "
+             "Consumer applies route and screen actions inside the engine and is not declared here.")
+    rows = [[_code(c.name), _names(c.actions), _names(c.events), c.description] for c in config.consumers.values()]
+    types = []
+    for item in config.outbox_types():
+        kind = item.removeprefix("action.")
+        what = "action: " + _ACTION_MEANING[kind] if item.startswith("action.") else "derived event"
+        readers = [_code(c.name) for c in config.consumers.values() if c.receives(item)]
+        types.append([_code(item), what, ", ".join(readers) or NONE])
+    return "\n\n".join(["## Consumers", intro,
+                         _table(["consumer", "actions", "derived events", "description"], rows),
+                         "### Outbox items and who receives them",
+                         _table(["item type", "what", "received by"], types)])
+
+
 # ---------------------------------------------------------------- boundaries
 
 def _boundaries(config: Config) -> str:
@@ -318,6 +350,15 @@ def _boundaries(config: Config) -> str:
         ("strict YAML, closed schemas", "unknown_key",
          "YAML 1.2 core only (duplicate keys and non-core tags refused); each file has a closed JSON Schema"),
     ]
+    if config.consumers:  # consumers.yaml's boundaries, shown only for a config that has one
+        items += [
+            ("the Route Consumer is built in", "route_consumer_clash",
+             "it applies route and screen actions inside the engine; a consumer named `route-consumer` (any case, "
+             "`-` or `_`) is refused"),
+            ("consumers receive what the outbox holds", "not_in_outbox",
+             f"derived events only (an input event is not in the outbox; `unknown_event` for one the contract "
+             f"lacks) and the action kinds {_names(ACTION_KINDS)} (`unknown_action`)"),
+        ]
     lines = [f"- **{title}** (`{code}`): {text}." for title, code, text in items]
     intro = ("What `validate` refuses, with the problem code it reports. A config that breaks "
              "one of these is not loaded at all.")

@@ -5,6 +5,10 @@ whose `type` is the event's name and whose `data` is the event's payload schema.
 `$ref`s are expanded in place, so every exported schema stands alone: no file of the config
 directory is needed to read it (a reference back into itself is not expanded twice; it is
 left as an open schema carrying a `$comment`).
+
+A config with a consumers.yaml adds the outbox: one channel (the feed, addressed by consumer)
+carrying a message per derived event and per `action.<kind>`, and a `receive` operation per
+consumer listing the messages it receives. Without consumers the document is the contract alone.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from referencing.jsonschema import DRAFT202012
 
 from ..runtime.contract import registry_of
-from ..model import Config, EventSpec
+from ..model import Config, ConsumerSpec, EventSpec
 
 if TYPE_CHECKING:
     from referencing._core import Resolver
@@ -164,9 +168,140 @@ def _operation(config: Config, emitter: str, event: str) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- the outbox (consumers.yaml)
+
+OUTBOX_CHANNEL = "outbox"
+OUTBOX_ADDRESS = "/v1/feed/{consumer}"
+ACTION_SOURCE = "scenario"
+_SUBJECT = {"type": "string", "minLength": 1,
+            "description": "The route key's values joined by `/`, in the order of the config's key."}
+_TIME = {"type": "string", "format": "date-time", "description": "When the item was committed."}
+_ITEM_ID = {"type": "string", "minLength": 1,
+            "description": "The item's stable id: the same on every delivery, so a consumer dedupes by it."}
+
+
+def _free(base: str, taken: Any) -> str:
+    """`base`, or `base` with underscores appended until it is not among `taken`."""
+    while base in taken:
+        base += "_"
+    return base
+
+
+def _one_of(values: list[str], what: str) -> dict[str, Any]:
+    values = list(dict.fromkeys(values))
+    return {"type": "string", "enum": values, "description": what} if values else {"type": "string", "description": what}
+
+
+def _action_data(config: Config, kind: str) -> dict[str, Any]:
+    """The schema of an action exactly as `process` reports it in `actions`."""
+    route = config.route
+    states = list(route.states)
+    if kind == "route":
+        props = {"from": {"type": "string", "description": "The state the route left."},
+                 "to": _one_of(states, "The state the route entered.")}
+    elif kind == "screen":
+        props = {"screen": _one_of([s.screen for s in route.states.values() if s.screen], "The screen to show.")}
+    else:
+        event = {"type": "object", "required": ["type", "id", "data"],
+                 "properties": {"type": {"type": "string"}, "id": {"type": "string"}, "data": {"type": "object"}},
+                 "description": "The input event that moved the route."}
+        context = {"type": "object", "required": [*route.key, "state", "event"],
+                   "properties": {**{f: {"description": "A route key field."} for f in route.key},
+                                  "state": _one_of(states, "The state entered."), "event": event}}
+        props = {"reminder": _one_of([r for s in route.states.values() for r in s.reminders], "The reminder to send."),
+                 "context": context}
+    return {"type": "object", "required": ["type", *props], "additionalProperties": False,
+            "properties": {"type": {"const": kind}, **props}}
+
+
+def _action_payload(config: Config, kind: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["specversion", "id", "source", "type", "subject", "time", "data"],
+            "additionalProperties": False,
+            "properties": {"specversion": {"const": "1.0"}, "id": _ITEM_ID,
+                           "source": {"const": ACTION_SOURCE, "description": "Actions come from the scenario."},
+                           "type": {"const": f"action.{kind}", "description": "The item type."},
+                           "subject": _SUBJECT, "time": _TIME, "datacontenttype": {"const": "application/json"},
+                           "data": {"description": "The action exactly as `process` reports it in `actions`.",
+                                    **_action_data(config, kind)}}}
+
+
+def _outbox_event_payload(config: Config, spec: EventSpec) -> dict[str, Any]:
+    schema = _envelope_for(config, spec)
+    schema["required"] = [*schema["required"], "subject", "time"]
+    schema["properties"] = {**schema["properties"], "id": _ITEM_ID, "subject": _SUBJECT, "time": _TIME}
+    if _uses_later_keywords(schema):
+        return {"schemaFormat": _SCHEMA_2020_12, "schema": schema}
+    return schema
+
+
+def _readers(config: Config, item: str) -> list[str]:
+    return [c.name for c in config.consumers.values() if c.receives(item)]
+
+
+def _outbox_message(config: Config, item: str) -> dict[str, Any]:
+    if item.startswith("action."):
+        kind = item.removeprefix("action.")
+        summary = f"A {kind} action the scenario decided, as a CloudEvent from source `{ACTION_SOURCE}`."
+        payload = _action_payload(config, kind)
+    else:
+        spec = config.events[item]
+        summary = f"The derived event {item} as `process` reports it in `emitted`, with subject and time added."
+        payload = _outbox_event_payload(config, spec)
+    return {"name": item, "title": item, "summary": summary, "contentType": CONTENT_TYPE, "payload": payload,
+            "tags": [{"name": "outbox"}], "x-consumers": _readers(config, item)}
+
+
+def _receive(config: Config, consumer: ConsumerSpec, channel: str, ids: dict[str, str]) -> dict[str, Any]:
+    received = [item for item in config.outbox_types() if consumer.receives(item)]
+    what = ", ".join(received) or "nothing"
+    return {
+        "action": "receive",
+        "channel": {"$ref": f"#/channels/{channel}"},
+        "messages": [{"$ref": f"#/channels/{channel}/messages/{ids[item]}"} for item in received],
+        "title": f"{consumer.name} receives from the outbox",
+        "summary": f"{consumer.name} receives {what}.",
+        **({"description": consumer.description} if consumer.description else {}),
+        "tags": [{"name": f"consumer:{consumer.name}"}, {"name": "outbox"}],
+        "x-consumer": consumer.name,
+        "x-receives": {"actions": list(consumer.actions), "events": list(consumer.events)},
+    }
+
+
+def _with_outbox(config: Config, document: dict[str, Any]) -> dict[str, Any]:
+    """The outbox channel, its messages and each consumer's `receive` operation, added to `document`."""
+    channel = _free(OUTBOX_CHANNEL, document["channels"])
+    messages = document["components"]["messages"]
+    ids = {item: _free(f"outbox.{item}", messages) for item in config.outbox_types()}
+    names = list(config.consumers)
+    document["channels"][channel] = {
+        "address": OUTBOX_ADDRESS, "title": "The outbox",
+        "description": "What the scenario decides, one CloudEvent per item: the derived events and the route, "
+                       "screen and reminder actions. Each consumer reads its own feed, which holds the item types "
+                       "it receives, in commit order per route key; every item keeps its id on every delivery.",
+        "parameters": {"consumer": {"enum": names, "description": "A consumer declared in consumers.yaml."}},
+        "messages": {ids[item]: {"$ref": f"#/components/messages/{ids[item]}"} for item in ids},
+    }
+    for item, message_id in ids.items():
+        messages[message_id] = _outbox_message(config, item)
+    for consumer in config.consumers.values():
+        key = _free(f"{consumer.name}.receive", document["operations"])
+        document["operations"][key] = _receive(config, consumer, channel, ids)
+    document["info"]["description"] += (" The outbox channel carries what the scenario decides; each consumer's "
+                                        "receive operation lists the item types it receives.")
+    document["x-consumers"] = {c.name: {"description": c.description, "actions": list(c.actions),
+                                        "events": list(c.events)} for c in config.consumers.values()}
+    return document
+
+
 def asyncapi(config: Config, title: str = "Event contract", version: str | None = None) -> dict[str, Any]:
     """An AsyncAPI 3.0 document of the contract: a channel and a message per event (addressed by
-    the event type), and a `send` operation per emitter and event it may emit."""
+    the event type), and a `send` operation per emitter and event it may emit; with consumers, the
+    outbox channel and a `receive` operation per consumer."""
+    document = _contract(config, title, version)
+    return _with_outbox(config, document) if config.consumers else document
+
+
+def _contract(config: Config, title: str, version: str | None) -> dict[str, Any]:
     events = config.events
     return {
         "asyncapi": ASYNCAPI_VERSION,

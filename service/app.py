@@ -108,7 +108,15 @@ class Service:
             raise unavailable("the writer's queue is full", retry_after=1) from None
         except WriterClosed:
             raise unavailable("the server is shutting down", retry_after=5) from None
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise
+            # uvicorn's graceful shutdown ran out while the writer still held these events: they
+            # may yet commit, but unanswered; the sender's resend is deduped.
+            raise unavailable("the server shut down before this request's events were committed",
+                              retry_after=5) from None
 
     def database_writable(self) -> tuple[bool, str]:
         """Whether the writer can commit: the file and its directory are writable, the last
@@ -141,7 +149,7 @@ class Service:
         self.closing = True
 
     def shutdown(self) -> None:
-        self.writer.stop(timeout=3.0)  # a writer stuck on a lock is abandoned: nothing it holds was answered
+        self.writer.stop(timeout=2.0)  # a writer stuck on a lock is abandoned: nothing it holds was answered
         for engine in self._reader_list:
             engine.close()
 

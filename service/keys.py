@@ -60,6 +60,9 @@ class Keys:
     origins: tuple[str, ...] = ()
     consumer_tokens: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     document: dict[str, Any] = field(default_factory=dict, repr=False)
+    # [console.users.NAME] password_hash (argon2) and [console] session_secret, for the web console
+    console_users: dict[str, str] = field(default_factory=dict, repr=False)
+    session_secret: str | None = field(default=None, repr=False)
 
 
 def find_keys_file(option: Path | None) -> Path | None:
@@ -131,7 +134,13 @@ def _read(path: Path, config: Config) -> tuple[Keys | None, list[str]]:
     origins = _strings(path, "[handshake] origins", _table(path, document, "handshake", problems).get("origins", []),
                        problems)
     tokens = _consumer_tokens(path, _table(path, document, "consumers", problems), problems)
-    return Keys(path, keys, tuple(origins), tokens, document), problems
+    console = _table(path, document, "console", problems)
+    users = console.get("users", {}) if isinstance(console.get("users", {}), dict) else {}
+    # a user without a string password_hash cannot log in; `keys user NAME` writes a valid one
+    hashes = {name: spec["password_hash"] for name, spec in users.items()
+              if isinstance(spec, dict) and isinstance(spec.get("password_hash"), str)}
+    secret = console.get("session_secret") if isinstance(console.get("session_secret"), str) else None
+    return Keys(path, keys, tuple(origins), tokens, document, hashes, secret), problems
 
 
 def _toml_message(exc: tomllib.TOMLDecodeError) -> str:

@@ -19,7 +19,7 @@ from engine import Engine, EngineError
 from .app import create_app
 from .settings import Settings, SettingsError
 
-GRACEFUL_SECONDS = 6  # in-flight requests get this long after SIGTERM, the writer 3 s more: exit within 10 s
+GRACEFUL_SECONDS = 5  # in-flight requests get this long after SIGTERM, the writer 2 s more: exit within 10 s
 
 
 class _Server(uvicorn.Server):

@@ -35,6 +35,7 @@ class WriterClosed(Exception):
 class _Job:
     items: list[Any]
     future: Future = field(default_factory=Future)
+    call: Callable[[Engine], Any] | None = None  # a job of its own: fn(the writer's engine)
 
 
 class Writer:
@@ -83,6 +84,17 @@ class Writer:
             self._lock.notify()
         return job.future
 
+    def submit_call(self, fn: Callable[[Engine], Any]) -> Future:
+        """Queue `fn(engine)` to run on the writer thread, alone, in turn with the events (the
+        console's re-process and purge); its future gets what it returns or raises."""
+        job = _Job([], call=fn)
+        with self._lock:
+            if self._closing or not self._thread.is_alive():
+                raise WriterClosed()
+            self._jobs.append(job)
+            self._lock.notify()
+        return job.future
+
     def stop(self, timeout: float | None = None) -> None:
         """Take nothing new, commit and settle everything queued, then close the engine."""
         with self._lock:
@@ -113,13 +125,23 @@ class Writer:
                 return None
             jobs, count = [self._jobs.popleft()], 0
             count = len(jobs[0].items)
-            while self._jobs and count + len(self._jobs[0].items) <= self.max_batch:
+            while (jobs[0].call is None and self._jobs and self._jobs[0].call is None
+                   and count + len(self._jobs[0].items) <= self.max_batch):
                 count += len(self._jobs[0].items)
                 jobs.append(self._jobs.popleft())
             self._depth -= count
             return jobs
 
     def _commit(self, engine: Engine, jobs: list[_Job]) -> None:
+        if jobs[0].call is not None:
+            self.busy_since = time.monotonic()
+            try:
+                _settle(jobs[0].future, result=jobs[0].call(engine))
+            except Exception as exc:  # noqa: BLE001 - the caller answers it
+                _settle(jobs[0].future, exception=exc)
+            finally:
+                self.busy_since = None
+            return
         items = [item for job in jobs for item in job.items]
         self.busy_since = time.monotonic()
         try:

@@ -10,8 +10,8 @@ says which ones exist. Import what you need from here:
 from .config.load import load_config
 from .config.locate import bundled_config, find_config
 from .runtime.envelope import DEFAULT_MAX_EVENT_BYTES
-from .errors import (ConfigError, DatabaseMissing, EngineError, NotADatabase, Problem, StoreBusy, StoreError, StoreFull,
-                     StoreReadOnly, UsageError)
+from .errors import (ConfigError, DatabaseMissing, EngineError, NotADatabase, Problem, StoreBusy, StoreConflict, StoreError,
+                     StoreFull, StoreReadOnly, StoreUnavailable, UsageError)
 from .model import Config
 from .api import Engine
 from .runtime.pipeline import DEFAULT_BATCH_SIZE, Pipeline, Received
@@ -56,9 +56,11 @@ __all__ = [
     "Received",
     "Selection",
     "StoreBusy",
+    "StoreConflict",
     "StoreError",
     "StoreFull",
     "StoreReadOnly",
+    "StoreUnavailable",
     "UsageError",
     "asyncapi",
     "bundled_config",

@@ -60,6 +60,16 @@ class StoreBusy(StoreError):
     """Another process held the database (its lock) longer than the busy timeout."""
 
 
+class StoreConflict(StoreBusy):
+    """Another process's transaction collided with this one (a deadlock, a serialisation failure,
+    a lock wait over its timeout); this one was rolled back whole and may simply run again."""
+
+
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached now (a dropped connection, a restart, too many
+    connections); nothing of the failed transaction was applied unless its commit had landed."""
+
+
 class StoreReadOnly(StoreError):
     """The database or its directory cannot be written (permissions, a read-only file system)."""
 

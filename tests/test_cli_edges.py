@@ -179,3 +179,25 @@ def test_key_option_names_the_default_key_fields_too(run_cli):
     assert json.loads(by_key.stdout) == json.loads(run_cli("route", "--lead", "l1", "--webinar", "w1").stdout)
     twice = run_cli("route", "--lead", "l1", "--key", "lead_id=l2", "--webinar", "w1")
     assert twice.exit_code == 2 and "lead_id" in twice.stderr and "twice" in twice.stderr
+
+
+def test_an_integer_key_field_is_matched_as_an_integer(run_cli, config_copy):
+    """A key field the payloads declare as an integer: --webinar 7 names webinar_id 7, not "7"."""
+    for path in [config_copy / "events.yaml", *config_copy.glob("rules/*.yaml")]:
+        text = path.read_text("utf-8")
+        path.write_text(text.replace("webinar_id: {type: string, minLength: 1,", "webinar_id: {type: integer,"), "utf-8")
+    assert "webinar_id: {type: integer," in (config_copy / "events.yaml").read_text("utf-8")
+    config = ("--config", str(config_copy))
+    event = entered("l1", "w", id="i1")
+    event["data"]["webinar_id"] = 7
+    out = run_cli(*config, "process", "-", input=jsonl(event))
+    assert result_lines(out.stdout)[0]["status"] == "accepted", out.output
+    route = run_cli(*config, "route", "--lead", "l1", "--webinar", "7")
+    assert route.exit_code == 0, route.output
+    assert json.loads(route.stdout)["webinar_id"] == 7
+    story = run_cli(*config, "explain", "--key", "lead_id=l1", "--key", "webinar_id=7", "--format", "json")
+    assert json.loads(story.stdout)["key"] == {"lead_id": "l1", "webinar_id": 7}
+    (line,) = result_lines(run_cli(*config, "evaluate", "--webinar", "7", "--at", "2026-02-02T00:00:00Z").stdout)
+    assert (line["lead_id"], line["webinar_id"], line["attended"]) == ("l1", 7, False)
+    bad = run_cli(*config, "route", "--lead", "l1", "--webinar", "seven")
+    assert bad.exit_code == 2 and "webinar_id is an integer" in bad.stderr

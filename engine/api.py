@@ -11,7 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .config import bundled_config, load_config
+from .errors import EngineError, UsageError
 from .model import Config
 from .runtime.envelope import DEFAULT_MAX_EVENT_BYTES
 from .runtime.pipeline import DEFAULT_BATCH_SIZE, Pipeline
@@ -64,3 +67,43 @@ class Engine(Pipeline):
         from .governance.explain import explain
 
         return explain(self, **key)
+
+    # -- the outbox as a feed (runtime/outbox.py writes it) ---------------------------------
+
+    def feed(self, consumer: str, limit: int = 100, *, cursor: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        """The consumer's next items after its acknowledged cursor (or after `cursor`), at most
+        `limit`, and the cursor past them. The stored cursor does not move: `ack` moves it."""
+        types = self._consumer(consumer).types
+        if limit < 1:
+            raise UsageError("limit must be at least 1")
+        start = self.store.cursor_of(consumer) if cursor is None else cursor
+        try:
+            bodies, after = self.store.outbox_after(start, types, limit)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return [orjson.loads(body) for body in bodies], after
+
+    def ack(self, consumer: str, cursor: str) -> None:
+        """Move the consumer's stored cursor to `cursor` (one `feed` gave; "" is the beginning)."""
+        self._consumer(consumer)
+        try:
+            with self.store.transaction():
+                self.store.set_cursor(consumer, cursor, self.clock())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def backlog(self, consumer: str) -> int:
+        """How many items the consumer has not acknowledged yet."""
+        spec = self._consumer(consumer)
+        return self.store.outbox_backlog(self.store.cursor_of(consumer), spec.types)
+
+    def _consumer(self, name: str) -> Any:
+        spec = self.config.consumers.get(name)
+        if spec is None:
+            declared = ", ".join(sorted(self.config.consumers)) or "none"
+            raise UnknownConsumer(f"no consumer {name!r} in the config's consumers.yaml (declared: {declared})")
+        return spec
+
+
+class UnknownConsumer(EngineError):
+    """A consumer the config does not declare."""

@@ -141,6 +141,11 @@ class ConsumerSpec:
     actions: tuple[str, ...]  # a subset of ACTION_KINDS, in the order written
     events: tuple[str, ...]  # derived events (those a rule emits), in the order written
 
+    @property
+    def types(self) -> frozenset[str]:
+        """The outbox item types it receives: its events, and `action.<kind>` per action kind."""
+        return frozenset(self.events) | {f"action.{kind}" for kind in self.actions}
+
     def receives(self, item_type: str) -> bool:
         """Whether an outbox item of this CloudEvents `type` (`action.<kind>` or an event) is for it."""
         if item_type.startswith("action."):

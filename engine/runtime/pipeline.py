@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gc
 import json
+import random
+import time
 import reprlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,12 +23,13 @@ from typing import Any
 from .consumers import RouteConsumer
 from .contract import Contract
 from .emitters import EmitterPolicy
-from ..errors import UsageError
+from ..errors import StoreConflict, StoreUnavailable, UsageError
 from ..jsonvalue import canonical_json
 from .envelope import DEFAULT_MAX_EVENT_BYTES, Envelope, Oversized, fingerprint, read_envelope
 from ..model import Config
 from ..timefmt import UtcClock, normalise_time
 from ..reasons import ACCEPTED, DUPLICATE, REJECTED, Rejected, error
+from . import outbox
 from .route import RouteMachine
 from .rules import RuleBook
 from .scenario import actions_for
@@ -104,12 +107,44 @@ class _NotJson(Exception):
         self.raw, self.message = raw, message
 
 
+class _Retry:
+    """How often a batch runs again after its transaction was rolled back whole: a collision with
+    another writer (`StoreConflict`) up to CONFLICT_ATTEMPTS times, after a short random pause;
+    an unreachable database (`StoreUnavailable`) for up to `outage_wait` seconds."""
+
+    CONFLICT_ATTEMPTS = 50
+
+    def __init__(self, outage_wait: float):
+        self.outage_wait = outage_wait
+        self.conflicts = 0
+        self.outage_since: float | None = None
+
+    def wait(self, exc: Exception) -> None:
+        if isinstance(exc, StoreConflict):
+            self.conflicts += 1
+            if self.conflicts > self.CONFLICT_ATTEMPTS:
+                raise exc
+            time.sleep(random.uniform(0, 0.002 * min(self.conflicts, 25)))
+            return
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+        if now - self.outage_since >= self.outage_wait:
+            raise exc
+        time.sleep(min(0.5, self.outage_wait - (now - self.outage_since)))
+
+
 class Pipeline:
     """What happens to events, over one config and one store: process, evaluate, read routes.
 
     It is built from a loaded `Config` and an open store and reads no file; `engine.Engine`
     adds opening by path or URL and the governance tools.
+
+    `outage_wait`: for how many seconds a batch is retried while the database cannot be reached
+    (a shared database restarting); 0, the default, fails at once (a server answers 503).
     """
+
+    outage_wait: float = 0.0
 
     def __init__(self, config: Config, store: Store, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
                  clock: Callable[[], str] | None = None):
@@ -171,14 +206,22 @@ class Pipeline:
             yield self._commit_batch(batch, settle)
 
     def _commit_batch(self, batch: list[Item], settle: Settle | None = None) -> list[dict[str, Any]]:
-        results = []
         with _collector_paused():
             prepared = [self._prepare(event) for event, _, _ in batch]
-            with self.store.transaction():
-                for prep, item in zip(prepared, batch, strict=True):
-                    results.append(self._apply(prep, item[1], item[2]))
-                    if settle is not None:
-                        settle(item, results[-1], self._input_seq)
+            retry = _Retry(self.outage_wait)
+            while True:
+                results = []
+                try:
+                    with self.store.transaction():
+                        self.store.lock_keys(self.contract.route_key(p[1].data) for p in prepared
+                                             if isinstance(p[1], Envelope))
+                        for prep, item in zip(prepared, batch, strict=True):
+                            results.append(self._apply(prep, item[1], item[2]))
+                            if settle is not None:
+                                settle(item, results[-1], self._input_seq)
+                    break
+                except (StoreConflict, StoreUnavailable) as exc:  # rolled back whole: run the batch again
+                    retry.wait(exc)
             del prepared  # gone before the collector runs again: it then walks only what outlives the batch
         return results
 
@@ -275,6 +318,9 @@ class Pipeline:
             self.store.forget(fact_seq, env.source, env.id)
             raise
         actions, route = self._drive(env, route_key, fact_seq, at)
+        if emitted or actions:
+            self.store.add_outbox(outbox.items(route_key, [env.data[f] for f in self.config.route.key], emitted,
+                                               actions, (env.source, env.id), at))
         return _result(ACCEPTED, envelope=env, emitted=emitted, actions=actions, route=route), fact_seq
 
     def _fact_row(self, event: dict[str, Any], floats: bool | None, route_key: str | None, identity: str | None,
@@ -388,6 +434,8 @@ class Pipeline:
         try:
             with self.store.savepoint():
                 emitted = self._derive(self.rules.on_evaluation, trigger, cause, route_key, None, seq, now)
+                if emitted:
+                    self.store.add_outbox(outbox.items(route_key, list(key.values()), emitted, [], cause, now))
         except Rejected as rejected:
             return {**key, self._result_field(): self._outcome(route_key), "emitted": [],
                     "error": {"reason": rejected.reason, "errors": rejected.errors}}

@@ -17,7 +17,7 @@ Rows read back for governance are dicts named by column (`Row`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -111,6 +111,15 @@ class KeyStory:
     actions: list[Row] = field(default_factory=list)  # {fact_seq, body} of the key's actions
 
 
+def seq_cursor(cursor: str) -> int:
+    """An outbox cursor of a one-writer store: the seq of the last item passed ("" is the beginning)."""
+    if cursor == "":
+        return 0
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise ValueError(f"{cursor!r} is not an outbox cursor of this database")
+    return int(cursor)
+
+
 def matches_rejection(row: Row, selection: RejectionFilter) -> bool:
     """Whether a rejections row is selected (the in-memory twin of the SQL WHERE clause)."""
     s = selection
@@ -154,6 +163,14 @@ class Store(RouteReads):
     def transaction(self) -> AbstractContextManager[None]:
         """One write transaction: everything inside commits together, or nothing on an exception.
         Writers are serialised (the lock is taken up front). Not nestable."""
+
+    def lock_keys(self, route_keys: Iterable[str | None]) -> None:
+        """Inside a transaction, before its first write: the route keys it will write (None
+        entries are skipped). A backend shared by many processes that does not serialise whole
+        transactions (PostgreSQL) locks them here, in a fixed order, so that events of one key
+        apply one at a time everywhere and two batches cannot deadlock; one whose transactions
+        are already serialised (SQLite's BEGIN IMMEDIATE, the memory store) does nothing and
+        never iterates `route_keys`."""
 
     @abstractmethod
     def savepoint(self) -> AbstractContextManager[None]:
@@ -240,6 +257,15 @@ class Store(RouteReads):
     def purge_rejections(self, seqs: list[int]) -> int:
         """Delete these rejections (their bytes); the input log keeps its rows. Returns how many went."""
 
+    @abstractmethod
+    def add_outbox(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        """Append outbox items (route_key, id, type, body: CloudEvent JSON, recorded_at), in the
+        caller's transaction: an item is visible exactly when the event that made it committed."""
+
+    @abstractmethod
+    def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
+        """Remember how far `consumer` has acknowledged the outbox (a cursor `outbox_after` gave)."""
+
 
 class HistoryReader(RouteReads):
     """The read port: the recorded history, the quarantine, a key's story, route summaries."""
@@ -300,3 +326,20 @@ class HistoryReader(RouteReads):
     @abstractmethod
     def config_hashes(self) -> list[str]:
         """The config hashes the input log was recorded under, in order of first use."""
+
+    @abstractmethod
+    def outbox_after(self, cursor: str, types: frozenset[str], limit: int) -> tuple[list[str], str]:
+        """The next outbox items of these types after `cursor` ("" is the beginning), at most
+        `limit`, in commit order, as CloudEvent JSON; and the cursor past them.
+
+        The cursor is opaque to callers and never skips an item: everything before it has
+        committed (a backend with several writers must make sure of that). Raises ValueError
+        for a cursor this store never gave."""
+
+    @abstractmethod
+    def cursor_of(self, consumer: str) -> str:
+        """The cursor `consumer` acknowledged last ("" when it never did)."""
+
+    @abstractmethod
+    def outbox_backlog(self, cursor: str, types: frozenset[str]) -> int:
+        """How many items of these types lie after `cursor`."""

@@ -21,6 +21,7 @@ import orjson
 
 from ..errors import StoreError
 from .base import (
+    seq_cursor,
     FACT_COLUMNS,
     INPUT_COLUMNS,
     HistoryReader,
@@ -68,6 +69,8 @@ class MemoryStore(Store, HistoryReader):
         self._route_history: dict[int, Row] = {}
         self._actions: dict[int, Row] = {}
         self._evaluations: dict[int, Row] = {}
+        self._outbox: dict[int, Row] = {}
+        self._cursors: dict[str, str] = {}
         self._undo: list[Callable[[], None]] | None = None  # None: no transaction open
 
     # -- transactions ---------------------------------------------------------------------------
@@ -232,6 +235,34 @@ class MemoryStore(Store, HistoryReader):
                 "route_key": route_key, "fact_seq": fact_seq, "position": i, "type": a["type"],
                 "body": orjson.dumps(a, option=orjson.OPT_SORT_KEYS).decode(), "applied": int(a["type"] in consumed),
                 "config_hash": config_hash, "created_at": at})
+
+    def add_outbox(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        for route_key, item_id, item_type, body, at in rows:
+            self._append(self._outbox, {"route_key": route_key, "id": item_id, "type": item_type, "body": body,
+                                        "recorded_at": at})
+
+    def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
+        seq_cursor(cursor)
+        old = self._cursors.get(consumer)
+        self._cursors[consumer] = cursor
+        self._did(lambda: self._cursors.pop(consumer) if old is None else self._cursors.__setitem__(consumer, old))
+
+    def outbox_after(self, cursor: str, types: frozenset[str], limit: int) -> tuple[list[str], str]:
+        after = seq_cursor(cursor)
+        if not types:
+            return [], cursor
+        found = [(seq, row["body"]) for seq, row in self._outbox.items() if seq > after and row["type"] in types]
+        found = found[:limit]
+        last = found[-1][0] if len(found) == limit else next(reversed(self._outbox), after)
+        last = max(last, after)
+        return [body for _, body in found], str(last) if last > after else cursor
+
+    def cursor_of(self, consumer: str) -> str:
+        return self._cursors.get(consumer, "")
+
+    def outbox_backlog(self, cursor: str, types: frozenset[str]) -> int:
+        after = seq_cursor(cursor)
+        return sum(1 for seq, row in self._outbox.items() if seq > after and row["type"] in types)
 
     def record_rejection(self, row: dict[str, Any]) -> int:
         seq = self._by_sha.get(row["raw_sha256"])

@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..timefmt import sortable
 from .base import (
+    seq_cursor,
     FACT_COLUMNS,
     INPUT_COLUMNS,
     HistoryReader,
@@ -45,7 +46,7 @@ from .base import (
 
 __all__ = ["FACT_COLUMNS", "INPUT_COLUMNS", "SCHEMA_VERSION", "SQLiteReader", "SQLiteStore", "Store"]
 
-SCHEMA_VERSION = 3  # the number of migrations in sqlite_migrations.py
+SCHEMA_VERSION = 4  # the number of migrations in sqlite_migrations.py
 MIGRATIONS_TABLE = "_sqlite_migrations"
 # The tables every schema version since the first holds: a file at one of our versions
 # without all of them is someone else's.
@@ -230,6 +231,31 @@ class _SQLiteReads(HistoryReader):
             yield from self.conn.execute(sql, tuple(params))
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
+
+    def outbox_after(self, cursor: str, types: frozenset[str], limit: int) -> tuple[list[str], str]:
+        after = seq_cursor(cursor)
+        if not types:
+            return [], cursor
+        marks = ", ".join("?" * len(types))
+        with self.snapshot():
+            rows = self._all(f"SELECT seq, body FROM outbox WHERE seq > ? AND type IN ({marks})"  # noqa: S608
+                             " ORDER BY seq LIMIT ?", (after, *sorted(types), limit))
+            if len(rows) < limit:  # everything up to the newest item was scanned: skip past it
+                last = self._all("SELECT max(seq) FROM outbox")[0][0] or after
+            else:
+                last = rows[-1][0]
+        return [body for _, body in rows], str(max(last, after)) if (rows or last > after) else cursor
+
+    def cursor_of(self, consumer: str) -> str:
+        found = self._all("SELECT cursor FROM consumer_cursors WHERE consumer = ?", (consumer,))
+        return found[0][0] if found else ""
+
+    def outbox_backlog(self, cursor: str, types: frozenset[str]) -> int:
+        if not types:
+            return 0
+        marks = ", ".join("?" * len(types))
+        return self._all(f"SELECT count(*) FROM outbox WHERE seq > ? AND type IN ({marks})",  # noqa: S608
+                         (seq_cursor(cursor), *sorted(types)))[0][0]
 
     def config_hashes(self) -> list[str]:
         return [r[0] for r in self._all("SELECT config_hash FROM inputs GROUP BY config_hash ORDER BY min(seq)")]
@@ -487,6 +513,15 @@ class SQLiteStore(_SQLiteReads, Store):
     def record_input(self, row: tuple[Any, ...]) -> int:
         """Log one input (a row in INPUT_COLUMNS order)."""
         return self.conn.execute(_INSERT_INPUT, row).lastrowid  # type: ignore[return-value]
+
+    def add_outbox(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        self.conn.executemany("INSERT INTO outbox (route_key, id, type, body, recorded_at) VALUES (?, ?, ?, ?, ?)", rows)
+
+    def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
+        seq_cursor(cursor)
+        self.conn.execute("INSERT INTO consumer_cursors (consumer, cursor, updated_at) VALUES (?, ?, ?)"
+                          " ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor,"
+                          " updated_at = excluded.updated_at", (consumer, cursor, at))
 
     def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int:
         cur = self.conn.execute("INSERT INTO evaluations (route_key, evaluated_at, config_hash, recorded_at)"

@@ -91,3 +91,22 @@ def m0003_history_by_fact(db: sqlite_utils.Database) -> None:
     of the database on every route change."""
     db.execute("DROP INDEX IF EXISTS route_history_key")
     db.execute("CREATE INDEX IF NOT EXISTS route_history_fact ON route_history (fact_seq)")
+
+
+@migrations()
+def m0004_outbox(db: sqlite_utils.Database) -> None:
+    """The outbox: each derived event and action as the CloudEvent a consumer receives, in
+    commit order (one writer at a time, so seq order is commit order), and each consumer's
+    acknowledged cursor."""
+    db.executescript(
+        """
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY,
+            route_key TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
+            body TEXT NOT NULL, recorded_at TEXT NOT NULL
+        );
+        CREATE TABLE consumer_cursors (
+            consumer TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated_at TEXT NOT NULL
+        );
+        """
+    )

@@ -33,6 +33,7 @@ from starlette.routing import Route, request_response
 from engine import Engine, StoreError, UsageError
 
 from . import binding
+from .console import console_routes
 from .accesslog import INGEST, AccessLog, note
 from .auth import verify
 from .keys import EmitterKey
@@ -307,6 +308,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *console_routes(service),  # /console: the web console (service/console)
     ]
     handlers = {cls: _problem for cls in (Problem, StoreError, HTTPException, Exception)}
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers=handlers,  # type: ignore[arg-type]

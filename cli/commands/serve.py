@@ -31,6 +31,8 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
               help="Most events in one transaction (group commit).")
 @click.option("--body-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds for a request body to arrive; a slower client is cut off (408).")
+@click.option("--head-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds for a request's line and headers to arrive; a slower client is disconnected.")
 @click.option("--max-header-bytes", type=click.IntRange(min=1024), default=16 * 1024, show_default=True,
               help="Largest request head (request line and headers).")
 @click.option("--keep-alive", type=click.IntRange(min=1), default=5, show_default=True,
@@ -42,7 +44,7 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
                                       "power loss (an fsync per commit).")
 @click.pass_context
 def serve_command(ctx: click.Context, host: str, port: int, keys_file: Path | None, config_dir: Path | None,
-                  db: Path | None, keep_alive: int, max_connections: int,
+                  db: Path | None, keep_alive: int, max_connections: int, head_timeout: float,
                   **limits: object) -> None:
     """Serve signed CloudEvents over HTTP: POST /v1/ingest/KEY_ID, GET /v1/routes/..., /healthz,
     /readyz, /metrics. See docs/service.md.
@@ -59,7 +61,8 @@ def serve_command(ctx: click.Context, host: str, port: int, keys_file: Path | No
     limits["synchronous"] = str(limits["synchronous"]).upper()
     try:
         settings = load_settings(config, database, find_keys_file(keys_file), **limits)
-        run(settings, host=host, port=port, keep_alive=keep_alive, max_connections=max_connections)
+        run(settings, host=host, port=port, keep_alive=keep_alive, max_connections=max_connections,
+            head_timeout=head_timeout)
     except SettingsError as exc:
         raise Failed(str(exc)) from None
     except OSError as exc:

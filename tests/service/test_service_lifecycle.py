@@ -219,6 +219,29 @@ def test_a_trickling_body_is_cut_off_without_holding_up_others(serve_factory) ->
     assert time.monotonic() - started < 5
 
 
+def test_trickling_headers_are_cut_off_without_holding_up_others(serve_factory) -> None:
+    server: Server = serve_factory("slowhead", args=("--head-timeout", "1"))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as slow:
+        slow.sendall(b"POST /v1/ingest/site-b HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        assert post(server, "site-b", *structured(entered(lead=lead()))).status_code == 200
+        closed = False
+        for _ in range(40):  # one header line every 0.1 s, bounded: 4 s
+            try:
+                slow.sendall(b"X-Slow: 1\r\n")
+                time.sleep(0.1)
+                slow.setblocking(False)
+                closed = slow.recv(1) == b""
+                slow.setblocking(True)
+            except BlockingIOError:
+                slow.setblocking(True)
+            except OSError:
+                closed = True
+            if closed:
+                break
+        assert closed and time.monotonic() - started < 3
+
+
 def test_oversized_headers_are_refused(serve_factory) -> None:
     server: Server = serve_factory("headers", args=("--max-header-bytes", "4096"))
     try:

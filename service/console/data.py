@@ -1,0 +1,320 @@
+"""What each console page shows, as plain data: the HTML page renders it, its JSON twin is it.
+
+Reads go through the engine's public API and the store's read interface (`HistoryReader`)
+on the calling thread's own read engine (`Service.reader()`), never through the writer's
+connection; writes (re-process, purge) are jobs on the service's writer thread, in the
+same queue as ingestion. No SQL here: the same code serves every storage backend.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import ConfigError, Engine, Selection, UsageError, diff_configs, load_config, render_diagram
+from engine.governance.quarantine import ORIGIN, iter_rejections
+
+if TYPE_CHECKING:
+    from ..app import Service
+
+WINDOWS = (("hour", timedelta(hours=1)), ("day", timedelta(days=1)), ("all", None))
+DIMENSIONS = ("status", "reason", "emitter", "type")
+STATUSES = ("accepted", "duplicate", "rejected")
+QUARANTINE_LIMIT = 500  # rows a quarantine page lists (newest first); the twin says how many matched
+ROUTES_LIMIT = 200
+HASH_SHORT = 12
+CONFIG_FILES = ("events.yaml", "emitters.yaml", "states.yaml", "consumers.yaml")
+CURRENT_STYLE = "classDef current fill:#ffe08a,stroke:#b26a00,stroke-width:3px,color:#000"
+
+
+class NotFound(Exception):
+    """The page's object does not exist (a 404)."""
+
+
+class BadInput(Exception):
+    """A query or form value the page cannot use (a 400 with the message)."""
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# -- overview ----------------------------------------------------------------------------------
+
+
+def outcome_counts(reader: Engine, now: datetime | None = None) -> dict[str, Any]:
+    """Counts of the input log's outcomes by status, reason, emitter (the input's source) and
+    event type, for the last hour, the last day and all time."""
+    now = now or datetime.now(UTC)
+    bounds = {name: (now - span if span else None) for name, span in WINDOWS}
+    counts = {name: {dim: Counter() for dim in DIMENSIONS} | {"total": 0} for name, _ in WINDOWS}
+    with reader.store.snapshot():
+        for row in reader.store.inputs():
+            at = _parse_time(row["recorded_at"])
+            values = {"status": row["status"], "reason": row["reason"] or "-", "emitter": row["source"] or "-",
+                      "type": row["type"] or "-"}
+            for name, since in bounds.items():
+                if since is None or at >= since:
+                    window = counts[name]
+                    window["total"] += 1
+                    for dim in DIMENSIONS:
+                        window[dim][values[dim]] += 1
+    return {name: {"total": w["total"], **{dim: dict(sorted(w[dim].items(), key=lambda kv: (-kv[1], kv[0])))
+                                            for dim in DIMENSIONS}} for name, w in counts.items()}
+
+
+def writer_health(service: Service) -> dict[str, Any]:
+    writable, detail = service.database_writable()
+    writer = service.writer
+    return {"alive": writer.alive and not service.closing, "queue_depth": writer.depth,
+            "queue_capacity": service.settings.queue_events, "database_writable": writable, "detail": detail,
+            "last_error": writer.last_error[0] if writer.last_error else None}
+
+
+def deliveries(service: Service, reader: Engine) -> dict[str, Any]:
+    """Per consumer of consumers.yaml: its backlog, cursor and failed items, where the store
+    offers them; until it does, the consumers with `available: false` and no numbers."""
+    config = service.settings.config
+    store = reader.store
+    consumers = []
+    for name, spec in config.consumers.items():
+        entry: dict[str, Any] = {"name": name, "description": spec.description, "actions": list(spec.actions),
+                                 "events": list(spec.events), "available": False, "cursor": None, "backlog": None,
+                                 "failed": []}
+        status = getattr(store, "delivery_status", None)
+        failed = getattr(store, "failed_deliveries", None)
+        if callable(status) and callable(failed):
+            try:
+                info = status(name) or {}
+                entry.update(available=True, cursor=info.get("cursor"), backlog=info.get("backlog"),
+                             failed=list(failed(name)))
+            except Exception:  # noqa: BLE001 - a store still gaining its delivery methods: show what is known
+                entry["available"] = False
+        consumers.append(entry)
+    return {"consumers": consumers, "failed_total": sum(len(c["failed"]) for c in consumers),
+            "available": any(c["available"] for c in consumers)}
+
+
+def overview(service: Service, reader: Engine) -> dict[str, Any]:
+    config = service.settings.config
+    delivered = deliveries(service, reader)
+    return {"config_hash": config.hash, "counts": outcome_counts(reader), "writer": writer_health(service),
+            "failed_deliveries": {"total": delivered["failed_total"], "available": delivered["available"],
+                                  "consumers": {c["name"]: len(c["failed"]) for c in delivered["consumers"]}}}
+
+
+# -- contract ----------------------------------------------------------------------------------
+
+
+def mermaid_ids(diagram: str) -> dict[str, str]:
+    """State name -> its Mermaid id, read from the diagram's `state "NAME..." as ID` lines."""
+    ids = {}
+    for match in re.finditer(r'^\s*state "([^"<]*)(?:<br/>[^"]*)?" as (\S+)\s*$', diagram, re.MULTILINE):
+        ids[match.group(1)] = match.group(2)
+    return ids
+
+
+def diagram_with_current(diagram: str, state: str | None) -> tuple[str, str | None]:
+    """The Mermaid text with `state` styled by the class `current`, and that state's Mermaid id."""
+    node = mermaid_ids(diagram).get(state or "")
+    if node is None:
+        return diagram, None
+    return diagram.rstrip("\n") + f"\n  {CURRENT_STYLE}\n  class {node} current\n", node
+
+
+def contract(config: Any) -> dict[str, Any]:
+    events = [{"name": e.name, "status": e.status, "description": e.description, "identity": list(e.identity),
+               "payload": e.payload} for e in config.events.values()]
+    emitters = [{"name": m.name, "kind": m.kind, "description": m.description, "internal": m.internal,
+                 "events": dict(m.events)} for m in config.emitters.values()]
+    matrix = {m.name: {e: m.events.get(e) for e in config.events} for m in config.emitters.values()}
+    rules = [{"id": r.id, "description": r.description, "on": r.on_event or "evaluation",
+              "emits": r.emit_event, "source": r.emit_source, "file": r.file} for r in config.rules]
+    consumers = [{"name": c.name, "description": c.description, "actions": list(c.actions), "events": list(c.events)}
+                 for c in config.consumers.values()]
+    return {"config_hash": config.hash, "events": events, "emitters": emitters, "matrix": matrix,
+            "rules": rules, "consumers": consumers, "route_key": list(config.route.key),
+            "diagram": render_diagram(config)}
+
+
+def preview_files(config: Any) -> list[str]:
+    """The files a preview may replace: the four config files and every rules file."""
+    rules = sorted(str(Path(f)) for f in config.files if Path(f).parts[:1] == ("rules",))
+    return [*CONFIG_FILES, *(rules or ["rules/rules.yaml"])]
+
+
+def _not_config(directory: str, names: list[str]) -> list[str]:
+    """What a preview's copy leaves out: everything but YAML and JSON files (a `$ref` reaches
+    those) and the directories that may hold them."""
+    skip = {".git", ".venv", "node_modules", "__pycache__", "site", ".pytest_cache"}
+    return [n for n in names if n in skip or n.startswith(".")
+            or (not (Path(directory) / n).is_dir() and Path(n).suffix not in (".yaml", ".yml", ".json"))]
+
+
+def preview(config: Any, file: str, text: str) -> dict[str, Any]:
+    """Validate, diff and draw the live config with `file` replaced by `text`; nothing is written
+    (the live directory is copied to a temporary one, which is removed)."""
+    if file not in preview_files(config):
+        raise BadInput(f"file must be one of {', '.join(preview_files(config))}")
+    root = Path(config.root)
+    with tempfile.TemporaryDirectory(prefix="wf-preview-") as tmp:
+        copy = Path(tmp) / "config"
+        shutil.copytree(root, copy, ignore=_not_config)
+        target = copy / file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text.replace("\r\n", "\n"), encoding="utf-8")
+        try:
+            new = load_config(copy, display=".")
+        except ConfigError as exc:
+            problems = [p.as_dict() for p in exc.problems]
+            return {"file": file, "valid": False, "problems": problems, "changes": [], "breaking": [],
+                    "diagram": None}
+        problems = [p.as_dict() for p in new.problems]
+        changes = [c.as_dict("full") for c in diff_configs(config, new)]
+        return {"file": file, "valid": True, "problems": problems, "changes": changes,
+                "breaking": [c for c in changes if c["breaking_for"]], "diagram": render_diagram(new),
+                "config_hash": new.hash}
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+def find_routes(config: Any, reader: Engine, query: dict[str, str]) -> dict[str, Any]:
+    """Routes whose key fields equal the given ones (any subset of the route key's fields)."""
+    fields = list(config.route.key)
+    given = {f: query[f] for f in fields if query.get(f)}
+    codec = config.route.route_key
+    with reader.store.snapshot():
+        if given:
+            keys = reader.store.route_keys({fields.index(f): v for f, v in given.items()})
+            rows = [(k, reader.store.route_row(k)) for k in keys[:ROUTES_LIMIT]]
+            found = [(k, (r["state"], r["screen"])) for k, r in rows if r is not None]
+            total = len(keys)
+        else:
+            states = reader.store.route_states()
+            total = len(states)
+            found = list(states.items())[:ROUTES_LIMIT]
+    routes = []
+    for key, (state, screen) in found:
+        values = codec.decode(key)
+        routes.append({**values, "state": state, "screen": screen,
+                       "path": "/".join(str(values[f]) for f in fields)})
+    return {"fields": fields, "query": given, "routes": routes, "total": total, "limit": ROUTES_LIMIT}
+
+
+def one_route(config: Any, reader: Engine, values: list[str]) -> dict[str, Any]:
+    fields = list(config.route.key)
+    if len(values) != len(fields) or not all(values):
+        raise NotFound(f"the path is /console/routes/{'/'.join('{' + f + '}' for f in fields)}")
+    key = dict(zip(fields, values, strict=True))
+    try:
+        with reader.store.snapshot():
+            route = reader.route(**key)
+            story = reader.explain(**key)
+    except UsageError as exc:
+        raise NotFound(str(exc)) from None
+    if route is None and story is None:
+        raise NotFound("no route for this key")
+    state = route["state"] if route else None
+    diagram, node = diagram_with_current(render_diagram(config), state)
+    return {"key": key, "state": state, "screen": route["screen"] if route else None,
+            "history": route["history"] if route else [], "story": (story or {}).get("story", []),
+            "diagram": diagram, "current_node": node}
+
+
+# -- quarantine --------------------------------------------------------------------------------
+
+
+def _selection(filters: dict[str, str]) -> Selection:
+    try:
+        return Selection(reasons=tuple(v for v in [filters.get("reason")] if v),
+                         sources=tuple(v for v in [filters.get("emitter")] if v),
+                         types=tuple(v for v in [filters.get("type")] if v),
+                         since=filters.get("since") or None)
+    except UsageError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def quarantine(reader: Engine, filters: dict[str, str]) -> dict[str, Any]:
+    """Open rejections matching the filters, newest first."""
+    selection = _selection(filters)
+    rows = list(iter_rejections(reader, selection, raw=False))
+    rows.reverse()
+    with reader.store.snapshot():
+        everything = list(iter_rejections(reader, Selection(), raw=False))
+    choices = {"reason": sorted({r["reason"] for r in everything}),
+               "emitter": sorted({r["source"] for r in everything if r["source"]}),
+               "type": sorted({r["type"] for r in everything if r["type"]})}
+    return {"filters": {k: filters.get(k) or "" for k in ("reason", "emitter", "type", "since")},
+            "total": len(rows), "rejections": rows[:QUARANTINE_LIMIT], "limit": QUARANTINE_LIMIT,
+            "choices": choices}
+
+
+def rejection(reader: Engine, seq: int) -> dict[str, Any]:
+    for row in iter_rejections(reader, Selection(state="all"), raw=False):
+        if row["seq"] == seq:
+            raw = reader.store.rejection_raw(seq)
+            entry = dict(row)
+            if raw is None:
+                entry.update(text=None, hex=None, encoding=None)
+            else:
+                try:
+                    entry.update(text=raw.decode("utf-8"), hex=None, encoding="utf-8")
+                except UnicodeDecodeError:
+                    entry.update(text=None, hex=raw.hex(" "), encoding="hex")
+            return entry
+    raise NotFound(f"no rejection {seq}")
+
+
+# -- jobs on the writer thread -------------------------------------------------------------------
+
+
+def reprocess_job(seqs: list[int]) -> Any:
+    """A writer job: re-run these open rejections' bytes as new inputs, as the quarantine's
+    reprocess does (the input log's origin `rejection:SEQ`; one admitted is marked resolved in
+    the same transaction). Returns {seq: result}; a gone, resolved or truncated one gets none."""
+
+    def run(engine: Engine) -> dict[int, dict[str, Any]]:
+        wanted = set(seqs)
+        todo = [row["seq"] for row in iter_rejections(engine, Selection(), raw=False)
+                if row["seq"] in wanted and not row["truncated"]]
+        items = []
+        for seq in todo:
+            raw = engine.store.rejection_raw(seq)
+            if raw is not None:
+                items.append((raw, f"{ORIGIN}{seq}", None))
+        done: list[int] = []
+
+        def settle(item: Any, result: dict[str, Any], input_seq: int) -> None:
+            seq = int(str(item[1])[len(ORIGIN):])
+            done.append(seq)
+            if result["status"] != "rejected":
+                engine.store.resolve_rejection(seq, input_seq, engine.clock())
+
+        results: dict[int, dict[str, Any]] = {}
+        for batch in engine.iter_batches(items, max(1, len(items)), settle=settle):
+            results.update(zip(done, batch, strict=True))
+            done.clear()
+        return results
+
+    return run
+
+
+def purge_job(seqs: list[int]) -> Any:
+    """A writer job: delete these rejections (their bytes); the input log keeps its rows."""
+
+    def run(engine: Engine) -> int:
+        with engine.store.transaction():
+            return engine.store.purge_rejections(sorted(set(seqs)))
+
+    return run
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)

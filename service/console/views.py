@@ -1,0 +1,349 @@
+"""The console's routes: each page is one data function (data.py) rendered as HTML, or as JSON
+when the request asks for `application/json` (the page's twin).
+
+Every page needs a session (else 303 to /console/login; a twin answers 401); every POST needs
+its session's CSRF token (else 403). Pages are server-rendered Jinja2; htmx swaps small
+partials (a quarantine row); scripts and styles are files under static/, so the CSP can say
+`script-src 'self'` and no request leaves the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote
+
+import orjson
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..accesslog import note
+from ..writer import QueueFull, WriterClosed
+from . import data
+from .session import CSRF_FIELD, CSRF_HEADER, Session, Sessions, csrf_ok
+
+if TYPE_CHECKING:
+    from ..app import Service
+
+HERE = Path(__file__).parent
+PREFIX = "/console"
+LOGIN = f"{PREFIX}/login"
+MAX_FORM_BYTES = 2 * 1024 * 1024
+FAILED_LOGIN = "Invalid username or password"
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
+
+_env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
+                   trim_blocks=True, lstrip_blocks=True)
+_env.filters["segment"] = lambda value: quote(str(value), safe="")
+_env.filters["tojson_pretty"] = data.as_json
+_env.filters["short"] = lambda value, n=data.HASH_SHORT: (value or "")[:n]
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _json(value: Any, status: int = 200, media_type: str = "application/json") -> Response:
+    return Response(orjson.dumps(value, default=str), status_code=status, media_type=media_type,
+                    headers=SECURITY_HEADERS)
+
+
+def _problem(status: int, title: str, detail: str) -> Response:
+    return _json({"type": "about:blank", "title": title, "status": status, "detail": detail}, status,
+                 "application/problem+json")
+
+
+class Console:
+    """The console of one service: its sessions and its routes."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        keys = service.settings.keys
+        self.sessions = Sessions(keys.session_secret, keys.console_users)
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def html(self, request: Request, session: Session, template: str, context: dict[str, Any],
+             status: int = 200) -> Response:
+        page = _env.get_template(template).render(
+            request=request, user=session.user, csrf=session.csrf, csrf_field=CSRF_FIELD, prefix=PREFIX,
+            path=request.url.path, hash_short=data.HASH_SHORT, **context)
+        response = HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)
+        if session.new:
+            self.sessions.write(response, request, session)
+        return response
+
+    # -- the frame every page and action shares -----------------------------------------------
+
+    def page(self, name: str, template: str, load: Callable[[Request], Any]) -> Callable[[Request], Awaitable[Response]]:
+        """GET: a session or a redirect (401 for the twin), then `load` on a worker thread."""
+
+        async def endpoint(request: Request) -> Response:
+            note(request.scope).route = f"{PREFIX}/{name}" if name else PREFIX
+            session = self.sessions.read(request)
+            if session.user is None:
+                if _wants_json(request):
+                    return _problem(401, "Unauthorized", "log in at /console/login")
+                return RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
+            try:
+                value = await run_in_threadpool(load, request)
+            except (data.NotFound, data.BadInput, _Refused) as exc:
+                status = 404 if isinstance(exc, data.NotFound) else getattr(exc, "status", 400)
+                if _wants_json(request):
+                    return _problem(status, "Not Found" if status == 404 else "Bad Request", str(exc))
+                return self.html(request, session, "error.html", {"status": status, "message": str(exc)}, status)
+            if _wants_json(request):
+                return _json(value)
+            return self.html(request, session, template, {"page": name, "data": value})
+
+        return endpoint
+
+    def action(self, name: str, act: Callable[[Request, Session, list[tuple[str, str]]], Awaitable[Response]]
+               ) -> Callable[[Request], Awaitable[Response]]:
+        """POST: the CSRF token of the request's own session (else 403), a session (else 303/401)."""
+
+        async def endpoint(request: Request) -> Response:
+            note(request.scope).route = f"{PREFIX}/{name}"
+            session = self.sessions.read(request)
+            try:
+                form = await _form(request)
+            except _Refused as exc:
+                return _problem(exc.status, "Bad Request", exc.message)
+            given = request.headers.get(CSRF_HEADER) or next((v for k, v in form if k == CSRF_FIELD), None)
+            if not csrf_ok(session, given):
+                return _problem(403, "Forbidden", "the form's CSRF token is missing or does not match the session; "
+                                                  "reload the page and try again")
+            if session.user is None and name != "login":
+                if _wants_json(request) or "hx-request" in request.headers:
+                    return _problem(401, "Unauthorized", "log in at /console/login")
+                return RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
+            return await act(request, session, form)
+
+        return endpoint
+
+    # -- login and logout ----------------------------------------------------------------------
+
+    async def login_page(self, request: Request) -> Response:
+        note(request.scope).route = LOGIN
+        session = self.sessions.read(request)
+        if _wants_json(request):
+            return _json({"fields": ["username", "password"], "user": session.user})
+        return self.html(request, session, "login.html", {"page": "login", "error": None, "username": ""})
+
+    async def login(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
+        values = dict(form)
+        username, password = values.get("username", ""), values.get("password", "")
+        ok = await run_in_threadpool(self.sessions.check_password, username, password)
+        if not ok:
+            if _wants_json(request):
+                return _problem(401, "Unauthorized", FAILED_LOGIN)
+            return self.html(request, session, "login.html", {"page": "login", "error": FAILED_LOGIN,
+                                                              "username": username}, 200)
+        fresh = Session(username, _fresh_token())  # a new token at login: one seen before it is worth nothing
+        response: Response = RedirectResponse(PREFIX, status_code=303, headers=SECURITY_HEADERS)
+        if _wants_json(request):
+            response = _json({"user": username, "csrf": fresh.csrf})
+        self.sessions.write(response, request, fresh)
+        return response
+
+    async def logout(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
+        response = RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
+        self.sessions.clear(response, request)
+        return response
+
+    # -- pages -----------------------------------------------------------------------------------
+
+    def _reader(self) -> Any:
+        return self.service.reader()
+
+    def load_overview(self, request: Request) -> Any:
+        return data.overview(self.service, self._reader())
+
+    def load_contract(self, request: Request) -> Any:
+        return data.contract(self.service.settings.config)
+
+    def load_preview_form(self, request: Request) -> Any:
+        config = self.service.settings.config
+        return {"files": data.preview_files(config), "file": request.query_params.get("file", "events.yaml"),
+                "text": None, "result": None}
+
+    def load_routes(self, request: Request) -> Any:
+        return data.find_routes(self.service.settings.config, self._reader(), dict(request.query_params))
+
+    def load_route(self, request: Request) -> Any:
+        return data.one_route(self.service.settings.config, self._reader(),
+                              request.path_params["segments"].split("/"))
+
+    def load_quarantine(self, request: Request) -> Any:
+        return data.quarantine(self._reader(), dict(request.query_params))
+
+    def load_rejection(self, request: Request) -> Any:
+        try:
+            seq = int(request.path_params["seq"])
+        except ValueError:
+            raise data.NotFound("a rejection's id is a number") from None
+        return data.rejection(self._reader(), seq)
+
+    def load_deliveries(self, request: Request) -> Any:
+        return data.deliveries(self.service, self._reader())
+
+    # -- actions -----------------------------------------------------------------------------------
+
+    async def preview(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
+        values = dict(form)
+        config = self.service.settings.config
+        file, text = values.get("file", ""), values.get("text", "")
+        try:
+            result = await run_in_threadpool(data.preview, config, file, text)
+        except data.BadInput as exc:
+            if _wants_json(request):
+                return _problem(400, "Bad Request", str(exc))
+            return self.html(request, session, "error.html", {"status": 400, "message": str(exc)}, 400)
+        if _wants_json(request):
+            return _json(result)
+        return self.html(request, session, "preview.html", {
+            "page": "contract/preview", "data": {"files": data.preview_files(config), "file": file, "text": text,
+                                                 "result": result}})
+
+    async def _on_writer(self, job: Callable[[Any], Any]) -> Any:
+        try:
+            future = self.service.writer.submit_call(job)
+        except WriterClosed:
+            raise _Refused(503, "the server is shutting down") from None
+        except QueueFull:
+            raise _Refused(503, "the writer's queue is full") from None
+        return await asyncio.wrap_future(future)
+
+    async def reprocess(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
+        seqs = _seqs(request, form)
+        if not seqs:
+            return _problem(400, "Bad Request", "check at least one rejection")
+        try:
+            results = await self._on_writer(data.reprocess_job(seqs))
+        except _Refused as exc:
+            return _problem(exc.status, "Service Unavailable", exc.message)
+        outcome = {seq: results.get(seq) for seq in seqs}
+        if _wants_json(request):
+            return _json({"results": [{"rejection": seq, **(r or {"status": None})} for seq, r in outcome.items()]})
+        if "hx-request" not in request.headers:
+            return RedirectResponse(request.headers.get("referer") or f"{PREFIX}/quarantine", status_code=303)
+        reader = self._reader()
+        rows = await run_in_threadpool(lambda: {seq: _row_or_none(reader, seq) for seq in seqs})
+        return self.html(request, session, "_rows.html", {"rows": [(seq, rows[seq], outcome[seq]) for seq in seqs]})
+
+    async def purge(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
+        seqs = _seqs(request, form)
+        if not seqs:
+            return _problem(400, "Bad Request", "check at least one rejection")
+        try:
+            count = await self._on_writer(data.purge_job(seqs))
+        except _Refused as exc:
+            return _problem(exc.status, "Service Unavailable", exc.message)
+        if _wants_json(request):
+            return _json({"purged": count, "rejections": seqs})
+        if "hx-request" not in request.headers:
+            return RedirectResponse(f"{PREFIX}/quarantine", status_code=303)
+        return self.html(request, session, "_purged.html", {"seqs": seqs, "count": count})
+
+    async def retry(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
+        values = dict(form)
+        store_retry = getattr(self._reader().store, "retry_delivery", None)
+        if not callable(store_retry):
+            return _problem(409, "Conflict", "this version of the store keeps no deliveries to retry")
+        item = values.get("item")
+        result = await self._on_writer(lambda engine: engine.store.retry_delivery(item))
+        if _wants_json(request):
+            return _json({"retried": result})
+        return RedirectResponse(f"{PREFIX}/deliveries", status_code=303)
+
+    # -- the table ---------------------------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        def post(path: str, name: str, act: Any) -> Route:
+            return Route(f"{PREFIX}{path}", self.action(name, act), methods=["POST"])
+
+        return [
+            Route(PREFIX, self.page("", "overview.html", self.load_overview), methods=["GET"]),
+            Route(LOGIN, self.login_page, methods=["GET"]),
+            post("/login", "login", self.login),
+            post("/logout", "logout", self.logout),
+            Route(f"{PREFIX}/contract", self.page("contract", "contract.html", self.load_contract), methods=["GET"]),
+            Route(f"{PREFIX}/contract/preview", self.page("contract/preview", "preview.html", self.load_preview_form),
+                  methods=["GET"]),
+            post("/contract/preview", "contract/preview", self.preview),
+            Route(f"{PREFIX}/routes", self.page("routes", "routes.html", self.load_routes), methods=["GET"]),
+            Route(f"{PREFIX}/routes/{{segments:path}}", self.page("routes/{key}", "route.html", self.load_route),
+                  methods=["GET"]),
+            Route(f"{PREFIX}/quarantine", self.page("quarantine", "quarantine.html", self.load_quarantine),
+                  methods=["GET"]),
+            post("/quarantine/reprocess", "quarantine/reprocess", self.reprocess),
+            post("/quarantine/purge", "quarantine/purge", self.purge),
+            Route(f"{PREFIX}/quarantine/{{seq}}", self.page("quarantine/{id}", "rejection.html", self.load_rejection),
+                  methods=["GET"]),
+            post("/quarantine/{seq}/reprocess", "quarantine/reprocess", self.reprocess),
+            Route(f"{PREFIX}/deliveries", self.page("deliveries", "deliveries.html", self.load_deliveries),
+                  methods=["GET"]),
+            post("/deliveries/retry", "deliveries/retry", self.retry),
+            Mount(f"{PREFIX}/static", app=StaticFiles(directory=HERE / "static"), name="console-static"),
+        ]
+
+
+def console_routes(service: Service) -> list[BaseRoute]:
+    """The console's routes for `service`, to add to the app's route table."""
+    return Console(service).routes()
+
+
+def _fresh_token() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(24)
+
+
+def _seqs(request: Request, form: list[tuple[str, str]]) -> list[int]:
+    given = [request.path_params["seq"]] if "seq" in request.path_params else [v for k, v in form if k == "seq"]
+    seqs = []
+    for value in given:
+        if value.isdigit():
+            seqs.append(int(value))
+    return list(dict.fromkeys(seqs))
+
+
+def _row_or_none(reader: Any, seq: int) -> dict[str, Any] | None:
+    try:
+        return data.rejection(reader, seq)
+    except data.NotFound:
+        return None
+
+
+async def _form(request: Request) -> list[tuple[str, str]]:
+    """An urlencoded form (what the console's forms and htmx send), at most MAX_FORM_BYTES."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise _Refused(413, f"a form may hold at most {MAX_FORM_BYTES} bytes")
+    if not body:
+        return []
+    if kind != "application/x-www-form-urlencoded":
+        raise _Refused(415, "send the form as application/x-www-form-urlencoded")
+    try:
+        return parse_qsl(bytes(body).decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise _Refused(400, "the form is not UTF-8") from None

@@ -113,6 +113,8 @@ def validate(app: AppContext, fmt: str) -> None:
 
 # -- process ---------------------------------------------------------------------------------------
 
+OUTAGE_WAIT_S = 60.0  # DESIGN: process retries the batch it was committing for up to 60 s
+
 def _summary(counts: dict[str, int]) -> str:
     return f"{counts['accepted']} accepted, {counts['duplicate']} duplicate, {counts['rejected']} rejected"
 
@@ -139,6 +141,7 @@ def process(app: AppContext, files: tuple[str, ...], batch_size: int, max_event_
     total = sum(os.path.getsize(f) for f in files if f != "-" and os.path.isfile(f))
     show_bar = sys.stderr.isatty() and total > 0
     with app.engine(max_event_bytes=max_event_bytes, synchronous=synchronous.upper()) as engine:
+        engine.outage_wait = OUTAGE_WAIT_S  # a shared database restarting: retry the batch, then exit 1
         app.on_failure(lambda: f"{_summary(counts)} before the failure")
         with click.progressbar(length=total, file=sys.stderr, label="processing") if show_bar else NoBar() as bar:
             for origin, name, stream in open_inputs(files):

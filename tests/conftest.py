@@ -143,3 +143,26 @@ def jsonl(*events: dict | str | bytes) -> bytes:
 
 def result_lines(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (tests/pg.py), dropped after it; skips without
+    $WEBINAR_FLOWS_TEST_PG, fails without it in CI."""
+    from pg import fresh_database
+
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database on each backend the CLI and the service run on: a SQLite file, then a fresh
+    PostgreSQL database (skipped locally without a server, see `pg_url`)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "test.db")
+        return
+    from pg import fresh_database
+
+    with fresh_database() as url:
+        yield url

@@ -9,11 +9,20 @@ from pathlib import Path
 from .base import HistoryReader, Store
 
 
-def open_store(db: str | Path, *, synchronous: str = "NORMAL", create: bool = True) -> Store:
-    """The store for `db`: a SQLite file path (or ":memory:", SQLite's in-memory database).
+def is_postgres_url(db: object) -> bool:
+    """Whether `--db` names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
-    PostgreSQL URLs will be told apart here. A `MemoryStore` is made by constructing it.
+
+def open_store(db: str | Path, *, synchronous: str = "NORMAL", create: bool = True) -> Store:
+    """The store for `db`: a `postgresql://` or `postgres://` URL (PostgreSQL 13+; the database
+    must exist, its tables are made on first use), else a SQLite file path (or ":memory:",
+    SQLite's in-memory database). A `MemoryStore` is made by constructing it.
     """
+    if is_postgres_url(db):
+        from .postgres import PostgresStore
+
+        return PostgresStore(str(db), synchronous=synchronous, create=create)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(db, synchronous=synchronous, create=create)
@@ -21,6 +30,10 @@ def open_store(db: str | Path, *, synchronous: str = "NORMAL", create: bool = Tr
 
 def open_reader(db: str | Path) -> HistoryReader:
     """A read-only reader of the database `db`; it must exist and be a webinar-flows database."""
+    if is_postgres_url(db):
+        from .postgres import PostgresStore
+
+        return PostgresStore(str(db), create=False, read_only=True)
     from .sqlite import SQLiteReader
 
     return SQLiteReader(db)

@@ -1,0 +1,762 @@
+"""The PostgreSQL store: the same two ports as store.sqlite, for many processes on one database.
+
+Through psycopg 3, one connection per store, in autocommit mode with explicit transactions
+(as the SQLite store runs `BEGIN IMMEDIATE`). What makes many writers safe:
+
+- **Per-key serialisation.** A write transaction takes a transaction-scoped advisory lock per
+  route key (`pg_advisory_xact_lock` on a 64-bit hash of the key) before it reads or writes
+  anything of that key: the keys a batch names all at once, in sorted order, when the
+  transaction begins (so two batches cannot deadlock on them), and any other key it touches
+  (an evaluation, a derived fact of another key) when it first touches it. Events of one key
+  therefore apply one at a time across every process; other keys run in parallel.
+- **Dedupe by unique constraints.** `(source, id)` and `(type, identity)` are unique; a claim is
+  `INSERT ... ON CONFLICT DO NOTHING RETURNING`, so whichever transaction commits first wins
+  and the other gets the answer a single process would (it waits for the first to finish).
+- **Sequence numbers** come from identity columns: unique and increasing in the order they are
+  handed out. Unlike SQLite, a rolled-back transaction (or a forgotten fact) leaves a gap.
+- **Timeouts**: statement, lock and idle-in-transaction timeouts on every session, so a frozen
+  peer cannot hold a key for long: its session is ended and its transaction rolled back.
+
+Driver errors become StoreError subclasses chosen by SQLSTATE (or, for a failed connection,
+which carries none, by the connection's state): deadlocks, serialisation failures and lock
+timeouts are `StoreConflict` (the caller runs the transaction again), a lost or refused
+connection is `StoreUnavailable`. Every message names the database by host, port and name
+(`describe`), never by its password. The schema is created and migrated on first use under a
+transaction-level advisory lock, so processes starting together on an empty database agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Self
+
+import orjson
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+
+from ..errors import (
+    DatabaseMissing,
+    NotADatabase,
+    StoreBusy,
+    StoreConflict,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnavailable,
+)
+from .base import (
+    FACT_COLUMNS,
+    INPUT_COLUMNS,
+    HistoryReader,
+    Kept,
+    KeyStory,
+    RejectionFilter,
+    Row,
+    Store,
+    matches_rejection,
+)
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "describe", "is_postgres_url"]
+
+SCHEMA_VERSION = 1
+VERSION_TABLE = "webinar_flows_schema"
+OUR_TABLES = ("facts", "envelopes", "rejections", "inputs", "routes", "route_history", "actions", "evaluations",
+              "outbox", "consumer_cursors")
+MIGRATION_LOCK = 0x7766_0001  # the advisory lock key that serialises schema creation
+CONNECT_TIMEOUT_S = 5
+STATEMENT_TIMEOUT_MS = 60_000
+LOCK_TIMEOUT_MS = 30_000  # a route key (or row) held longer than this: StoreConflict, and the batch runs again
+IDLE_IN_TRANSACTION_MS = 20_000  # a frozen peer's open transaction is ended after this
+PAGE = 5_000  # rows per round trip when reading a whole log
+
+
+def is_postgres_url(db: object) -> bool:
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+def describe(url: str) -> str:
+    """The database as messages name it: host, port and name; never the password."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "PostgreSQL database (unparsable URL)"
+    host = info.get("host") or info.get("hostaddr") or "localhost"
+    port = info.get("port") or "5432"
+    return f'PostgreSQL database "{info.get("dbname") or info.get("user") or "postgres"}" on {host}:{port}'
+
+
+def key_lock(route_key: str) -> int:
+    """The advisory lock of a route key: a signed 64-bit hash (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(route_key.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "big", signed=True)
+
+
+# -- driver errors ------------------------------------------------------------------------------------
+
+_CONFLICT = {"40001", "40P01", "55P03"}  # serialization_failure, deadlock_detected, lock_not_available
+_UNAVAILABLE_PREFIXES = ("08", "57P")  # connection exceptions; admin/crash shutdown, cannot connect now
+_UNAVAILABLE = {"53300", "57014"}  # too many connections; a statement cancelled (statement_timeout)
+
+
+def _translate(exc: BaseException, where: str, conn: psycopg.Connection | None = None) -> StoreError:
+    """A driver error as the StoreError subclass its SQLSTATE (or the connection's state) calls for."""
+    state = getattr(exc, "sqlstate", None) or ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if state in _CONFLICT:
+        return StoreConflict(f"{where}: a concurrent transaction collided with this one: {text}")
+    if state == "57014":
+        return StoreBusy(f"{where}: a statement ran over its timeout: {text}")
+    if state.startswith(_UNAVAILABLE_PREFIXES) or state in _UNAVAILABLE or (
+            isinstance(exc, psycopg.OperationalError) and not state) or (conn is not None and conn.broken):
+        return StoreUnavailable(f"{where}: the database server cannot be reached: {text}")
+    if state.startswith("53"):
+        return StoreFull(f"{where}: the database server is out of resources: {text}")
+    if state in ("25006", "42501"):
+        return StoreReadOnly(f"{where}: cannot write there (read-only or not permitted): {text}")
+    if state == "3D000":
+        return DatabaseMissing(f"{where}: the database does not exist (create it first): {text}")
+    if state.startswith("28"):
+        return StoreError(f"{where}: the server refused the login: {text}")
+    return StoreError(f"{where}: database error: {text}")
+
+
+_MISSING_DB = re.compile(r'database "[^"]*" does not exist')
+_AUTH = re.compile(r"authentication failed|password|no pg_hba.conf entry", re.IGNORECASE)
+
+
+def _connect_error(exc: psycopg.Error, where: str) -> StoreError:
+    """A failed connection carries no SQLSTATE: tell a missing database and a refused login apart."""
+    text = str(exc).strip()
+    if _MISSING_DB.search(text):
+        return DatabaseMissing(f"{where}: the database does not exist (create it first, e.g. createdb; "
+                               "webinar-flows creates its tables, not the database)")
+    if _AUTH.search(text):
+        return StoreError(f"{where}: the server refused the login (check the user and password)")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return StoreUnavailable(f"{where}: cannot connect: {first}")
+
+
+# -- the schema ---------------------------------------------------------------------------------------
+
+def _identity(column: str = "seq") -> str:
+    return f"{column} BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: the schema of SQLite's version 3, in PostgreSQL types
+        f"""CREATE TABLE facts ({_identity()},
+            source TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
+            route_key TEXT, identity TEXT, data TEXT NOT NULL,
+            derived INTEGER NOT NULL, rule_id TEXT, cause_seq BIGINT, evaluation_seq BIGINT,
+            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL)""",
+        "CREATE UNIQUE INDEX facts_identity ON facts (type, identity) WHERE identity IS NOT NULL",
+        "CREATE INDEX facts_route_key ON facts (route_key, seq) WHERE route_key IS NOT NULL",
+        """CREATE TABLE envelopes (source TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+            config_hash TEXT NOT NULL, PRIMARY KEY (source, id))""",
+        f"""CREATE TABLE rejections ({_identity()},
+            raw_sha256 TEXT NOT NULL UNIQUE, raw BYTEA NOT NULL, raw_size BIGINT NOT NULL,
+            truncated INTEGER NOT NULL, reason TEXT NOT NULL, errors TEXT NOT NULL,
+            source TEXT, id TEXT, type TEXT,
+            config_hash TEXT NOT NULL, first_seen_at TEXT NOT NULL, last_seen_at TEXT NOT NULL,
+            resolved_at TEXT, resolved_by_input BIGINT)""",
+        "CREATE INDEX rejections_open ON rejections (seq) WHERE resolved_at IS NULL",
+        f"""CREATE TABLE inputs ({_identity()},
+            origin TEXT, line BIGINT, status TEXT NOT NULL, reason TEXT,
+            source TEXT, id TEXT, type TEXT, fact_seq BIGINT, rejection_seq BIGINT,
+            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL)""",
+        """CREATE TABLE routes (route_key TEXT PRIMARY KEY, state TEXT NOT NULL, screen TEXT,
+            version INTEGER NOT NULL, config_hash TEXT NOT NULL, created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+        f"""CREATE TABLE route_history ({_identity()},
+            route_key TEXT NOT NULL, from_state TEXT NOT NULL, to_state TEXT NOT NULL,
+            event_source TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL,
+            fact_seq BIGINT NOT NULL, config_hash TEXT NOT NULL, at TEXT NOT NULL)""",
+        "CREATE INDEX route_history_fact ON route_history (fact_seq)",
+        f"""CREATE TABLE actions ({_identity()},
+            route_key TEXT NOT NULL, fact_seq BIGINT NOT NULL, position INTEGER NOT NULL,
+            type TEXT NOT NULL, body TEXT NOT NULL, applied INTEGER NOT NULL,
+            config_hash TEXT NOT NULL, created_at TEXT NOT NULL)""",
+        "CREATE INDEX actions_route_key ON actions (route_key, seq)",
+        f"""CREATE TABLE evaluations ({_identity()},
+            route_key TEXT NOT NULL, evaluated_at TEXT NOT NULL,
+            config_hash TEXT NOT NULL, recorded_at TEXT NOT NULL)""",
+        "CREATE INDEX evaluations_route_key ON evaluations (route_key, seq)",
+        # The outbox is read in the order of its writers' transaction ids, and only below the
+        # oldest transaction still running: with many writers, seq order is not commit order, and
+        # a reader that went by seq alone would pass an item whose transaction commits later.
+        f"""CREATE TABLE outbox ({_identity()},
+            tx XID8 NOT NULL DEFAULT pg_current_xact_id(),
+            route_key TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
+            body TEXT NOT NULL, recorded_at TEXT NOT NULL)""",
+        "CREATE INDEX outbox_order ON outbox (tx, seq)",
+        """CREATE TABLE consumer_cursors (consumer TEXT PRIMARY KEY, cursor TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+    ),
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+
+
+_FACT_VALUES = ", ".join(["%s"] * len(FACT_COLUMNS))
+# The existence check first: a duplicate then draws no number from the sequence.
+_ADD_FACT = (f"INSERT INTO facts ({', '.join(FACT_COLUMNS)}) SELECT {_FACT_VALUES}"
+             " WHERE %s::text IS NULL OR NOT EXISTS (SELECT 1 FROM facts WHERE type = %s AND identity = %s)"
+             " ON CONFLICT (type, identity) WHERE identity IS NOT NULL DO NOTHING RETURNING seq")
+_INSERT_FACT = _insert("facts", FACT_COLUMNS) + " RETURNING seq"
+_INSERT_INPUT = _insert("inputs", INPUT_COLUMNS) + " RETURNING seq"
+_REJECTION_COLUMNS = ("seq, reason, errors, source, id, type, raw_size, raw_sha256, truncated, first_seen_at,"
+                      " last_seen_at, config_hash, resolved_at, resolved_by_input")
+
+
+def _outbox_cursor(cursor: str) -> tuple[int, int]:
+    """(transaction id, seq) of an outbox cursor this store gave ("" is the beginning)."""
+    if cursor == "":
+        return 0, 0
+    tx, dot, seq = cursor.partition(".")
+    if not dot or not tx.isdigit() or not seq.isdigit() or len(tx) > 20 or len(seq) > 19:
+        raise ValueError(f"{cursor!r} is not an outbox cursor of this database")
+    return int(tx), int(seq)
+
+
+class PostgresStore(Store, HistoryReader):
+    """The PostgreSQL store: one connection, used by one thread. `url` is a libpq URL
+    (postgresql:// or postgres://); the database must exist, its tables are made on first use."""
+
+    def __init__(self, url: str, *, synchronous: str = "NORMAL", create: bool = True, read_only: bool = False):
+        self.url = url
+        self.path = describe(url)  # what messages name (the SQLite store's attribute of the same role)
+        self._synchronous = synchronous.upper()
+        self._read_only = read_only
+        self._in_tx = False
+        self._locked: set[str] = set()
+        self._depth = 0
+        self.conn: psycopg.Connection | None = None
+        self._connect()
+        try:
+            self._ensure_schema(create)
+        except BaseException:
+            self._close_quietly()
+            raise
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _conninfo(self) -> str:
+        info = conninfo_to_dict(self.url)
+        options = [info.pop("options", "") or "",
+                   f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+                   f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"]
+        if self._synchronous == "OFF":
+            options.append("-c synchronous_commit=off")
+        if self._read_only:
+            options.append("-c default_transaction_read_only=on")
+        info.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
+        info.setdefault("application_name", "webinar-flows")
+        for name, value in (("keepalives", "1"), ("keepalives_idle", "10"), ("keepalives_interval", "5"),
+                            ("keepalives_count", "3")):
+            info.setdefault(name, value)
+        return make_conninfo(**info, options=" ".join(o for o in options if o))
+
+    def _connect(self) -> None:
+        try:
+            conninfo = self._conninfo()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.path}: not a usable PostgreSQL URL: {exc}") from None
+        try:
+            self.conn = psycopg.connect(conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise _connect_error(exc, self.path) from None
+        self.cur = self.conn.cursor()
+
+    def _usable(self) -> bool:
+        return self.conn is not None and not self.conn.closed and not self.conn.broken
+
+    def _reconnect(self) -> None:
+        """A new session after a lost one (a database restart, a dropped connection)."""
+        self._close_quietly()
+        self._connect()
+
+    def _close_quietly(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg.Error:
+                pass
+
+    def close(self) -> None:
+        self._close_quietly()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure_schema(self, create: bool) -> None:
+        try:
+            version = self._version()
+            if version == SCHEMA_VERSION:
+                return
+            if version is not None and version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: the database has schema version {version}, newer than this "
+                                 f"webinar-flows understands ({SCHEMA_VERSION}); upgrade webinar-flows")
+            if not create or self._read_only:
+                raise DatabaseMissing(f"{self.path}: the database holds no webinar-flows tables yet "
+                                      "(process some events first, or check --db / $WEBINAR_FLOWS_DB)")
+            self._migrate()
+        except psycopg.Error as exc:
+            raise _translate(exc, self.path, self.conn) from None
+
+    def _version(self) -> int | None:
+        assert self.conn is not None
+        found = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,)).fetchone()
+        if not found or not found[0]:
+            return None
+        row = self.conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema; processes starting together wait for the first one."""
+        assert self.conn is not None
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            version = self._version()
+            if version is None:
+                taken = [t for t in OUR_TABLES
+                         if self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (t,)).fetchone()[0]]
+                if taken:
+                    raise NotADatabase(f"{self.path}: not a webinar-flows database (it holds tables named "
+                                       f"{', '.join(taken)} without webinar-flows' schema version); use another "
+                                       "database or schema")
+                self.conn.execute(f"CREATE TABLE {VERSION_TABLE} (version INTEGER NOT NULL,"
+                                  " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+                version = 0
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1]:
+                    self.conn.execute(statement)
+                self.conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)", (number,))
+
+    # -- transactions ------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction. The route keys it writes are locked by `lock_keys` (all at once,
+        sorted) or, for a key it names no earlier, when first touched."""
+        if self._in_tx:
+            raise StoreError(f"{self.path}: a transaction is already open (transactions do not nest)")
+        if not self._usable():
+            self._reconnect()
+        self._in_tx = True
+        self._locked = set()
+        try:
+            try:
+                self.cur.execute("BEGIN")
+            except psycopg.Error as exc:
+                raise _translate(exc, self.path, self.conn) from None
+            try:
+                yield
+                self.cur.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback_quietly()
+                if isinstance(exc, psycopg.Error):
+                    raise _translate(exc, self.path, self.conn) from None
+                raise
+        finally:
+            self._in_tx = False
+            self._locked = set()
+
+    def _rollback_quietly(self) -> None:
+        try:
+            if self._usable():
+                self.cur.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # the original error matters more than a failed rollback
+
+    def lock_keys(self, route_keys: Iterable[str | None]) -> None:
+        """Lock a batch's route keys in one statement, in the order of their lock numbers: every
+        process takes any two keys in the same order, so two batches never deadlock on them."""
+        wanted = {k for k in route_keys if k is not None} - self._locked
+        if wanted and self._in_tx:
+            self.cur.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k",
+                             (sorted({key_lock(k) for k in wanted}),))
+            self._locked |= wanted
+
+    def _lock(self, route_key: str | None) -> None:
+        """Inside a transaction: hold the key's lock before reading or writing what is under it."""
+        if route_key is not None and self._in_tx and route_key not in self._locked:
+            self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (key_lock(route_key),))
+            self._locked.add(route_key)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._depth += 1
+        name = f"sp{self._depth}"
+        self.cur.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            if self._usable():
+                self.cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self.cur.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        else:
+            self.cur.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._depth -= 1
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read-only, repeatable-read transaction: every read inside sees the same state."""
+        if not self._usable():
+            self._reconnect()
+        try:
+            self.cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except psycopg.Error as exc:
+            raise _translate(exc, self.path, self.conn) from None
+        self._in_tx = True
+        try:
+            yield
+        finally:
+            self._in_tx = False
+            self._rollback_quietly()
+
+    # -- reads shared by both ports ----------------------------------------------------------------------
+
+    def _run(self, sql: str, params: Any = ()) -> psycopg.Cursor:
+        if not self._in_tx and not self._usable():
+            try:
+                self._reconnect()
+            except StoreError:
+                raise
+        try:
+            return self.conn.execute(sql, params)  # type: ignore[union-attr]
+        except psycopg.Error as exc:
+            raise _translate(exc, self.path, self.conn) from None
+
+    def _all(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._run(sql, params).fetchall()
+        except psycopg.Error as exc:
+            raise _translate(exc, self.path, self.conn) from None
+
+    def _dicts(self, sql: str, params: Any = ()) -> list[Row]:
+        if not self._in_tx and not self._usable():
+            self._reconnect()
+        try:
+            with self.conn.cursor(row_factory=dict_row) as cur:  # type: ignore[union-attr]
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        except psycopg.Error as exc:
+            raise _translate(exc, self.path, self.conn) from None
+
+    def _pages(self, table: str) -> Iterator[Row]:
+        """A whole log in seq order, a page per round trip."""
+        last = 0
+        while True:
+            rows = self._dicts(f"SELECT * FROM {table} WHERE seq > %s ORDER BY seq LIMIT {PAGE}", (last,))
+            yield from rows
+            if len(rows) < PAGE:
+                return
+            last = rows[-1]["seq"]
+
+    def route_row(self, route_key: str) -> Row | None:
+        found = self._dicts("SELECT route_key, state, screen, version, config_hash, created_at, updated_at"
+                            " FROM routes WHERE route_key = %s", (route_key,))
+        return found[0] if found else None
+
+    def history(self, route_key: str) -> list[Row]:
+        rows = self._all("SELECT h.from_state, h.to_state, h.event_source, h.event_id, h.event_type, h.at"
+                         " FROM facts AS f JOIN route_history AS h ON h.fact_seq = f.seq"
+                         " WHERE f.route_key = %s ORDER BY h.seq", (route_key,))
+        return [{"from": f, "to": t, "event": {"source": s, "id": i, "type": ty}, "at": at}
+                for f, t, s, i, ty, at in rows]
+
+    def route_keys(self, match: dict[int, Any]) -> list[str]:
+        """Route keys whose JSON array holds `match[i]` at each position i, in key order (bytewise,
+        as SQLite orders text)."""
+        where = " AND ".join(f"(route_key::jsonb -> {int(i)}) = %s::jsonb" for i in match) or "TRUE"
+        params = [json.dumps(v, ensure_ascii=False) for v in match.values()]
+        return [r[0] for r in self._all(f"SELECT route_key FROM routes WHERE {where} ORDER BY route_key COLLATE \"C\"",
+                                        params)]
+
+    # -- the read port ------------------------------------------------------------------------------------
+
+    def inputs(self) -> Iterator[Row]:
+        return self._pages("inputs")
+
+    def evaluations(self) -> Iterator[Row]:
+        return self._pages("evaluations")
+
+    def history_size(self) -> int:
+        return int(self._all("SELECT (SELECT count(*) FROM inputs) + (SELECT count(*) FROM evaluations)")[0][0])
+
+    def input_bytes(self, row: Row) -> bytes | Kept | None:
+        if row["status"] in ("accepted", "duplicate"):
+            found = self._all("SELECT body FROM envelopes WHERE source = %s AND id = %s", (row["source"], row["id"]))
+            return found[0][0].encode("utf-8") if found else None
+        found = self._all("SELECT raw, raw_size, raw_sha256, truncated FROM rejections WHERE seq = %s",
+                          (row["rejection_seq"],))
+        if not found:
+            return None
+        raw, size, digest, truncated = found[0]
+        return Kept(bytes(raw), size, digest, bool(truncated))
+
+    def rejections(self, selection: RejectionFilter, *, raw: bool = False) -> Iterator[Row]:
+        clauses, params = [], []
+        for column, values in (("reason", selection.reasons), ("source", selection.sources),
+                               ("type", selection.types)):
+            if values:
+                clauses.append(f"{column} = ANY(%s)")
+                params.append(list(values))
+        if selection.state != "all":
+            clauses.append("resolved_at IS NULL" if selection.state == "open" else "resolved_at IS NOT NULL")
+        where = " AND ".join(clauses) or "TRUE"
+        columns = _REJECTION_COLUMNS + (", raw" if raw else "")
+        # since/until compare instants as timefmt does (its precision beyond microseconds): in Python
+        timed = selection.since is not None or selection.until is not None
+        for row in self._dicts(f"SELECT {columns} FROM rejections WHERE {where} ORDER BY seq", params):
+            if timed and not matches_rejection(row, selection):
+                continue
+            if selection.truncated is not None and bool(row["truncated"]) != selection.truncated:
+                continue
+            if raw:
+                row["raw"] = bytes(row["raw"])
+            yield row
+
+    def rejection_raw(self, seq: int) -> bytes | None:
+        found = self._all("SELECT raw FROM rejections WHERE seq = %s", (seq,))
+        return bytes(found[0][0]) if found else None
+
+    def key_story(self, route_key: str, *, body_texts: Sequence[str] = (),
+                  raw_texts: Sequence[bytes] = ()) -> KeyStory:
+        story = KeyStory()
+        story.facts = self._dicts("SELECT * FROM facts WHERE route_key = %s ORDER BY seq", (route_key,))
+        story.inputs = self._dicts(
+            "SELECT i.*, e.body FROM inputs i JOIN facts f ON f.seq = i.fact_seq"
+            " JOIN envelopes e ON e.source = i.source AND e.id = i.id"
+            " WHERE i.status = 'accepted' AND f.route_key = %s ORDER BY i.seq", (route_key,))
+        match = " AND ".join("strpos(e.body, %s) > 0" for _ in body_texts) or "TRUE"
+        story.inputs += self._dicts(
+            "SELECT i.*, e.body FROM inputs i JOIN envelopes e ON e.source = i.source AND e.id = i.id"
+            f" WHERE i.status = 'duplicate' AND {match} ORDER BY i.seq", list(body_texts))
+        literal = " AND ".join("position(%s::bytea IN r.raw) > 0" for _ in raw_texts) or "TRUE"
+        match = f"(({literal}) OR position(%s::bytea IN r.raw) > 0 OR position(%s::bytea IN r.raw) > 0)"
+        for row in self._dicts("SELECT i.*, r.raw, r.reason AS now_reason, r.errors, r.resolved_at,"
+                               " r.resolved_by_input FROM inputs i JOIN rejections r ON r.seq = i.rejection_seq"
+                               f" WHERE i.status = 'rejected' AND {match} ORDER BY i.seq",
+                               [*(bytes(t) for t in raw_texts), b"\\", b"\x00"]):
+            row["raw"] = bytes(row["raw"])
+            story.inputs.append(row)
+        story.evaluations = self._dicts("SELECT * FROM evaluations WHERE route_key = %s ORDER BY seq", (route_key,))
+        story.history = self._dicts("SELECT h.* FROM facts AS f JOIN route_history AS h ON h.fact_seq = f.seq"
+                                    " WHERE f.route_key = %s ORDER BY h.seq", (route_key,))
+        story.actions = self._dicts("SELECT fact_seq, body FROM actions WHERE route_key = %s ORDER BY seq",
+                                    (route_key,))
+        return story
+
+    def route_states(self) -> dict[str, tuple[str, str | None]]:
+        return {k: (s, sc) for k, s, sc in self._all("SELECT route_key, state, screen FROM routes")}
+
+    def route_counts(self) -> dict[str, int]:
+        return {s: int(n) for s, n in self._all("SELECT state, count(*) FROM routes GROUP BY state")}
+
+    def latest_results(self, event_type: str, field: str) -> dict[str, Any]:
+        latest: dict[str, Any] = {}
+        for route_key, data in self._all("SELECT route_key, data FROM facts WHERE type = %s"
+                                         " AND route_key IS NOT NULL ORDER BY seq", (event_type,)):
+            payload = json.loads(data)
+            if field in payload:
+                latest[route_key] = payload[field]
+        return latest
+
+    def config_hashes(self) -> list[str]:
+        return [r[0] for r in self._all("SELECT config_hash FROM inputs GROUP BY config_hash ORDER BY min(seq)")]
+
+    # A cursor is "<transaction id>.<seq>" of the last item passed. Items are read in that order
+    # and only below the oldest transaction still running (pg_snapshot_xmin): every transaction
+    # below it has ended, and every later one gets a higher id, so nothing can appear behind a
+    # cursor once it has passed, however the writers' commits interleave.
+
+    def outbox_after(self, cursor: str, types: frozenset[str], limit: int) -> tuple[list[str], str]:
+        tx, seq = _outbox_cursor(cursor)
+        if not types:
+            return [], cursor
+        with self.snapshot():
+            rows = self._all("SELECT tx::text, seq, body FROM outbox WHERE (tx, seq) > (%s::text::xid8, %s)"
+                             " AND tx < pg_snapshot_xmin(pg_current_snapshot()) AND type = ANY(%s)"
+                             " ORDER BY tx, seq LIMIT %s", (str(tx), seq, sorted(types), limit))
+            if len(rows) < limit:  # everything finished up to now was scanned: skip past it
+                last = self._all("SELECT tx::text, seq FROM outbox WHERE (tx, seq) > (%s::text::xid8, %s)"
+                                 " AND tx < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx DESC, seq DESC"
+                                 " LIMIT 1", (str(tx), seq))
+                end = (int(last[0][0]), last[0][1]) if last else (tx, seq)
+            else:
+                end = (int(rows[-1][0]), rows[-1][1])
+        return [body for _, _, body in rows], (f"{end[0]}.{end[1]}" if end != (tx, seq) else cursor)
+
+    def cursor_of(self, consumer: str) -> str:
+        found = self._all("SELECT cursor FROM consumer_cursors WHERE consumer = %s", (consumer,))
+        return found[0][0] if found else ""
+
+    def outbox_backlog(self, cursor: str, types: frozenset[str]) -> int:
+        tx, seq = _outbox_cursor(cursor)
+        if not types:
+            return 0
+        return int(self._all("SELECT count(*) FROM outbox WHERE (tx, seq) > (%s::text::xid8, %s) AND type = ANY(%s)",
+                             (str(tx), seq, sorted(types)))[0][0])
+
+    # -- the per-event hot path -----------------------------------------------------------------------
+    # These run inside `transaction()`, which translates their driver errors; they use the
+    # connection's cursor directly.
+
+    def find_envelope(self, source: str, event_id: str) -> str | None:
+        row = self._exec("SELECT body FROM envelopes WHERE source = %s AND id = %s", (source, event_id)).fetchone()
+        return row[0] if row else None
+
+    def _exec(self, sql: str, params: Any) -> psycopg.Cursor:
+        if self._in_tx:
+            return self.cur.execute(sql, params)
+        return self._run(sql, params)
+
+    def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool:
+        return self._exec("INSERT INTO envelopes (source, id, body, config_hash) VALUES (%s, %s, %s, %s)"
+                          " ON CONFLICT DO NOTHING", (source, event_id, body, config_hash)).rowcount == 1
+
+    def forget(self, fact_seq: int | None, source: str, event_id: str) -> None:
+        if fact_seq is not None:
+            self._exec("DELETE FROM facts WHERE seq = %s", (fact_seq,))
+        self._exec("DELETE FROM envelopes WHERE source = %s AND id = %s", (source, event_id))
+
+    def has_identity(self, event_type: str, identity: str) -> bool:
+        return self._exec("SELECT 1 FROM facts WHERE type = %s AND identity = %s",
+                          (event_type, identity)).fetchone() is not None
+
+    def add_fact(self, row: tuple[Any, ...]) -> int | None:
+        self._lock(row[3])
+        found = self._exec(_ADD_FACT, (*row, row[4], row[2], row[4])).fetchone()
+        return found[0] if found else None
+
+    def insert_fact(self, row: tuple[Any, ...]) -> int:
+        self._lock(row[3])
+        return self._exec(_INSERT_FACT, row).fetchone()[0]
+
+    def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
+        self._lock(route_key)
+        rows = self._exec("SELECT type, data FROM facts WHERE route_key = %s ORDER BY seq", (route_key,)).fetchall()
+        return [(t, orjson.loads(d)) for t, d in rows]
+
+    def facts_with_identity(self, route_key: str) -> list[tuple[str, dict[str, Any], str | None]]:
+        self._lock(route_key)
+        rows = self._exec("SELECT type, data, identity FROM facts WHERE route_key = %s ORDER BY seq",
+                          (route_key,)).fetchall()
+        return [(t, orjson.loads(d), i) for t, d, i in rows]
+
+    def route_state(self, route_key: str) -> tuple[str, str | None] | None:
+        self._lock(route_key)
+        row = self._exec("SELECT state, screen FROM routes WHERE route_key = %s", (route_key,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def create_route(self, route_key: str, state: str, config_hash: str, at: str) -> None:
+        self._lock(route_key)
+        self._exec("INSERT INTO routes (route_key, state, screen, version, config_hash, created_at, updated_at)"
+                   " VALUES (%s, %s, NULL, 0, %s, %s, %s)", (route_key, state, config_hash, at, at))
+
+    def fix_route(self, route_key: str, state: str, screen: str | None, config_hash: str, at: str) -> None:
+        self._lock(route_key)
+        self._exec(
+            "INSERT INTO routes AS r (route_key, state, screen, version, config_hash, created_at, updated_at)"
+            " VALUES (%s, %s, %s, 1, %s, %s, %s) ON CONFLICT (route_key) DO UPDATE SET state = excluded.state,"
+            " screen = excluded.screen, version = r.version + 1, config_hash = excluded.config_hash,"
+            " updated_at = excluded.updated_at", (route_key, state, screen, config_hash, at, at))
+
+    def append_history(self, route_key: str, before: str, after: str, cause: dict[str, Any], fact_seq: int,
+                       config_hash: str, at: str) -> None:
+        self._exec(
+            "INSERT INTO route_history (route_key, from_state, to_state, event_source, event_id, event_type,"
+            " fact_seq, config_hash, at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (route_key, before, after, cause["source"], cause["id"], cause["type"], fact_seq, config_hash, at))
+
+    def add_actions(self, route_key: str, fact_seq: int, actions: list[dict[str, Any]], consumed: frozenset[str],
+                    config_hash: str, at: str) -> None:
+        if not actions:
+            return
+        rows = [(route_key, fact_seq, i, a["type"], orjson.dumps(a, option=orjson.OPT_SORT_KEYS).decode(),
+                 int(a["type"] in consumed), config_hash, at) for i, a in enumerate(actions)]
+        sql = ("INSERT INTO actions (route_key, fact_seq, position, type, body, applied, config_hash, created_at)"
+               " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+        if self._in_tx:
+            self.cur.executemany(sql, rows)
+        else:
+            with self.transaction():
+                self.cur.executemany(sql, rows)
+
+    def record_rejection(self, row: dict[str, Any]) -> int:
+        # An update first: a rejection seen again draws no number from the sequence.
+        found = self._exec(
+            "UPDATE rejections SET reason = %(reason)s, errors = %(errors)s, config_hash = %(config_hash)s,"
+            " last_seen_at = %(at)s, resolved_at = NULL, resolved_by_input = NULL"
+            " WHERE raw_sha256 = %(raw_sha256)s RETURNING seq", row).fetchone()
+        if found:
+            return found[0]
+        return self._exec(
+            "INSERT INTO rejections AS r (raw_sha256, raw, raw_size, truncated, reason, errors, source, id, type,"
+            " config_hash, first_seen_at, last_seen_at) VALUES (%(raw_sha256)s, %(raw)s, %(raw_size)s,"
+            " %(truncated)s, %(reason)s, %(errors)s, %(source)s, %(id)s, %(type)s, %(config_hash)s, %(at)s, %(at)s)"
+            " ON CONFLICT (raw_sha256) DO UPDATE SET reason = excluded.reason, errors = excluded.errors,"
+            " config_hash = excluded.config_hash, last_seen_at = excluded.last_seen_at,"
+            " resolved_at = NULL, resolved_by_input = NULL RETURNING seq", {**row, "raw": bytes(row["raw"])}
+        ).fetchone()[0]
+
+    def resolve_rejection(self, seq: int, input_seq: int, at: str) -> None:
+        self._exec("UPDATE rejections SET resolved_at = %s, resolved_by_input = %s WHERE seq = %s",
+                   (at, input_seq, seq))
+
+    def purge_rejections(self, seqs: list[int]) -> int:
+        if not seqs:
+            return 0
+        return self._exec("DELETE FROM rejections WHERE seq = ANY(%s)", (list(seqs),)).rowcount
+
+    def record_input(self, row: tuple[Any, ...]) -> int:
+        return self._exec(_INSERT_INPUT, row).fetchone()[0]
+
+    def add_outbox(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        sql = "INSERT INTO outbox (route_key, id, type, body, recorded_at) VALUES (%s, %s, %s, %s, %s)"
+        if self._in_tx:
+            self.cur.executemany(sql, list(rows))
+        else:
+            with self.transaction():
+                self.cur.executemany(sql, list(rows))
+
+    def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
+        _outbox_cursor(cursor)
+        self._exec("INSERT INTO consumer_cursors (consumer, cursor, updated_at) VALUES (%s, %s, %s)"
+                   " ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor,"
+                   " updated_at = excluded.updated_at", (consumer, cursor, at))
+
+    def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int:
+        self._lock(route_key)
+        return self._exec("INSERT INTO evaluations (route_key, evaluated_at, config_hash, recorded_at)"
+                          " VALUES (%s, %s, %s, %s) RETURNING seq", (route_key, evaluated_at, config_hash, at)
+                          ).fetchone()[0]
+
+
+def wait_for(url: str, seconds: float) -> None:
+    """Block until the database answers (a helper for tests and scripts after a restart)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with psycopg.connect(url, connect_timeout=2, autocommit=True) as conn:
+                conn.execute("SELECT 1")
+                return
+        except psycopg.Error:
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"{describe(url)}: not answering after {seconds:.0f} s") from None
+            time.sleep(0.2)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets as _random
+import sys
 import tempfile
 import tomllib
 from collections.abc import Iterator
@@ -282,6 +284,46 @@ def list_keys(keys_file: Path | None, fmt: str) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@keys.command(name="user", context_settings=CONTEXT)
+@click.argument("name", metavar="NAME")
+@_keys_option
+def user(name: str, keys_file: Path | None) -> None:
+    """Add console user NAME, or set its password: asked twice, stored as an argon2 hash.
+
+    The password is read from the terminal without echo, or, when standard input is not a
+    terminal, as its first two lines. Two different answers write nothing (exit 1). Also
+    writes [console] session_secret, the key that signs console sessions, when the file has
+    none. Restart `serve` to apply.
+    """
+    if not KEY_ID.match(name):
+        raise Failed(f"error: bad user name {name!r}: 1-64 letters, digits, '-' or '_', starting with a letter "
+                     f"or digit")
+    if sys.stdin.isatty():
+        first = click.prompt("Password", hide_input=True, default="", show_default=False)
+        second = click.prompt("Repeat the password", hide_input=True, default="", show_default=False)
+    else:
+        lines = [sys.stdin.readline().rstrip("\r\n") for _ in range(2)]
+        first, second = lines
+    if first != second:
+        raise Failed("error: the two passwords differ; nothing was written")
+    if not first:
+        raise Failed("error: an empty password is not allowed; nothing was written")
+    from argon2 import PasswordHasher
+
+    password_hash = PasswordHasher().hash(first)
+    path = _locate(keys_file)
+    with _locked(path):
+        document = _load(path, must_exist=False)
+        console = document.setdefault("console", {})
+        if not isinstance(console, dict) or not isinstance(console.setdefault("users", {}), dict):
+            raise Failed(f"error: {path}: [console] and [console.users] must be tables; the file was left as it is")
+        existed = name in console["users"]
+        console["users"][name] = {"password_hash": password_hash}
+        console.setdefault("session_secret", _random.token_urlsafe(32))
+        write_atomically(path, document)
+    click.echo(f"{'changed the password of' if existed else 'added'} console user {name} in {path}", err=True)
 
 
 def register(group: click.Group) -> None:

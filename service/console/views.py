@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import orjson
@@ -28,8 +28,7 @@ from ..writer import QueueFull, WriterClosed
 from . import data
 from .session import CSRF_FIELD, CSRF_HEADER, Session, Sessions, csrf_ok
 
-if TYPE_CHECKING:
-    from ..app import Service
+Service = Any  # service.app.Service; not imported: the app imports the console
 
 HERE = Path(__file__).parent
 PREFIX = "/console"

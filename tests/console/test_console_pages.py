@@ -1,0 +1,374 @@
+"""The console through Starlette's TestClient: every page and its JSON twin, login, sessions,
+CSRF, re-process and purge through the writer. Numbers are checked against a direct count
+over the same database through the engine's API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from itsdangerous import URLSafeTimedSerializer
+from starlette.testclient import TestClient
+
+from consolekit import PASSWORD, USER, configs, csrf_of, log_in, seed, write_keys
+from engine import Engine, load_config
+from service.app import create_app
+from service.settings import load_settings
+
+JSON = {"accept": "application/json"}
+STATIC = Path(__file__).resolve().parents[2] / "service" / "console" / "static"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, Any]:
+    strict, approving = configs(tmp_path)
+    db = tmp_path / "console.db"
+    results = seed(strict, db)
+    keys = write_keys(tmp_path / "keys.toml")
+    return {"strict": strict, "approving": approving, "db": db, "keys": keys, "results": results}
+
+
+def _client(setup: dict[str, Any], config: str = "approving") -> TestClient:
+    settings = load_settings(setup[config], setup["db"], setup["keys"])
+    return TestClient(create_app(settings), base_url="http://testserver")
+
+
+@pytest.fixture
+def client(setup: dict[str, Any]) -> Iterator[TestClient]:
+    with _client(setup) as c:
+        yield c
+
+
+@pytest.fixture
+def logged(client: TestClient) -> tuple[TestClient, str]:
+    return client, log_in(client)
+
+
+def _direct_counts(config: Path, db: Path) -> dict[str, Counter]:
+    with Engine.open(config=config, db=db, create=False) as engine:
+        rows = list(engine.store.inputs())
+    return {"status": Counter(r["status"] for r in rows), "reason": Counter(r["reason"] or "-" for r in rows),
+            "emitter": Counter(r["source"] or "-" for r in rows), "type": Counter(r["type"] or "-" for r in rows),
+            "total": Counter({"n": len(rows)})}
+
+
+# -- without a session -----------------------------------------------------------------------
+
+PAGES = ["/console", "/console/contract", "/console/contract/preview", "/console/routes",
+         "/console/routes?lead_id=L1", "/console/routes/L1/W1", "/console/quarantine", "/console/quarantine/1",
+         "/console/deliveries"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_without_a_session_pages_redirect_to_login_and_twins_answer_401(client: TestClient, path: str) -> None:
+    page = client.get(path, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/console/login"
+    twin = client.get(path, headers=JSON)
+    assert twin.status_code == 401 and twin.headers["content-type"].startswith("application/problem+json")
+
+
+def test_health_and_metrics_stay_open(client: TestClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_login_page_has_the_fields_and_button(client: TestClient) -> None:
+    html = client.get("/console/login").text
+    assert 'name="username"' in html and 'name="password"' in html and ">Log in</button>" in html
+
+
+def test_a_wrong_password_or_user_says_only_invalid(client: TestClient) -> None:
+    token = csrf_of(client.get("/console/login").text)
+    for user, password in ((USER, "wrong"), ("nobody", PASSWORD)):
+        answer = client.post("/console/login", data={"username": user, "password": password, "csrf": token},
+                             follow_redirects=False)
+        assert answer.status_code == 200 and "Invalid username or password" in answer.text
+        assert "nobody" not in answer.text.replace('value="nobody"', "")  # nothing about which part was wrong
+    assert client.get("/console", follow_redirects=False).status_code == 303
+
+
+def test_login_sets_a_hardened_cookie_and_leads_to_the_overview(client: TestClient) -> None:
+    token = csrf_of(client.get("/console/login").text)
+    answer = client.post("/console/login", data={"username": USER, "password": PASSWORD, "csrf": token},
+                         follow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["location"] == "/console"
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie.replace("secure=", "")
+    assert client.get("/console").status_code == 200
+
+
+def test_the_cookie_is_secure_over_tls(setup: dict[str, Any]) -> None:
+    settings = load_settings(setup["approving"], setup["db"], setup["keys"])
+    with TestClient(create_app(settings), base_url="https://testserver") as c:
+        token = csrf_of(c.get("/console/login").text)
+        answer = c.post("/console/login", data={"username": USER, "password": PASSWORD, "csrf": token},
+                        follow_redirects=False)
+        assert "; secure" in answer.headers["set-cookie"].lower()
+
+
+def test_a_post_without_its_csrf_token_is_403(logged: tuple[TestClient, str]) -> None:
+    client, token = logged
+    for path, form in (("/console/quarantine/reprocess", {"seq": "1"}), ("/console/quarantine/purge", {"seq": "1"}),
+                       ("/console/contract/preview", {"file": "events.yaml", "text": "x"}), ("/console/logout", {}),
+                       ("/console/quarantine/1/reprocess", {})):
+        assert client.post(path, data=form).status_code == 403, path
+        assert client.post(path, data={**form, "csrf": "not-the-token"}).status_code == 403, path
+    assert client.post("/console/login", data={"username": USER, "password": PASSWORD}).status_code == 403
+    with Engine.open(config=client.app.state.service.settings.config, db=client.app.state.service.settings.db,
+                     create=False) as engine:
+        assert len(engine.rejections()) == 3  # nothing was re-processed or purged
+
+
+def test_a_session_signed_with_another_secret_is_refused(logged: tuple[TestClient, str]) -> None:
+    client, token = logged
+    forged = URLSafeTimedSerializer("another secret", salt="wf-console-session").dumps({"user": USER, "csrf": token})
+    client.cookies.clear()
+    client.cookies.set("wf_console", forged, path="/console")
+    assert client.get("/console", follow_redirects=False).status_code == 303
+    assert client.get("/console", headers=JSON).status_code == 401
+    answer = client.post("/console/quarantine/reprocess", data={"seq": "1", "csrf": token})
+    assert answer.status_code == 403
+
+
+def test_log_out_ends_the_session(logged: tuple[TestClient, str]) -> None:
+    client, token = logged
+    html = client.get("/console").text
+    assert ">Log out</button>" in html
+    answer = client.post("/console/logout", data={"csrf": token}, follow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
+    assert client.get("/console", follow_redirects=False).status_code == 303
+
+
+def test_a_user_removed_from_the_keys_file_loses_the_session(setup: dict[str, Any]) -> None:
+    with _client(setup) as client:
+        log_in(client)
+        cookie = client.cookies.get("wf_console")
+    write_keys(setup["keys"], {"bob": "x"})  # the same session secret, ann gone
+    with _client(setup) as client:
+        client.cookies.set("wf_console", cookie, path="/console")
+        assert client.get("/console", headers=JSON).status_code == 401
+
+
+# -- pages and twins -------------------------------------------------------------------------
+
+def test_overview_counts_equal_a_direct_count(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
+    client, _ = logged
+    twin = client.get("/console", headers=JSON).json()
+    direct = _direct_counts(setup["approving"], setup["db"])
+    for window in ("hour", "day", "all"):  # everything was recorded just now
+        counts = twin["counts"][window]
+        assert counts["total"] == direct["total"]["n"] == len(setup["results"])
+        for dim in ("status", "reason", "emitter", "type"):
+            assert counts[dim] == dict(direct[dim]), (window, dim)
+    config = load_config(setup["approving"])
+    assert twin["config_hash"] == config.hash
+    assert twin["writer"]["alive"] is True and twin["writer"]["database_writable"] is True
+    assert twin["failed_deliveries"]["total"] == 0
+    html = client.get("/console").text
+    assert config.hash[:12] in html and config.hash not in html.replace(f'title="{config.hash}"', "")
+    assert "<svg" in html and 'class="chart"' in html
+    assert f">All time: {direct['total']['n']}<" in html
+
+
+def test_contract_page_and_twin(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
+    client, _ = logged
+    config = load_config(setup["approving"])
+    twin = client.get("/console/contract", headers=JSON).json()
+    assert [e["name"] for e in twin["events"]] == list(config.events)
+    for event in twin["events"]:
+        spec = config.events[event["name"]]
+        assert (event["status"], event["description"], event["identity"], event["payload"]) == \
+            (spec.status, spec.description, list(spec.identity), spec.payload)
+    assert twin["matrix"][TRACKER]["client_webinar_registered"] == "planned"
+    assert twin["matrix"][TRACKER]["client_webinar_left"] is None
+    assert [r["id"] for r in twin["rules"]] == [r.id for r in config.rules]
+    assert twin["diagram"].lstrip().startswith("---") and "stateDiagram-v2" in twin["diagram"]
+    html = client.get("/console/contract").text
+    assert 'class="mermaid"' in html and "/console/static/mermaid.min.js" in html
+    for name in config.events:
+        assert name in html
+
+
+TRACKER = "client-webinar-tracker-v2"
+
+
+def test_preview_shows_yaml_errors_with_line_and_column_and_writes_nothing(logged: tuple[TestClient, str],
+                                                                           setup: dict[str, Any]) -> None:
+    client, token = logged
+    before = {p: p.read_bytes() for p in setup["approving"].rglob("*") if p.is_file()}
+    html = client.get("/console/contract/preview").text
+    for name in ("events.yaml", "emitters.yaml", "states.yaml", "consumers.yaml", "rules/"):
+        assert name in html
+    assert ">Preview</button>" in html
+    broken = "emitters:\n  x: [unclosed\n"
+    answer = client.post("/console/contract/preview", data={"file": "emitters.yaml", "text": broken, "csrf": token})
+    assert answer.status_code == 200
+    twin = client.post("/console/contract/preview", data={"file": "emitters.yaml", "text": broken},
+                       headers={**JSON, "x-csrf-token": token}).json()
+    assert twin["valid"] is False and twin["problems"]
+    first = twin["problems"][0]
+    assert first["file"].endswith("emitters.yaml") and first["line"] >= 2 and first["column"] >= 1
+    assert f"{first['file']}:{first['line']}:{first['column']}" in answer.text
+    # a breaking change: the tracker may no longer send completions
+    text = (setup["approving"] / "emitters.yaml").read_text().replace("      client_webinar_completed: implemented\n", "")
+    twin = client.post("/console/contract/preview", data={"file": "emitters.yaml", "text": text},
+                       headers={**JSON, "x-csrf-token": token}).json()
+    assert twin["valid"] is True and twin["breaking"] and twin["diagram"]
+    assert any("emitters" in c["breaking_for"] for c in twin["breaking"])
+    after = {p: p.read_bytes() for p in setup["approving"].rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_routes_search_and_one_route(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
+    client, _ = logged
+    found = client.get("/console/routes?lead_id=L1", headers=JSON).json()
+    assert [(r["lead_id"], r["webinar_id"], r["state"]) for r in found["routes"]] == [("L1", "W1", "completed")]
+    everything = client.get("/console/routes?webinar_id=W1", headers=JSON).json()
+    with Engine.open(config=setup["approving"], db=setup["db"], create=False) as engine:
+        assert everything["total"] == len(engine.store.route_states()) == 2
+        direct = engine.route(lead_id="L1", webinar_id="W1")
+        story = engine.explain(lead_id="L1", webinar_id="W1")
+    one = client.get("/console/routes/L1/W1", headers=JSON).json()
+    assert (one["state"], one["screen"], one["history"]) == (direct["state"], direct["screen"], direct["history"])
+    assert one["story"] == json.loads(json.dumps(story["story"]))
+    assert one["current_node"] == "completed"
+    assert "classDef current" in one["diagram"] and "class completed current" in one["diagram"]
+    html = client.get("/console/routes/L1/W1").text
+    assert 'data-current="completed"' in html and "client_webinar_completed" in html
+    assert client.get("/console/routes/L9/W9").status_code == 404
+    assert client.get("/console/routes/only-one").status_code == 404
+
+
+def test_quarantine_lists_newest_first_and_filters(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
+    client, _ = logged
+    twin = client.get("/console/quarantine", headers=JSON).json()
+    with Engine.open(config=setup["approving"], db=setup["db"], create=False) as engine:
+        direct = engine.rejections()
+    assert [r["seq"] for r in twin["rejections"]] == [r["seq"] for r in reversed(direct)]
+    assert twin["total"] == 3
+    only = client.get("/console/quarantine?reason=unauthorized_emitter", headers=JSON).json()
+    assert [r["reason"] for r in only["rejections"]] == ["unauthorized_emitter"]
+    by_type = client.get("/console/quarantine?type=client_webinar_registered&emitter=" + TRACKER, headers=JSON).json()
+    assert by_type["total"] == 1
+    assert client.get("/console/quarantine?since=2999-01-01T00:00:00Z", headers=JSON).json()["total"] == 0
+    assert client.get("/console/quarantine?since=yesterday", headers=JSON).status_code == 400
+    html = client.get("/console/quarantine").text
+    assert html.count('type="checkbox" name="seq"') == 3 and html.count(">Re-process</button>") == 3
+    assert ">Purge</button>" in html and "hx-confirm" in html
+
+
+def test_one_rejection_shows_text_or_hex_and_pointers(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
+    client, _ = logged
+    rows = {r["reason"]: r for r in client.get("/console/quarantine", headers=JSON).json()["rejections"]}
+    unauthorized = client.get(f"/console/quarantine/{rows['unauthorized_emitter']['seq']}", headers=JSON).json()
+    assert unauthorized["encoding"] == "utf-8" and '"r-3"' in unauthorized["text"]
+    assert unauthorized["errors"][0]["path"] == "/source"
+    html = client.get(f"/console/quarantine/{unauthorized['seq']}").text
+    assert "/source" in html and ">Re-process</button>" in html
+    not_utf8 = [r for r in client.get("/console/quarantine", headers=JSON).json()["rejections"]
+                if r["raw_size"] and r["seq"] != unauthorized["seq"]]
+    hexed = [client.get(f"/console/quarantine/{r['seq']}", headers=JSON).json() for r in not_utf8]
+    assert any(h["encoding"] == "hex" and "ff" in h["hex"].split() for h in hexed)
+    assert client.get("/console/quarantine/999").status_code == 404
+
+
+def test_reprocess_goes_through_the_writer_and_swaps_the_row(logged: tuple[TestClient, str],
+                                                            setup: dict[str, Any]) -> None:
+    client, token = logged
+    rows = client.get("/console/quarantine?reason=unauthorized_emitter", headers=JSON).json()["rejections"]
+    seq = rows[0]["seq"]
+    fragment = client.post(f"/console/quarantine/{seq}/reprocess", data={"csrf": token},
+                           headers={"hx-request": "true"})
+    assert fragment.status_code == 200
+    assert f'id="rejection-{seq}" hx-swap-oob="true"' in fragment.text
+    assert 'class="status-word status-accepted">accepted<' in fragment.text
+    with Engine.open(config=setup["approving"], db=setup["db"], create=False) as engine:
+        assert [r["seq"] for r in engine.rejections()] != [] and seq not in [r["seq"] for r in engine.rejections()]
+        resolved = engine.rejections(state="resolved")
+        assert [r["seq"] for r in resolved] == [seq]
+        assert engine.route(lead_id="L3", webinar_id="W1")["state"] == "registered"
+        origins = [r["origin"] for r in engine.store.inputs()]
+    assert origins[-1] == f"rejection:{seq}"
+    # the others stay rejected; the twin answers the status words
+    others = [r["seq"] for r in client.get("/console/quarantine", headers=JSON).json()["rejections"]]
+    twin = client.post("/console/quarantine/reprocess", data={"seq": [str(s) for s in others]},
+                       headers={**JSON, "x-csrf-token": token}).json()
+    assert {r["rejection"]: r["status"] for r in twin["results"]} == {s: "rejected" for s in others}
+
+
+def test_purge_deletes_the_checked_rows(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
+    client, token = logged
+    rows = client.get("/console/quarantine", headers=JSON).json()["rejections"]
+    victim = [next(r["seq"] for r in rows if r["reason"] == "malformed_json")]
+    answer = client.post("/console/quarantine/purge", data={"seq": [str(s) for s in victim], "csrf": token},
+                         headers={"hx-request": "true"})
+    assert answer.status_code == 200 and 'hx-swap-oob="delete"' in answer.text
+    with Engine.open(config=setup["approving"], db=setup["db"], create=False) as engine:
+        assert not set(victim) & {r["seq"] for r in engine.rejections(state="all")}
+        assert len(engine.rejections()) == 2
+
+
+def test_deliveries_page_lists_the_consumers(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
+    client, _ = logged
+    (setup["approving"] / "consumers.yaml").write_text(
+        "consumers:\n  reminder-sender:\n    description: sends reminders\n    receives:\n      actions: [reminder]\n")
+    with _client(setup) as other:
+        log_in(other)
+        twin = other.get("/console/deliveries", headers=JSON).json()
+        assert [c["name"] for c in twin["consumers"]] == ["reminder-sender"]
+        consumer = twin["consumers"][0]
+        if not twin["available"]:
+            assert consumer["backlog"] is None and consumer["failed"] == []
+        html = other.get("/console/deliveries").text
+        assert "reminder-sender" in html
+        overview = other.get("/console", headers=JSON).json()
+        assert overview["failed_deliveries"]["consumers"] == {"reminder-sender": len(consumer["failed"])}
+
+
+def test_pages_carry_the_csp_and_load_only_local_assets(logged: tuple[TestClient, str]) -> None:
+    client, _ = logged
+    for path in PAGES:
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
+        assert "http://" not in answer.text and "https://" not in answer.text, path
+        assert "<script>" not in answer.text and "onclick" not in answer.text, path
+    for name in ("htmx.min.js", "mermaid.min.js", "console.js", "console.css"):
+        assert client.get(f"/console/static/{name}").status_code == 200
+
+
+def test_vendored_files_match_their_recorded_hashes() -> None:
+    table = (STATIC / "VERSIONS.md").read_text()
+    for name in ("htmx.min.js", "mermaid.min.js"):
+        digest = hashlib.sha256((STATIC / name).read_bytes()).hexdigest()
+        assert digest in table, name
+
+
+def test_keys_user_writes_an_argon2_hash_and_refuses_two_answers(tmp_path: Path, cli_runner: Any = None) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    keys = tmp_path / "keys.toml"
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["keys", "user", "ann", "--keys", str(keys)], input="one\ntwo\n")
+    assert refused.exit_code == 1 and not keys.exists()
+    done = runner.invoke(cli, ["keys", "user", "ann", "--keys", str(keys)], input="s3cret pass\ns3cret pass\n")
+    assert done.exit_code == 0, done.output
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
+    import tomllib
+
+    document = tomllib.loads(keys.read_text())
+    assert document["console"]["users"]["ann"]["password_hash"].startswith("$argon2id$")
+    secret = document["console"]["session_secret"]
+    assert len(secret) >= 32 and "s3cret" not in keys.read_text()
+    again = runner.invoke(cli, ["keys", "user", "ann", "--keys", str(keys)], input="other\nother\n")
+    assert again.exit_code == 0
+    assert tomllib.loads(keys.read_text())["console"]["session_secret"] == secret  # kept: sessions survive

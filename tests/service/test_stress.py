@@ -1,4 +1,5 @@
-"""`webinar-flows serve` under load and signals (slow: about a minute and a half in all on 2 cores).
+"""`webinar-flows serve` under load and signals (slow: about a minute and a half on a quiet 2-core
+machine, up to four minutes on a busy one: a restart costs seconds when the CPU is shared).
 
 (a) At least 20 SIGKILLs while a few threads post signed events (structured and batched),
     re-sending anything that got no 200, the server restarted on the same database each time.
@@ -152,19 +153,19 @@ def report(name: str, **figures: object) -> None:
 def test_sigkill_under_load_loses_nothing_acknowledged_and_applies_nothing_twice(tmp_path: Path) -> None:
     server = start_server(tmp_path / "kill", keys=KEYS)
     started = time.monotonic()
-    deadline = started + 150
-    senders = senders_for(server, "k", leads=4000, deadline=deadline)
+    deadline = started + 210  # about 70 s on a quiet 2-core machine; restarts dominate, and slow down under load
+    senders = senders_for(server, "k", leads=6000, deadline=deadline)
     threads = [threading.Thread(target=s.run, name=f"sender-{i}") for i, s in enumerate(senders)]
     kills, acked_before_kill = 0, []
     try:
         for t in threads:
             t.start()
         rng = random.Random(7)
-        while kills < KILLS and time.monotonic() < deadline - 30:
+        while kills < KILLS and time.monotonic() < deadline - 40:
             # kill only under load: wait (bounded) until this run has acknowledged something
             before = sum(s.sent for s in senders)
             wait_until = time.monotonic() + 5
-            while sum(s.sent for s in senders) < before + 30 and time.monotonic() < wait_until:
+            while sum(s.sent for s in senders) < before + 10 and time.monotonic() < wait_until:
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.3))
             acked_before_kill.append(sum(s.sent for s in senders) - before)

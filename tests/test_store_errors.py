@@ -74,6 +74,26 @@ def test_a_foreign_file_with_our_schema_version_is_refused_untouched(tmp_path, v
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
 
 
+
+@pytest.mark.parametrize("version", [0, 1, 3])
+def test_replay_and_diff_refuse_a_foreign_file_untouched(tmp_path, version):
+    from engine import load_config, replay_history
+    from engine.governance.compat import route_counts
+
+    db = foreign(tmp_path / "notes.db", version, "notes")
+    before = sha(db)
+    with pytest.raises(NotADatabase, match="not a webinar-flows database"):
+        replay_history(db, bundled_config())
+    with pytest.raises(NotADatabase, match="not a webinar-flows database"):
+        route_counts(db)
+    config = load_config(bundled_config())
+    with pytest.raises(StoreError, match=str(db)):
+        from engine import diff_configs
+
+        diff_configs(config, config, db)
+    assert sha(db) == before and journal_mode(db) == "delete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+
 def test_a_foreign_file_is_never_read_as_ours(tmp_path):
     """Were such a file opened, reading a route would meet missing tables as raw sqlite3 errors."""
     db = foreign(tmp_path / "other.db", 3, "facts", "notes")

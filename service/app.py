@@ -33,9 +33,9 @@ from starlette.routing import Route, request_response
 from engine import Engine, StoreError, UsageError
 
 from . import binding
-from .console import console_routes
 from .accesslog import INGEST, AccessLog, note
 from .auth import verify
+from .console import console_routes
 from .keys import EmitterKey
 from .limits import HeaderLimit, TokenBuckets, rate_limited, read_body
 from .metrics import CONTENT_TYPE, Metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -24,7 +25,7 @@ class TokenBuckets:
     Used on the event loop only, so it needs no lock.
     """
 
-    def __init__(self, clock: callable = time.monotonic):  # type: ignore[valid-type]
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
 

@@ -8,11 +8,10 @@ and `run` returns normally.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-
-import asyncio
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol

@@ -16,9 +16,15 @@ Reuse (stress tests, kill loops): in a test module under tests/service,
   CloudEvents SDK (batched mode: the SDK's structured bodies in a JSON array, as the SDK has no
   batch writer); `signed(secret, headers, body)` adds Standard Webhooks headers made by the
   `standardwebhooks` library.
+- `post(server, key_id, headers, body, client=..., secret=..., msg_id=..., at=...)` signs with
+  the key's secret and posts to /v1/ingest/KEY_ID.
 - A writer held back without a test hook: `hold_write_lock(db)` takes SQLite's write lock in
   the test process (BEGIN IMMEDIATE); the server's writer waits on it (its busy timeout is 60 s)
-  and its queue fills.
+  and its queue fills (start the server with `args=("--queue-events", "4")` to fill it fast).
+- Checks: `stored_exactly_once(db, bodies)` (every acknowledged body is in the database once),
+  `assert_closed_labels(server)` (every /metrics label value in its closed set),
+  `assert_no_secret_in_output(server)` (no secret or signature in its stdout, stderr, /metrics),
+  `server.log_lines()` (its JSON request lines).
 
 These helpers live here and not in a conftest.py: tests/ imports its helpers with
 `from conftest import ...`, and a second module named `conftest` would shadow that one.
@@ -273,6 +279,59 @@ def post(server: Server, key_id: str, headers: dict[str, str], body: bytes, *, s
     """POST `body` to the key's URL, signed with the key's (first) secret unless `secret` is given."""
     headers = signed(secret or server.secret(key_id), headers, body, **sign)
     return (client or httpx).post(server.ingest_url(key_id), headers=headers, content=body, timeout=30.0)
+
+
+# -- checks any test can run on a server it used -----------------------------------------
+
+def metric_samples(server: Server) -> list[Any]:
+    """The samples of the server's /metrics, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def assert_closed_labels(server: Server) -> list[Any]:
+    """Every label value of /metrics is in its closed set (the config's emitters and types, the
+    outcome and status vocabularies, `other`); returns the samples for further checks."""
+    from engine import bundled_config, load_config
+    from service.metrics import STATUSES
+    from service.problems import OUTCOMES
+
+    config = load_config(bundled_config())
+    allowed: dict[str, set[str] | None] = {
+        "outcome": set(OUTCOMES), "emitter": set(config.emitters) | {"other"},
+        "type": set(config.events) | {"other"}, "status": set(STATUSES) | {"other"},
+        "le": None, "version": None, "config_hash": {config.hash}}
+    samples = metric_samples(server)
+    for sample in samples:
+        for label, value in sample.labels.items():
+            assert label in allowed, (sample.name, label)
+            assert allowed[label] is None or value in allowed[label], (sample.name, label, value)
+    return samples
+
+
+def assert_no_secret_in_output(server: Server) -> None:
+    """No secret of the keys file (whole or its base64 part) and no signature in anything the
+    server wrote or serves on /metrics."""
+    output = server.output()
+    if server.proc is not None and server.proc.poll() is None:
+        output += httpx.get(f"{server.url}/metrics", timeout=10).text
+    for spec in server.keys.values():
+        for secret in spec.secrets:
+            assert secret not in output and secret[len("whsec_"):] not in output
+    assert "webhook-signature" not in output.lower() and "v1," not in output
+
+
+def stored_exactly_once(db: Path, bodies: list[bytes]) -> bool:
+    """Each event (the body that was sent; the SDK adds a `time`, so resend bytes, not dicts) is in
+    the database: processing it again is a duplicate of what is stored. Run it on a stopped
+    server's database, or accept that it writes nothing but may wait for the writer's lock."""
+    from engine import Engine
+
+    with Engine.open(config=None, db=db) as eng:
+        results = eng.process_many(bodies)
+    return all((r["status"], r["reason"]) == ("duplicate", "same_envelope") for r in results)
 
 
 @contextlib.contextmanager

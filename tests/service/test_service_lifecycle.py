@@ -19,6 +19,7 @@ from conftest import entered
 from serverkit import (  # noqa: F401  (serve_factory is a fixture)
     KeySpec,
     Server,
+    assert_no_secret_in_output,
     clean_env,
     console_script,
     free_port,
@@ -26,23 +27,14 @@ from serverkit import (  # noqa: F401  (serve_factory is a fixture)
     post,
     serve_factory,
     start_server,
+    stored_exactly_once,
     structured,
     write_keys,
 )
 
-from engine import Engine
-
 
 def lead() -> str:
     return f"lead-{uuid.uuid4().hex[:12]}"
-
-
-def stored_exactly_once(db: Path, events: list[bytes]) -> bool:
-    """Each event (the structured body that was sent: the SDK adds a `time`) is in the database:
-    processing it again is a duplicate of what is stored."""
-    with Engine.open(config=None, db=db) as eng:
-        results = eng.process_many(events)
-    return all((r["status"], r["reason"]) == ("duplicate", "same_envelope") for r in results)
 
 
 def run_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -125,6 +117,7 @@ def test_sigterm_under_load_answers_what_it_took_and_exits_0_within_10_s(serve_f
     assert set(other) <= {503}
     assert len(acked) >= 20 and stored_exactly_once(server.db, acked)
     assert "Traceback" not in server.output()
+    assert_no_secret_in_output(server)
 
 
 def test_sigterm_with_a_writer_stuck_on_a_lock_still_exits_0_within_10_s(serve_factory) -> None:

@@ -93,7 +93,7 @@ def _binary(content_type: str, headers: list[tuple[bytes, bytes]], body: bytes, 
     if body:
         try:
             event["data"] = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             return Received(event, emitter=key.emitter, raw=body, refusal=(
                 "malformed_json", [_error("/data", "not_json", f"the body is not JSON: {exc}")]))
     return Received(event, emitter=key.emitter, raw=body)

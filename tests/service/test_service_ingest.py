@@ -130,6 +130,8 @@ def test_a_timestamp_just_inside_the_window_passes(served: Server) -> None:
 
 @pytest.mark.parametrize(("name", "body", "reason"), [
     ("not JSON", b'{"specversion": "1.0", "id": ', "malformed_json"),
+    ("not UTF-8", b'\xff\xfe{"id": 1}', "malformed_json"),
+    ("JSON nested past any limit", b"[" * 5000 + b"]" * 5000, "malformed_json"),
     ("not an object", b'["an", "array"]', "invalid_envelope"),
     ("no id", None, "invalid_envelope"),
     ("specversion 0.3", None, "invalid_envelope"),

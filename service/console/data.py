@@ -77,34 +77,32 @@ def writer_health(service: Service) -> dict[str, Any]:
 
 
 def deliveries(service: Service, reader: Engine) -> dict[str, Any]:
-    """Per consumer of consumers.yaml: its backlog, cursor and failed items, where the store
-    offers them; until it does, the consumers with `available: false` and no numbers."""
+    """Per consumer of consumers.yaml: its acknowledged cursor and backlog (the outbox feed), and
+    its failed push deliveries where the store keeps them (`failed_available`: false until it does)."""
     config = service.settings.config
     store = reader.store
+    backlog = getattr(reader, "backlog", None)
+    cursor_of = getattr(store, "cursor_of", None)
+    failed_of = getattr(store, "failed_deliveries", None)
     consumers = []
     for name, spec in config.consumers.items():
         entry: dict[str, Any] = {"name": name, "description": spec.description, "actions": list(spec.actions),
-                                 "events": list(spec.events), "available": False, "cursor": None, "backlog": None,
-                                 "failed": []}
-        status = getattr(store, "delivery_status", None)
-        failed = getattr(store, "failed_deliveries", None)
-        if callable(status) and callable(failed):
-            try:
-                info = status(name) or {}
-                entry.update(available=True, cursor=info.get("cursor"), backlog=info.get("backlog"),
-                             failed=list(failed(name)))
-            except Exception:  # noqa: BLE001 - a store still gaining its delivery methods: show what is known
-                entry["available"] = False
+                                 "events": list(spec.events), "cursor": None, "backlog": None,
+                                 "failed_available": callable(failed_of), "failed": []}
+        if callable(backlog) and callable(cursor_of):
+            entry["cursor"], entry["backlog"] = cursor_of(name), backlog(name)
+        if callable(failed_of):
+            entry["failed"] = list(failed_of(name))
         consumers.append(entry)
     return {"consumers": consumers, "failed_total": sum(len(c["failed"]) for c in consumers),
-            "available": any(c["available"] for c in consumers)}
+            "available": callable(backlog) and callable(cursor_of), "failed_available": callable(failed_of)}
 
 
 def overview(service: Service, reader: Engine) -> dict[str, Any]:
     config = service.settings.config
     delivered = deliveries(service, reader)
     return {"config_hash": config.hash, "counts": outcome_counts(reader), "writer": writer_health(service),
-            "failed_deliveries": {"total": delivered["failed_total"], "available": delivered["available"],
+            "failed_deliveries": {"total": delivered["failed_total"], "available": delivered["failed_available"],
                                   "consumers": {c["name"]: len(c["failed"]) for c in delivered["consumers"]}}}
 
 

@@ -324,8 +324,12 @@ def test_deliveries_page_lists_the_consumers(logged: tuple[TestClient, str], set
         twin = other.get("/console/deliveries", headers=JSON).json()
         assert [c["name"] for c in twin["consumers"]] == ["reminder-sender"]
         consumer = twin["consumers"][0]
-        if not twin["available"]:
-            assert consumer["backlog"] is None and consumer["failed"] == []
+        with Engine.open(config=setup["approving"], db=setup["db"], create=False) as engine:
+            if hasattr(engine, "backlog"):  # the outbox (issue 11): the feed's numbers
+                assert consumer["backlog"] == engine.backlog("reminder-sender") and consumer["backlog"] >= 1
+                assert consumer["cursor"] == engine.store.cursor_of("reminder-sender")
+        if not twin["failed_available"]:
+            assert consumer["failed"] == []
         html = other.get("/console/deliveries").text
         assert "reminder-sender" in html
         overview = other.get("/console", headers=JSON).json()

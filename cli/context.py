@@ -62,14 +62,16 @@ class AppContext:
     """The settings of one run (shared by the group's and the command's click contexts)."""
 
     config_dir: Path | None = None  # --config as given, on the group or the command
-    db: Path | None = None  # --db as given
+    db: Path | str | None = None  # --db as given (a str: a PostgreSQL URL)
     notes: list[Callable[[], str]] = field(default_factory=list)  # more to say when the run fails
 
     def config_path(self) -> Path:
         return find_config(self.config_dir, os.environ.get("WEBINAR_FLOWS_CONFIG"), Path.cwd())
 
-    def db_path(self) -> Path:
-        return self.db or Path(os.environ.get("WEBINAR_FLOWS_DB") or "webinar-flows.db")
+    def db_path(self) -> Path | str:
+        """--db, else $WEBINAR_FLOWS_DB, else ./webinar-flows.db; a PostgreSQL URL stays text."""
+        given = self.db or os.environ.get("WEBINAR_FLOWS_DB") or "webinar-flows.db"
+        return given if isinstance(given, str) and given.startswith(("postgresql://", "postgres://")) else Path(given)
 
     def config(self, path: Path | None = None, what: str = "the config") -> Config:
         """The checked config at `path` (default: the one in force); exit 1 with every problem."""

@@ -219,11 +219,14 @@ def _config_option(f: Any) -> Any:
 
 
 def _db_option(f: Any) -> Any:
-    return click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                        help="SQLite database file (default: $WEBINAR_FLOWS_DB, else ./webinar-flows.db).")(f)
+    from .options import DatabaseParam
+
+    return click.option("--db", "db", type=DatabaseParam(), default=None,
+                        help="SQLite database file or postgresql:// URL (default: $WEBINAR_FLOWS_DB, else "
+                             "./webinar-flows.db).")(f)
 
 
-def _settings(ctx: click.Context, config_dir: Path | None, db: Path | None) -> tuple[Path, Path]:
+def _settings(ctx: click.Context, config_dir: Path | None, db: Path | str | None) -> tuple[Path, Path | str]:
     """(config directory, database file) from a command's own --config/--db, else the group's."""
     app = app_of(ctx)
     scoped = AppContext(config_dir or app.config_dir, db or app.db)

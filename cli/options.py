@@ -48,8 +48,20 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "holds states.yaml, else the bundled default).")(f)
 
 
-def db_option(help: str = "SQLite database file (default: $WEBINAR_FLOWS_DB, else ./webinar-flows.db).") -> Decorator:
-    return click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+class DatabaseParam(click.ParamType):
+    """--db: a postgresql:// or postgres:// URL kept as text, else a SQLite file path."""
+
+    name = "path|url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+            return value
+        return click.Path(dir_okay=False, path_type=Path).convert(value, param, ctx)
+
+
+def db_option(help: str = "SQLite database file or postgresql:// URL (default: $WEBINAR_FLOWS_DB, else "
+                          "./webinar-flows.db).") -> Decorator:
+    return click.option("--db", type=DatabaseParam(), default=None,
                         expose_value=False, callback=_store("db"), help=help)
 
 

@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route, request_response
 
 from engine import Engine, StoreError, UsageError
+from engine.store import open_reader
 
 from . import binding
 from .accesslog import INGEST, AccessLog, note
@@ -125,9 +126,15 @@ class Service:
 
         A probe of its own would need a second write connection, which only the writer has.
         """
-        db = Path(self.settings.db)
-        if not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK):
-            return False, "the database file or its directory is not writable"
+        if isinstance(self.settings.db, str) and self.settings.db.startswith(("postgresql://", "postgres://")):
+            try:  # a shared server: can a session be opened on it now (a restart, a lost network)?
+                open_reader(self.settings.db).close()
+            except StoreError as exc:
+                return False, str(exc)
+        else:
+            db = Path(self.settings.db)
+            if not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK):
+                return False, "the database file or its directory is not writable"
         failed = self.writer.last_error
         if failed is not None and time.monotonic() - failed[1] < FAILURE_SECONDS:
             return False, failed[0]  # for a while only: unready gets no traffic, so no commit would clear it

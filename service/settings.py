@@ -34,7 +34,7 @@ class Settings:
     """Everything `create_app` needs. Limits have the defaults DESIGN gives."""
 
     config: Config
-    db: Path
+    db: Path | str  # a SQLite file, or a PostgreSQL URL (text)
     keys: Keys
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # one event (structured or binary body)
     max_batch_bytes: int = MAX_BATCH_BYTES
@@ -47,7 +47,12 @@ class Settings:
     max_header_bytes: int = 16 * 1024  # the request line and headers
 
 
-def load_settings(config_dir: Path, db: Path, keys_file: Path | None, **limits: object) -> Settings:
+def _database(db: Path | str) -> Path | str:
+    """A PostgreSQL URL stays text (a Path would fold its //); anything else is a SQLite file."""
+    return db if isinstance(db, str) and db.startswith(("postgresql://", "postgres://")) else Path(db)
+
+
+def load_settings(config_dir: Path, db: Path | str, keys_file: Path | None, **limits: object) -> Settings:
     """The config at `config_dir` and the keys file checked against it; SettingsError otherwise."""
     try:
         config = load_config(config_dir)
@@ -62,12 +67,12 @@ def load_settings(config_dir: Path, db: Path, keys_file: Path | None, **limits: 
         keys = load_keys(keys_file, config)
     except KeysFileError as exc:
         raise SettingsError(f"{exc}\nerror: the keys file {keys_file} cannot be used") from None
-    return Settings(config=config, db=Path(db), keys=keys, **limits)  # type: ignore[arg-type]
+    return Settings(config=config, db=_database(db), keys=keys, **limits)  # type: ignore[arg-type]
 
 
 def settings_from_environment() -> Settings:
     """Settings from $WEBINAR_FLOWS_CONFIG, $WEBINAR_FLOWS_DB and the keys file lookup, for an
     ASGI server other than `webinar-flows serve` (see service.app.app_from_environment)."""
     config = find_config(None, os.environ.get("WEBINAR_FLOWS_CONFIG"), Path.cwd())
-    db = Path(os.environ.get("WEBINAR_FLOWS_DB") or "webinar-flows.db")
+    db = _database(os.environ.get("WEBINAR_FLOWS_DB") or "webinar-flows.db")
     return load_settings(config, db, find_keys_file(None))

@@ -77,9 +77,18 @@ MIXED = [entered(id="m1"), b"{not json", entered(id="m1"), completed(id="m2"), c
 
 # -- process: input, output, order --------------------------------------------------------------
 
-def test_process_a_file_gives_one_result_per_line_in_order(run_cli, tmp_path):
+@pytest.fixture
+def run_on(run_cli, db_url):
+    """`run_cli` with `--db` on each backend (a SQLite file, a fresh PostgreSQL database)."""
+    def invoke(*args: str, input: str | bytes | None = None) -> Any:
+        return run_cli(*args, "--db", db_url, input=input)
+
+    return invoke
+
+
+def test_process_a_file_gives_one_result_per_line_in_order(run_on, tmp_path):
     (tmp_path / "in.jsonl").write_bytes(jsonl(*MIXED))
-    out = run_cli("process", "in.jsonl")
+    out = run_on("process", "in.jsonl")
     assert out.exit_code == 0, out.stderr
     results = result_lines(out.stdout)
     assert [r["line"] for r in results] == list(range(1, len(MIXED) + 1))
@@ -344,9 +353,9 @@ def _seed(run_cli: Any) -> None:
     assert summary(out.stderr) == (4, 0, 0)
 
 
-def test_evaluate_every_lead_of_a_webinar(run_cli):
-    _seed(run_cli)
-    out = run_cli("evaluate", "--webinar", "w1", "--at", "2026-02-02T00:00:00Z")
+def test_evaluate_every_lead_of_a_webinar(run_on):
+    _seed(run_on)
+    out = run_on("evaluate", "--webinar", "w1", "--at", "2026-02-02T00:00:00Z")
     assert out.exit_code == 0, out.stderr
     lines = result_lines(out.stdout)
     assert [list(line) for line in lines] == [["lead_id", "webinar_id", "attended", "emitted"]] * 2
@@ -362,19 +371,19 @@ def test_evaluate_every_lead_of_a_webinar(run_cli):
     assert all(e["specversion"] == "1.0" and e["id"] for e in a["emitted"])
     assert (b["lead_id"], b["attended"], b["emitted"]) == ("b", True, [])
     # evaluating again derives nothing new
-    again = result_lines(run_cli("evaluate", "--webinar", "w1", "--at", "2026-02-02T00:00:00Z").stdout)
+    again = result_lines(run_on("evaluate", "--webinar", "w1", "--at", "2026-02-02T00:00:00Z").stdout)
     assert [(x["lead_id"], x["attended"], x["emitted"]) for x in again] == [("a", False, []), ("b", True, [])]
 
 
-def test_evaluate_one_lead(run_cli):
-    _seed(run_cli)
-    out = run_cli("evaluate", "--webinar", "w1", "--lead", "a", "--at", "2026-02-02T03:00:00+03:00")
+def test_evaluate_one_lead(run_on):
+    _seed(run_on)
+    out = run_on("evaluate", "--webinar", "w1", "--lead", "a", "--at", "2026-02-02T03:00:00+03:00")
     (line,) = result_lines(out.stdout)
     assert (line["lead_id"], line["attended"]) == ("a", False)
     assert line["emitted"][0]["data"]["timestamp"] == "2026-02-02T00:00:00Z"  # --at as UTC
-    other = result_lines(run_cli("evaluate", "--webinar", "w2").stdout)
+    other = result_lines(run_on("evaluate", "--webinar", "w2").stdout)
     assert [(x["lead_id"], x["webinar_id"], x["attended"]) for x in other] == [("c", "w2", False)]
-    assert result_lines(run_cli("evaluate", "--webinar", "nobody-here").stdout) == []
+    assert result_lines(run_on("evaluate", "--webinar", "nobody-here").stdout) == []
 
 
 def test_evaluate_defaults_to_now(run_cli):
@@ -412,10 +421,10 @@ def test_evaluate_needs_a_webinar(run_cli):
 
 # -- route ---------------------------------------------------------------------------------------------
 
-def test_route_prints_state_screen_hash_and_history(run_cli):
-    run_cli("process", "-", input=jsonl(entered(id="r-e"), completed(id="r-c"), form_submitted(id="r-f"),
+def test_route_prints_state_screen_hash_and_history(run_on):
+    run_on("process", "-", input=jsonl(entered(id="r-e"), completed(id="r-c"), form_submitted(id="r-f"),
                                         form_submitted(id="r-f2", form="f2")))
-    out = run_cli("route", "--lead", "l1", "--webinar", "w1")
+    out = run_on("route", "--lead", "l1", "--webinar", "w1")
     assert out.exit_code == 0, out.stderr
     route = json.loads(out.stdout)
     assert list(route) == ["lead_id", "webinar_id", "state", "screen", "config_hash", "history"]
@@ -434,9 +443,9 @@ def test_route_prints_state_screen_hash_and_history(run_cli):
         datetime.fromisoformat(h["at"].replace("Z", "+00:00"))
 
 
-def test_route_that_does_not_exist_exits_1(run_cli):
-    run_cli("process", "-", input=jsonl(entered(id="r-e")))
-    out = run_cli("route", "--lead", "someone-else", "--webinar", "w1")
+def test_route_that_does_not_exist_exits_1(run_on):
+    run_on("process", "-", input=jsonl(entered(id="r-e")))
+    out = run_on("route", "--lead", "someone-else", "--webinar", "w1")
     assert out.exit_code == 1
     assert out.stdout == ""
     assert "someone-else" in out.stderr

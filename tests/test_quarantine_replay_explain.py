@@ -34,7 +34,7 @@ def processed(run_cli, tmp_path: Path, *events: dict | str | bytes, db: str = "l
     extra = [a for k, v in kw.items() for a in (f"--{k.replace('_', '-')}", v)]
     out = run_cli("process", "in.jsonl", "--db", db, *extra)
     assert out.exit_code == 0, out.output
-    return tmp_path / db
+    return db if db.startswith("postgresql://") else tmp_path / db  # type: ignore[return-value]
 
 
 def edit(config: Path, name: str, old: str, new: str) -> None:
@@ -67,8 +67,8 @@ QUARANTINE = [
 ]
 
 
-def test_rejections_lists_the_quarantine_as_a_table(run_cli, tmp_path):
-    db = processed(run_cli, tmp_path, *QUARANTINE)
+def test_rejections_lists_the_quarantine_as_a_table(run_cli, tmp_path, db_url):
+    db = processed(run_cli, tmp_path, *QUARANTINE, db=db_url)
     out = run_cli("rejections", "--db", str(db))
     assert out.exit_code == 0, out.output
     lines = out.stdout.splitlines()
@@ -83,8 +83,8 @@ def test_rejections_lists_the_quarantine_as_a_table(run_cli, tmp_path):
     assert out.stderr.strip() == "5 rejection(s) (open)"
 
 
-def test_rejections_json_carries_the_raw_bytes(run_cli, tmp_path):
-    db = processed(run_cli, tmp_path, *QUARANTINE)
+def test_rejections_json_carries_the_raw_bytes(run_cli, tmp_path, db_url):
+    db = processed(run_cli, tmp_path, *QUARANTINE, db=db_url)
     found = json_lines(run_cli("rejections", "--db", str(db), "--format", "json"))
     assert [e["seq"] for e in found] == [1, 2, 3, 4, 5]
     first = found[0]
@@ -113,14 +113,14 @@ def test_rejections_json_carries_the_raw_bytes(run_cli, tmp_path):
     (["--until", "2000-01-01T00:00:00Z"], []),
     (["--state", "resolved"], []),
 ])
-def test_rejections_filters(run_cli, tmp_path, args, expected):
-    db = processed(run_cli, tmp_path, *QUARANTINE)
+def test_rejections_filters(run_cli, tmp_path, args, expected, db_url):
+    db = processed(run_cli, tmp_path, *QUARANTINE, db=db_url)
     found = json_lines(run_cli("rejections", "--db", str(db), "--format", "json", *args))
     assert [e["id"] for e in found] == expected
 
 
-def test_rejections_time_bounds_are_on_last_seen(run_cli, tmp_path):
-    db = processed(run_cli, tmp_path, *QUARANTINE)
+def test_rejections_time_bounds_are_on_last_seen(run_cli, tmp_path, db_url):
+    db = processed(run_cli, tmp_path, *QUARANTINE, db=db_url)
     seen = {e["id"]: e["last_seen_at"] for e in json_lines(run_cli("rejections", "--db", str(db), "--format", "json"))}
     found = json_lines(run_cli("rejections", "--db", str(db), "--format", "json", "--since", seen["q-bad"],
                                "--until", seen["q-bad"]))

@@ -291,8 +291,8 @@ def _groups(steps: list[Step], mode: str) -> Iterator[list[Step]]:
         yield run
 
 
-def run_scenario(scenario: Scenario, mode: str, workdir: Path) -> list[Any]:
-    """Every step's result, in step order."""
+def run_scenario(scenario: Scenario, mode: str, workdir: Path, db: str | None = None) -> list[Any]:
+    """Every step's result, in step order (on `db`, else a SQLite file in `workdir`)."""
     workdir.mkdir(parents=True)
     config = build_config(scenario.config, workdir / "config") if scenario.config is not None else None
     clock_value = scenario.engine.get("clock", DEFAULT_CLOCK)
@@ -300,7 +300,7 @@ def run_scenario(scenario: Scenario, mode: str, workdir: Path) -> list[Any]:
     if "max_event_bytes" in scenario.engine:
         options["max_event_bytes"] = scenario.engine["max_event_bytes"]
     results: list[Any] = []
-    with Engine.open(config=config, db=workdir / "scenario.db", **options) as eng:
+    with Engine.open(config=config, db=db or workdir / "scenario.db", **options) as eng:
         for group in _groups(scenario.steps, mode):
             first = group[0]
             if first.kind in ("evaluate", "route"):
@@ -483,6 +483,19 @@ def test_scenario(path: Path, mode: str, tmp_path: Path) -> None:
                     pytrace=False)
     if expected_failures:
         pytest.xfail("; ".join(expected_failures))
+
+
+@pytest.mark.parametrize("mode", ("one_by_one", "batch_of_2"))
+@pytest.mark.parametrize("path", _scenario_files(), ids=lambda p: p.stem)
+def test_scenario_on_postgres_equals_sqlite(path: Path, mode: str, tmp_path: Path, pg_url: str) -> None:
+    """Every scenario on PostgreSQL: each step's result equals the SQLite run's, and its
+    expectations hold (the same xfails apply)."""
+    scenario = load_scenario(path)
+    on_sqlite = run_scenario(scenario, mode, tmp_path / "sqlite")
+    on_postgres = run_scenario(scenario, mode, tmp_path / "postgres", db=pg_url)
+    differences = [f"{step.label()}: {p}" for step, a, b in zip(scenario.steps, on_sqlite, on_postgres, strict=True)
+                   for p in equal(a, b, "")]
+    assert not differences, "\n".join(differences)
 
 
 def test_every_scenario_file_is_well_formed() -> None:

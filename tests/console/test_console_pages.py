@@ -26,9 +26,11 @@ STATIC = Path(__file__).resolve().parents[2] / "service" / "console" / "static"
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> dict[str, Any]:
+def setup(tmp_path: Path, db_url: str) -> dict[str, Any]:
+    """Each test runs on SQLite, then on PostgreSQL (conftest's `db_url`; skipped locally
+    without a server): the console reads through the engine's API only."""
     strict, approving = configs(tmp_path)
-    db = tmp_path / "console.db"
+    db = db_url if "://" in db_url else Path(db_url)
     results = seed(strict, db)
     keys = write_keys(tmp_path / "keys.toml")
     return {"strict": strict, "approving": approving, "db": db, "keys": keys, "results": results}

@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..accesslog import note
+from ..limits import TokenBuckets
 from ..writer import QueueFull, WriterClosed
 from . import data
 from .session import CSRF_FIELD, CSRF_HEADER, Session, Sessions, csrf_ok
@@ -35,6 +36,10 @@ PREFIX = "/console"
 LOGIN = f"{PREFIX}/login"
 MAX_FORM_BYTES = 2 * 1024 * 1024
 FAILED_LOGIN = "Invalid username or password"
+# Login attempts (each an argon2 verify, ~0.1-1 s of CPU): per user name (unknown names share
+# one bucket) and for all together, so guessing is slow and cannot take the server's CPU.
+LOGIN_RATE, LOGIN_BURST = 1.0, 10.0
+LOGIN_RATE_ALL, LOGIN_BURST_ALL = 5.0, 20.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
@@ -75,6 +80,8 @@ class Console:
         self.service = service
         keys = service.settings.keys
         self.sessions = Sessions(keys.session_secret, keys.console_users)
+        self.users = frozenset(keys.console_users)
+        self.attempts = TokenBuckets()
 
     # -- rendering -----------------------------------------------------------------------------
 
@@ -148,6 +155,18 @@ class Console:
     async def login(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
         values = dict(form)
         username, password = values.get("username", ""), values.get("password", "")
+        wait = max(self.attempts.take("user:" + (username if username in self.users else ""), LOGIN_RATE, LOGIN_BURST),
+                   self.attempts.take("all", LOGIN_RATE_ALL, LOGIN_BURST_ALL))
+        if wait:
+            retry = {"Retry-After": str(max(1, int(wait + 0.999)))}
+            if _wants_json(request):
+                response = _problem(429, "Too Many Requests", "too many login attempts; retry later")
+            else:
+                response = self.html(request, session, "login.html", {
+                    "page": "login", "error": "Too many login attempts; wait a moment and try again.",
+                    "username": username}, 429)
+            response.headers.update(retry)
+            return response
         ok = await run_in_threadpool(self.sessions.check_password, username, password)
         if not ok:
             if _wants_json(request):

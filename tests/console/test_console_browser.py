@@ -200,6 +200,19 @@ def test_reprocess_turns_a_fixed_rejection_accepted_in_place(page: tuple[Any, Wa
     _shot(p, tmp_path, "quarantine-reprocessed")
 
 
+def test_reprocess_the_checked_rows(page: tuple[Any, Watch]) -> None:
+    p, _ = page
+    p.goto("/console/quarantine?reason=malformed_json")
+    rows = p.locator("table.quarantine tbody tr")
+    ids = [rows.nth(i).get_attribute("id") for i in range(rows.count())]
+    assert len(ids) == 2
+    for row_id in ids:
+        p.locator(f"#{row_id} input[type=checkbox]").check()
+    p.get_by_role("button", name="Re-process checked").click()
+    for row_id in ids:  # still malformed: rejected again, each row says so in place
+        p.locator(f"#{row_id} td.outcome").get_by_text("rejected").wait_for()
+
+
 def test_purge_asks_for_confirmation(page: tuple[Any, Watch]) -> None:
     p, _ = page
     p.goto("/console/quarantine?reason=malformed_json")

@@ -96,6 +96,15 @@ def test_a_wrong_password_or_user_says_only_invalid(client: TestClient) -> None:
     assert client.get("/console", follow_redirects=False).status_code == 303
 
 
+def test_login_attempts_are_rate_limited_per_user(client: TestClient) -> None:
+    token = csrf_of(client.get("/console/login").text)
+    statuses = [client.post("/console/login", data={"username": USER, "password": "guess", "csrf": token}).status_code
+                for _ in range(12)]
+    assert statuses[:10] == [200] * 10 and statuses[-1] == 429
+    limited = client.post("/console/login", data={"username": USER, "password": PASSWORD, "csrf": token})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
 def test_login_sets_a_hardened_cookie_and_leads_to_the_overview(client: TestClient) -> None:
     token = csrf_of(client.get("/console/login").text)
     answer = client.post("/console/login", data={"username": USER, "password": PASSWORD, "csrf": token},

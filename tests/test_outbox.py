@@ -26,7 +26,7 @@ from engine.model import Config
 from engine.store.memory import MemoryStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.generate import stream  # noqa: E402
+from bench.generate import stream
 
 WF = Path(sys.executable).with_name("webinar-flows")
 EVERYTHING = """consumers:

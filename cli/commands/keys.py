@@ -1,4 +1,5 @@
-"""`webinar-flows keys`: add, rotate, retire and list the ingestion keys of the keys file.
+"""`webinar-flows keys`: add, rotate, retire and list the ingestion keys of the keys file; add
+console users (`keys user NAME`).
 
 The keys file (TOML, mode 0600, outside git) maps each key id to the emitter it speaks for and
 its secrets; `serve` reads it (service.keys holds the one reader and the checks). These
@@ -158,7 +159,8 @@ def keys() -> None:
     $CREDENTIALS_DIRECTORY/keys.toml, as `serve` finds it; there is no default in the current
     directory (a secret there too easily lands in git). It is written atomically with mode
     0600, keeping its other tables (not its comments). A secret is printed once, by `new`
-    and `rotate`, and never again. Restart `serve` to apply a change.
+    and `rotate`, and never again. `user NAME` adds a web console user (an argon2 hash of
+    the password it asks for). Restart `serve` to apply a change.
     """
 
 

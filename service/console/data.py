@@ -182,6 +182,26 @@ def preview(config: Any, file: str, text: str) -> dict[str, Any]:
 # -- routes ------------------------------------------------------------------------------------
 
 
+def typed_key_value(config: Any, name: str, value: str) -> Any:
+    """A route key field's value from a URL as the JSON type the route's triggers declare for it
+    (as the CLI reads --lead/--webinar): a field that is an integer in the payloads is matched as
+    an integer. BadInput when it is not one."""
+    types: set[str] = set()
+    for transition in config.route.transitions:
+        spec = config.events.get(transition.trigger)
+        declared = spec.payload.get("properties", {}).get(name, {}).get("type") if spec else None
+        types.update(declared if isinstance(declared, list) else [declared] if declared else [])
+    if "string" in types or not types & {"integer", "number"}:
+        return value
+    for kind in (int, float) if "number" in types else (int,):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise BadInput(f"{name} is {'a number' if 'number' in types else 'an integer'} in the config's events, "
+                   f"and {value!r} is not")
+
+
 def find_routes(config: Any, reader: Engine, query: dict[str, str]) -> dict[str, Any]:
     """Routes whose key fields equal the given ones (any subset of the route key's fields)."""
     fields = list(config.route.key)
@@ -189,7 +209,7 @@ def find_routes(config: Any, reader: Engine, query: dict[str, str]) -> dict[str,
     codec = config.route.route_key
     with reader.store.snapshot():
         if given:
-            keys = reader.store.route_keys({fields.index(f): v for f, v in given.items()})
+            keys = reader.store.route_keys({fields.index(f): typed_key_value(config, f, v) for f, v in given.items()})
             rows = [(k, reader.store.route_row(k)) for k in keys[:ROUTES_LIMIT]]
             found = [(k, (r["state"], r["screen"])) for k, r in rows if r is not None]
             total = len(keys)
@@ -209,7 +229,10 @@ def one_route(config: Any, reader: Engine, values: list[str]) -> dict[str, Any]:
     fields = list(config.route.key)
     if len(values) != len(fields) or not all(values):
         raise NotFound(f"the path is /console/routes/{'/'.join('{' + f + '}' for f in fields)}")
-    key = dict(zip(fields, values, strict=True))
+    try:
+        key = {f: typed_key_value(config, f, v) for f, v in zip(fields, values, strict=True)}
+    except BadInput as exc:
+        raise NotFound(str(exc)) from None
     try:
         with reader.store.snapshot():
             route = reader.route(**key)

@@ -387,3 +387,17 @@ def test_keys_user_writes_an_argon2_hash_and_refuses_two_answers(tmp_path: Path,
     again = runner.invoke(cli, ["keys", "user", "ann", "--keys", str(keys)], input="other\nother\n")
     assert again.exit_code == 0
     assert tomllib.loads(keys.read_text())["console"]["session_secret"] == secret  # kept: sessions survive
+
+
+def test_a_route_key_field_declared_integer_is_matched_as_an_integer() -> None:
+    from types import SimpleNamespace
+
+    from service.console.data import BadInput, typed_key_value
+
+    config = SimpleNamespace(route=SimpleNamespace(transitions=[SimpleNamespace(trigger="t")]),
+                             events={"t": SimpleNamespace(payload={"properties": {
+                                 "webinar_id": {"type": "integer"}, "lead_id": {"type": "string"}}})})
+    assert typed_key_value(config, "webinar_id", "7") == 7
+    assert typed_key_value(config, "lead_id", "7") == "7"
+    with pytest.raises(BadInput):
+        typed_key_value(config, "webinar_id", "seven")

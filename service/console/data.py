@@ -265,7 +265,7 @@ def quarantine(reader: Engine, filters: dict[str, str]) -> dict[str, Any]:
     """Open rejections matching the filters, newest first."""
     selection = _selection(filters)
     rows = list(iter_rejections(reader, selection, raw=False))
-    rows.reverse()
+    rows.sort(key=lambda r: (_parse_time(r["last_seen_at"]), r["seq"]), reverse=True)  # seen again: on top
     with reader.store.snapshot():
         everything = list(iter_rejections(reader, Selection(), raw=False))
     choices = {"reason": sorted({r["reason"] for r in everything}),

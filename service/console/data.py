@@ -154,6 +154,11 @@ def _not_config(directory: str, names: list[str]) -> list[str]:
             or (not (Path(directory) / n).is_dir() and Path(n).suffix not in (".yaml", ".yml", ".json"))]
 
 
+def _relative(problem: dict[str, Any]) -> dict[str, Any]:
+    """A problem's file named inside the config directory (`emitters.yaml`, `rules/x.yaml`)."""
+    return {**problem, "file": problem["file"].removeprefix("./")}
+
+
 def preview(config: Any, file: str, text: str) -> dict[str, Any]:
     """Validate, diff and draw the live config with `file` replaced by `text`; nothing is written
     (the live directory is copied to a temporary one, which is removed)."""
@@ -169,10 +174,10 @@ def preview(config: Any, file: str, text: str) -> dict[str, Any]:
         try:
             new = load_config(copy, display=".")
         except ConfigError as exc:
-            problems = [p.as_dict() for p in exc.problems]
+            problems = [_relative(p.as_dict()) for p in exc.problems]
             return {"file": file, "valid": False, "problems": problems, "changes": [], "breaking": [],
                     "diagram": None}
-        problems = [p.as_dict() for p in new.problems]
+        problems = [_relative(p.as_dict()) for p in new.problems]
         changes = [c.as_dict("full") for c in diff_configs(config, new)]
         return {"file": file, "valid": True, "problems": problems, "changes": changes,
                 "breaking": [c for c in changes if c["breaking_for"]], "diagram": render_diagram(new),

@@ -16,20 +16,12 @@ Any other 4xx is final. Exit 1 when an event could not be delivered (its line sa
 
 from __future__ import annotations
 
-import base64
-import email.utils
-import hashlib
-import hmac
-import http.client
 import json
 import os
 import random
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,29 +30,14 @@ from typing import Any
 import click
 
 from service.keys import parse_secret
+from service.webhooks import STRUCTURED, Answer, post, retryable, signed_headers
 
 from ..main import CONTEXT, Failed, _print
 
-STRUCTURED = "application/cloudevents+json"
 BATCHED = "application/cloudevents-batch+json"
 MAX_BATCH_EVENTS = 100          # the service's limit per batched request
 MAX_BATCH_BYTES = 1 << 20       # 1 MiB, the service's limit for a batch body
-RETRIED = {429, 503}            # plus every 5xx
 USER_AGENT = "webinar-flows-send/1"
-
-
-def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    """Standard Webhooks v1: `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))."""
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode("ascii")
-
-
-def signed_headers(key: bytes, body: bytes, content_type: str, now: float | None = None) -> dict[str, str]:
-    """The headers of one request: a fresh webhook-id (no '.'), the timestamp and the signature."""
-    msg_id = "msg_" + uuid.uuid4().hex
-    timestamp = int(time.time() if now is None else now)
-    return {"Content-Type": content_type, "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(key, msg_id, timestamp, body)}
 
 
 @dataclass
@@ -82,52 +59,6 @@ class Item:
         if isinstance(self.parsed, dict):
             return {k: self.parsed[k] for k in ("id", "type") if isinstance(self.parsed.get(k), str)}
         return {}
-
-
-@dataclass
-class Answer:
-    status: int | None  # None: no HTTP answer (connection failure, timeout)
-    body: bytes
-    retry_after: float | None
-    error: str = ""
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a 3xx is an answer, never followed (CloudEvents web-hook spec)
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={**headers, "User-Agent": USER_AGENT})
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            return Answer(response.status, response.read(), _retry_after(response.headers.get("Retry-After")))
-    except urllib.error.HTTPError as exc:
-        try:
-            data = exc.read()
-        except (OSError, http.client.HTTPException):
-            data = b""
-        return Answer(exc.code, data, _retry_after(exc.headers.get("Retry-After") if exc.headers else None))
-    except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        return Answer(None, b"", None, f"{type(exc).__name__}: {reason}")
 
 
 def _read(files: tuple[str, ...]) -> Iterator[tuple[str | None, int, bytes]]:
@@ -220,17 +151,13 @@ def _results(items: list[Item], answer: Answer) -> list[dict[str, Any]]:
              "error": error} for item in items]
 
 
-def retryable(status: int | None) -> bool:
-    return status is None or status in RETRIED or 500 <= status <= 599
-
-
 def deliver(url: str, key: bytes, body: bytes, content_type: str, *, max_attempts: int, max_delay: float,
             backoff: float, timeout: float, sleep: Any = time.sleep) -> tuple[Answer, int]:
     """Post one request until it gets a final answer or the attempts run out; (answer, attempts)."""
     attempt = 0
     while True:
         attempt += 1
-        answer = post(url, body, signed_headers(key, body, content_type), timeout)
+        answer = post(url, body, signed_headers(key, body, content_type), timeout, USER_AGENT)
         if not retryable(answer.status) or attempt >= max_attempts:
             return answer, attempt
         if answer.retry_after is not None:

@@ -317,11 +317,19 @@ class PostgresStore(Store, HistoryReader):
 
     def _version(self) -> int | None:
         assert self.conn is not None
-        found = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,)).fetchone()
-        if not found or not found[0]:
+        if not self._exists(VERSION_TABLE):
             return None
         row = self.conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()
         return int(row[0]) if row and row[0] is not None else 0
+
+    def _exists(self, table: str) -> bool:
+        """Whether the schema in use holds `table`: read from the catalog with a fresh snapshot
+        (to_regclass may answer from a cache an advisory lock does not refresh)."""
+        assert self.conn is not None
+        return bool(self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE c.relname = %s AND n.nspname = current_schema())",
+            (table,)).fetchone()[0])
 
     def _migrate(self) -> None:
         """Create or upgrade the schema; processes starting together wait for the first one."""
@@ -330,8 +338,7 @@ class PostgresStore(Store, HistoryReader):
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             version = self._version()
             if version is None:
-                taken = [t for t in OUR_TABLES
-                         if self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (t,)).fetchone()[0]]
+                taken = [t for t in OUR_TABLES if self._exists(t)]
                 if taken:
                     raise NotADatabase(f"{self.path}: not a webinar-flows database (it holds tables named "
                                        f"{', '.join(taken)} without webinar-flows' schema version); use another "

@@ -155,13 +155,14 @@ class Server:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                          cwd=self.workdir, env=clean_env())
         deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            time.sleep(0.05)
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.output()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.url}/healthz").status_code == 200:
+                        return self
+                time.sleep(0.05)
         self.kill()
         raise AssertionError(f"serve did not answer /healthz within {START_SECONDS} s:\n{self.output()}")
 
@@ -243,6 +244,17 @@ def serve_factory(tmp_path: Path) -> Iterator[Any]:
 
 # -- requests --------------------------------------------------------------------------
 
+_SHARED: list[httpx.Client] = []
+
+
+def http() -> httpx.Client:
+    """One client for the whole test process: making an httpx client costs an SSL context
+    (tens of milliseconds), which a suite of short requests would pay on every one."""
+    if not _SHARED:
+        _SHARED.append(httpx.Client(timeout=30.0))
+    return _SHARED[0]
+
+
 def _cloudevent(event: dict[str, Any]) -> CloudEvent:
     attributes = {k: v for k, v in event.items() if k != "data"}
     attributes.setdefault("datacontenttype", "application/json")
@@ -287,7 +299,7 @@ def post(server: Server, key_id: str, headers: dict[str, str], body: bytes, *, s
          client: httpx.Client | None = None, **sign: Any) -> httpx.Response:
     """POST `body` to the key's URL, signed with the key's (first) secret unless `secret` is given."""
     headers = signed(secret or server.secret(key_id), headers, body, **sign)
-    return (client or httpx).post(server.ingest_url(key_id), headers=headers, content=body, timeout=30.0)
+    return (client or http()).post(server.ingest_url(key_id), headers=headers, content=body, timeout=30.0)
 
 
 # -- checks any test can run on a server it used -----------------------------------------
@@ -296,7 +308,7 @@ def metric_samples(server: Server) -> list[Any]:
     """The samples of the server's /metrics, parsed by prometheus_client."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    text = http().get(f"{server.url}/metrics", timeout=10).text
     return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
@@ -325,7 +337,7 @@ def assert_no_secret_in_output(server: Server) -> None:
     server wrote or serves on /metrics."""
     output = server.output()
     if server.proc is not None and server.proc.poll() is None:
-        output += httpx.get(f"{server.url}/metrics", timeout=10).text
+        output += http().get(f"{server.url}/metrics", timeout=10).text
     for spec in server.keys.values():
         for secret in spec.secrets:
             assert secret not in output and secret[len("whsec_"):] not in output

@@ -19,6 +19,7 @@ from serverkit import (  # noqa: F401  (served is a fixture)
     assert_no_secret_in_output,
     batched,
     binary,
+    http,
     post,
     served,
     signed,
@@ -60,14 +61,14 @@ def test_structured_event_is_processed_and_a_replay_is_a_duplicate_applied_once(
     who = lead()
     headers, body = structured(entered(lead=who))
     signed_headers = signed(served.secret("site-b"), headers, body)
-    first = httpx.post(served.ingest_url("site-b"), headers=signed_headers, content=body)
+    first = http().post(served.ingest_url("site-b"), headers=signed_headers, content=body)
     assert first.status_code == 200, first.text
     (result,) = first.json()["results"]
     assert "line" not in result
     assert (result["status"], result["type"], result["route"]["state"]) == ("accepted", "client_webinar_entered",
                                                                              "in_webinar")
     before = route(served, who)
-    replay = httpx.post(served.ingest_url("site-b"), headers=signed_headers, content=body)  # the captured request
+    replay = http().post(served.ingest_url("site-b"), headers=signed_headers, content=body)  # the captured request
     assert replay.status_code == 200
     assert [(r["status"], r["reason"]) for r in replay.json()["results"]] == [("duplicate", "same_envelope")]
     assert route(served, who) == before and len(before["history"]) == 1
@@ -117,7 +118,7 @@ def test_either_secret_of_a_rotating_key_passes_and_both_together(served: Server
     both = signed(served.secret("site-a", 0), headers, body, msg_id="msg-both", at=time.time())
     other = signed(served.secret("site-a", 1), headers, body, msg_id="msg-both", at=time.time())
     both["webhook-signature"] = f"v1,bm90aGluZw== {other['webhook-signature']}"
-    assert httpx.post(served.ingest_url("site-a"), headers=both, content=body).status_code == 200
+    assert http().post(served.ingest_url("site-a"), headers=both, content=body).status_code == 200
 
 
 def test_a_timestamp_just_inside_the_window_passes(served: Server) -> None:
@@ -221,7 +222,7 @@ def test_every_failed_authentication_is_the_same_401_and_stores_nothing(served: 
     count, _ = stored(served)
     bodies = set()
     for name, (key_id, headers, body) in _unauthorized_cases(served).items():
-        response = httpx.post(served.ingest_url(key_id), headers=headers, content=body)
+        response = http().post(served.ingest_url(key_id), headers=headers, content=body)
         assert response.status_code == 401, name
         bodies.add(json.dumps(assert_problem(response, 401), sort_keys=True))
     assert len(bodies) == 1  # which check failed is not said
@@ -231,7 +232,7 @@ def test_every_failed_authentication_is_the_same_401_and_stores_nothing(served: 
 def test_a_non_utf8_body_with_a_bad_signature_is_401_not_500(served: Server) -> None:
     headers = {"content-type": "application/cloudevents+json", "webhook-id": "m1",
                "webhook-timestamp": str(int(time.time())), "webhook-signature": "v1,AAAA"}
-    response = httpx.post(served.ingest_url("site-b"), headers=headers, content=b"\xff\xfe{")
+    response = http().post(served.ingest_url("site-b"), headers=headers, content=b"\xff\xfe{")
     assert_problem(response, 401)
 
 
@@ -249,7 +250,7 @@ def test_too_large_by_content_length_or_by_what_is_read_is_413(served: Server) -
             yield body[start:start + 16 * 1024]
 
     chunked = signed(served.secret("site-b"), headers, body)
-    response = httpx.post(served.ingest_url("site-b"), headers=chunked, content=chunks())
+    response = http().post(served.ingest_url("site-b"), headers=chunked, content=chunks())
     assert_problem(response, 413)
     assert stored(served)[0] == count
 
@@ -280,17 +281,17 @@ def test_an_unsupported_content_mode_is_415_and_stores_nothing(served: Server, k
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
 def test_another_method_is_405_with_allow(served: Server, method: str) -> None:
-    response = httpx.request(method, served.ingest_url("site-b"))
+    response = http().request(method, served.ingest_url("site-b"))
     assert_problem(response, 405)
     assert response.headers["allow"] == "POST, OPTIONS"
 
 
 def test_the_webhook_handshake_consents_only_for_listed_origins(served: Server) -> None:
-    listed = httpx.options(served.ingest_url("slow"), headers={"WebHook-Request-Origin": "wp.example"})
+    listed = http().options(served.ingest_url("slow"), headers={"WebHook-Request-Origin": "wp.example"})
     assert listed.status_code == 200
     assert listed.headers["webhook-allowed-origin"] == "wp.example"
     assert listed.headers["webhook-allowed-rate"] == "120"  # rate 2/s as requests per minute
-    other = httpx.options(served.ingest_url("site-b"), headers={"WebHook-Request-Origin": "evil.example"})
+    other = http().options(served.ingest_url("site-b"), headers={"WebHook-Request-Origin": "evil.example"})
     assert other.status_code == 200
     assert "webhook-allowed-origin" not in other.headers and "webhook-allowed-rate" not in other.headers
 
@@ -325,19 +326,19 @@ def test_routes_are_read_with_a_consumer_token(served: Server) -> None:
     who = lead()
     assert post(served, "site-b", *structured(entered(lead=who, webinar="web-9"))).status_code == 200
     url = f"{served.url}/v1/routes/{who}/web-9"
-    ok = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    ok = http().get(url, headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.json() == route(served, who, "web-9")
     assert ok.json()["state"] == "in_webinar"
-    assert_problem(httpx.get(url), 401)
-    assert_problem(httpx.get(url, headers={"Authorization": "Bearer not-the-token"}), 401)
-    assert_problem(httpx.get(f"{served.url}/v1/routes/{lead()}/web-9",
+    assert_problem(http().get(url), 401)
+    assert_problem(http().get(url, headers={"Authorization": "Bearer not-the-token"}), 401)
+    assert_problem(http().get(f"{served.url}/v1/routes/{lead()}/web-9",
                              headers={"Authorization": f"Bearer {TOKEN}"}), 404)
-    assert_problem(httpx.get(f"{served.url}/v1/routes/{who}", headers={"Authorization": f"Bearer {TOKEN}"}), 404)
+    assert_problem(http().get(f"{served.url}/v1/routes/{who}", headers={"Authorization": f"Bearer {TOKEN}"}), 404)
 
 
 def test_health_and_readiness(served: Server) -> None:
-    assert httpx.get(f"{served.url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{served.url}/readyz")
+    assert http().get(f"{served.url}/healthz").json() == {"status": "ok"}
+    ready = http().get(f"{served.url}/readyz")
     assert ready.status_code == 200
     assert {name: check["ok"] for name, check in ready.json()["checks"].items()} == {
         "database": True, "writer": True, "queue": True}

@@ -122,6 +122,15 @@ def test_every_backend_offers_both_ports(store) -> None:
     assert isinstance(store, Store) and isinstance(store, HistoryReader)
 
 
+
+@pytest.mark.parametrize("backend", [MemoryStore, SQLiteStore])
+def test_a_backend_offers_nothing_public_beyond_the_ports(backend: type) -> None:
+    """What a caller may use is what the interfaces declare; a backend-only method would tie
+    callers to one backend."""
+    declared = {n for port in (Store, HistoryReader) for n in dir(port) if not n.startswith("_")}
+    offered = {n for n in dir(backend) if not n.startswith("_") and callable(getattr(backend, n))}
+    assert offered == declared
+
 def test_row_layouts_are_plain_tuples() -> None:
     row = fact("e1")
     assert isinstance(row, tuple) and row[1] == "e1" and row.id == "e1"

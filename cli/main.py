@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
@@ -23,7 +22,6 @@ from .context import (
     AppContext,
     Command,
     Failed,
-    app_of,
     pass_app,
     problems_text,
 )
@@ -205,32 +203,6 @@ def route(app: AppContext, key: RouteKeyArgs) -> None:
     if found is None:
         raise Failed(f"error: no route for {describe_key(wanted)}")
     print_json(found)
-
-
-# Kept for the command modules written against the old helpers (serve, keys, send); new code
-# uses cli.context, cli.options and cli.output.
-_print = print_json
-
-
-def _config_option(f: Any) -> Any:
-    return click.option("--config", "config_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                        help="Config directory (default: $WEBINAR_FLOWS_CONFIG, else the current directory if it "
-                             "holds states.yaml, else the bundled default).")(f)
-
-
-def _db_option(f: Any) -> Any:
-    from .options import DatabaseParam
-
-    return click.option("--db", "db", type=DatabaseParam(), default=None,
-                        help="SQLite database file or postgresql:// URL (default: $WEBINAR_FLOWS_DB, else "
-                             "./webinar-flows.db).")(f)
-
-
-def _settings(ctx: click.Context, config_dir: Path | None, db: Path | str | None) -> tuple[Path, Path | str]:
-    """(config directory, database file) from a command's own --config/--db, else the group's."""
-    app = app_of(ctx)
-    scoped = AppContext(config_dir or app.config_dir, db or app.db)
-    return scoped.config_path(), scoped.db_path()
 
 
 def main() -> None:

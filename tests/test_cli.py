@@ -658,7 +658,7 @@ def test_subprocess_two_processes_write_one_database_at_once(tmp_path):
 
 
 def test_result_lines_are_compact_utf8_json_and_never_fail_to_print(capsysbinary):
-    from cli.main import _print
+    from cli.output import print_json as _print
 
     _print({"id": "é", "n": [1, 2.5], "ok": True, "none": None})
     _print({"big": 2**70, "lone": "\ud800"})  # orjson refuses both; the standard encoder escapes to ASCII

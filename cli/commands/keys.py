@@ -39,8 +39,9 @@ import tomli_w
 from engine import Config
 from service.keys import DEFAULT_RATE, KEY_ID, MAX_SECRETS, check_keys, find_keys_file, new_secret
 
-from ..main import CONTEXT, Failed, _config_option, _print, _settings
-from ._shared import load_or_fail
+from ..context import CONTEXT, AppContext, Failed, pass_app
+from ..options import config_option
+from ..output import print_json
 
 _KEYS_HELP = ("The keys file (default: $WEBINAR_FLOWS_KEYS, else $CREDENTIALS_DIRECTORY/keys.toml, as for "
               "serve).")
@@ -171,10 +172,9 @@ def keys() -> None:
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1_000_000), default=None,
               help=f"Requests per second (default {DEFAULT_RATE:g}); the burst is twice as many.")
 @_keys_option
-@_config_option
-@click.pass_context
-def new(ctx: click.Context, key_id: str, emitter: str, batch: bool, rate: float | None, keys_file: Path | None,
-        config_dir: Path | None) -> None:
+@config_option
+@pass_app
+def new(app: AppContext, key_id: str, emitter: str, batch: bool, rate: float | None, keys_file: Path | None) -> None:
     """Add key ID for EMITTER with a fresh secret and print the secret (once).
 
     Creates the keys file (mode 0600) when it does not exist. Refuses an id already in the
@@ -183,8 +183,8 @@ def new(ctx: click.Context, key_id: str, emitter: str, batch: bool, rate: float 
     if not KEY_ID.match(key_id):
         raise Failed(f"error: bad key id {key_id!r}: 1-64 letters, digits, '-' or '_', starting with a letter "
                      f"or digit (it is a URL path segment)")
-    config_path = _settings(ctx, config_dir, None)[0]
-    config = load_or_fail(config_path)
+    config_path = app.config_path()
+    config = app.config(config_path)
     outside = sorted(name for name, spec in config.emitters.items() if not spec.internal)
     if emitter not in config.emitters:
         raise Failed(f"error: unknown emitter {emitter!r} in the config {config_path}; a key may speak for: "
@@ -277,7 +277,7 @@ def list_keys(keys_file: Path | None, fmt: str) -> None:
                      "rate": rate, "secrets": len(_secrets(spec))})
     if fmt == "json":
         for row in rows:
-            _print(row)
+            print_json(row)
         return
     header = ("ID", "EMITTER", "BATCH", "RATE", "SECRETS")
     table = [header, *[(r["id"], str(r["emitter"]), "yes" if r["batch"] is True else "no", f"{r['rate']:g}"

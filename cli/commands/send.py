@@ -32,7 +32,8 @@ import click
 from service.keys import parse_secret
 from service.webhooks import STRUCTURED, Answer, post, retryable, signed_headers
 
-from ..main import CONTEXT, Failed, _print
+from ..context import CONTEXT, Failed
+from ..output import print_json
 
 BATCHED = "application/cloudevents-batch+json"
 MAX_BATCH_EVENTS = 100          # the service's limit per batched request
@@ -234,7 +235,7 @@ def send(files: tuple[str, ...], url: str, key_id: str, secret_file: Path | None
             counts[status if status in counts else "undelivered"] += 1
             if status not in ("accepted", "duplicate", "rejected"):
                 statuses.add(answer.status)
-            _print(result)
+            print_json(result)
         sys.stdout.flush()
     summary = (f"{counts['accepted']} accepted, {counts['duplicate']} duplicate, {counts['rejected']} rejected, "
                f"{counts['undelivered']} undelivered ({requests} request(s), {retries} retried)")

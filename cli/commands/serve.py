@@ -6,20 +6,20 @@ from pathlib import Path
 
 import click
 
-from ..main import CONTEXT, Failed, _config_option, _db_option, _settings
+from ..context import AppContext, Failed, command, pass_app
+from ..options import config_options
 
 _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_events", "commit_events",
            "body_timeout", "synchronous", "max_header_bytes"}
 
 
-@click.command(context_settings=CONTEXT)
+@command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; keep the default behind a reverse proxy that terminates TLS.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--keys", "keys_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The keys file (default: $WEBINAR_FLOWS_KEYS, else $CREDENTIALS_DIRECTORY/keys.toml).")
-@_config_option
-@_db_option
+@config_options
 @click.option("--max-event-bytes", type=click.IntRange(min=1), default=None,
               help="Largest body of a single event (structured or binary mode)  [default: the engine's limit]")
 @click.option("--max-batch-bytes", type=click.IntRange(min=1), default=1024 * 1024, show_default=True,
@@ -42,10 +42,9 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
 @click.option("--synchronous", type=click.Choice(["NORMAL", "FULL"], case_sensitive=False), default="NORMAL",
               show_default=True, help="SQLite durability: NORMAL survives a process crash; FULL also survives "
                                       "power loss (an fsync per commit).")
-@click.pass_context
-def serve_command(ctx: click.Context, host: str, port: int, keys_file: Path | None, config_dir: Path | None,
-                  db: Path | None, keep_alive: int, max_connections: int, head_timeout: float,
-                  **limits: object) -> None:
+@pass_app
+def serve_command(app: AppContext, host: str, port: int, keys_file: Path | None, keep_alive: int,
+                  max_connections: int, head_timeout: float, **limits: object) -> None:
     """Serve signed CloudEvents over HTTP: POST /v1/ingest/KEY_ID, GET /v1/routes/..., /healthz,
     /readyz, /metrics. See docs/service.md.
 
@@ -56,7 +55,7 @@ def serve_command(ctx: click.Context, host: str, port: int, keys_file: Path | No
     from service.server import run
     from service.settings import SettingsError, load_settings
 
-    config, database = _settings(ctx, config_dir, db)
+    config, database = app.config_path(), app.db_path()
     limits = {k: v for k, v in limits.items() if k in _LIMITS and v is not None}
     limits["synchronous"] = str(limits["synchronous"]).upper()
     try:

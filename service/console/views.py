@@ -261,8 +261,7 @@ class Console:
             return _json({"results": [{"rejection": seq, **(r or {"status": None})} for seq, r in outcome.items()]})
         if "hx-request" not in request.headers:
             return RedirectResponse(request.headers.get("referer") or f"{PREFIX}/quarantine", status_code=303)
-        reader = self._reader()
-        rows = await run_in_threadpool(lambda: {seq: _row_or_none(reader, seq) for seq in seqs})
+        rows = await run_in_threadpool(lambda: {seq: _row_or_none(self._reader(), seq) for seq in seqs})
         return self.html(request, session, "_rows.html", {"rows": [(seq, rows[seq], outcome[seq]) for seq in seqs]})
 
     async def purge(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
@@ -281,11 +280,14 @@ class Console:
 
     async def retry(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
         values = dict(form)
-        store_retry = getattr(self._reader().store, "retry_delivery", None)
+        store_retry = await run_in_threadpool(lambda: getattr(self._reader().store, "retry_delivery", None))
         if not callable(store_retry):
             return _problem(409, "Conflict", "this version of the store keeps no deliveries to retry")
-        item = values.get("item")
-        result = await self._on_writer(lambda engine: engine.store.retry_delivery(item))
+        consumer, item = values.get("consumer", ""), values.get("item", "*")
+        try:
+            result = await self._on_writer(lambda engine: engine.store.retry_delivery(consumer, item))
+        except _Refused as exc:
+            return _problem(exc.status, "Service Unavailable", exc.message)
         if _wants_json(request):
             return _json({"retried": result})
         return RedirectResponse(f"{PREFIX}/deliveries", status_code=303)

@@ -401,3 +401,12 @@ def test_a_route_key_field_declared_integer_is_matched_as_an_integer() -> None:
     assert typed_key_value(config, "lead_id", "7") == "7"
     with pytest.raises(BadInput):
         typed_key_value(config, "webinar_id", "seven")
+
+
+def test_retry_is_refused_while_the_store_keeps_no_push_deliveries(logged: tuple[TestClient, str]) -> None:
+    client, token = logged
+    html = client.get("/console/deliveries").text
+    assert "Deliveries" in html
+    answer = client.post("/console/deliveries/retry", data={"consumer": "x", "item": "*", "csrf": token})
+    assert answer.status_code in (303, 409)
+    assert client.post("/console/deliveries/retry", data={"consumer": "x"}).status_code == 403

@@ -315,14 +315,15 @@ def metric_samples(server: Server) -> list[Any]:
 def assert_closed_labels(server: Server) -> list[Any]:
     """Every label value of /metrics is in its closed set (the config's emitters and types, the
     outcome and status vocabularies, `other`); returns the samples for further checks."""
+    import service.metrics as metrics
     from engine import bundled_config, load_config
-    from service.metrics import STATUSES
     from service.problems import OUTCOMES
 
     config = load_config(bundled_config())
     allowed: dict[str, set[str] | None] = {
-        "outcome": set(OUTCOMES), "emitter": set(config.emitters) | {"other"},
-        "type": set(config.events) | {"other"}, "status": set(STATUSES) | {"other"},
+        "outcome": {*OUTCOMES, *getattr(metrics, "DELIVERY_OUTCOMES", ())}, "emitter": {*config.emitters, "other"},
+        "type": {*config.events, "other"}, "status": {*metrics.STATUSES, "other"},
+        "consumer": {*getattr(config, "consumers", {}), "other"},
         "le": None, "version": None, "config_hash": {config.hash}}
     samples = metric_samples(server)
     for sample in samples:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
 
-from engine import ConfigError, Engine, load_config
+from engine import ConfigError, Engine, Problem, load_config
 
 from .context import (
     CONTEXT,
@@ -77,13 +78,16 @@ def cli() -> None:
 @config_option
 @db_option("Accepted like everywhere, not used: validate reads no database.")
 @format_option(["text", "json"], "text: FILE:LINE:COL: SEVERITY CODE: message on stderr; json: one document on stdout.")
+@click.option("--keys", "keys_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also check this keys file against the config: its mode, TOML, emitters and secrets.")
 @pass_app
-def validate(app: AppContext, fmt: str) -> None:
+def validate(app: AppContext, fmt: str, keys_file: Path | None) -> None:
     """Check a config: YAML, each file's schema, references and the spec's boundaries.
 
     Exit 0 with a one-line summary on stdout when there is no error (warnings go to
     stderr); exit 1 with every problem otherwise. --db is accepted like everywhere but not
-    used: validate reads no database.
+    used: validate reads no database. With --keys, the keys file `serve` would use is
+    checked too, each problem reported as an error of that file.
     """
     config = app.config_path()
     try:
@@ -91,6 +95,11 @@ def validate(app: AppContext, fmt: str) -> None:
         problems, ok = list(loaded.problems), True
     except ConfigError as exc:
         loaded, problems, ok = None, exc.problems, False
+    if keys_file is not None and loaded is not None:
+        from service.keys import check_keys
+
+        found = [_keys_problem(keys_file, text) for text in check_keys(keys_file, loaded)]
+        problems, ok = problems + found, not found
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
     if fmt == "json":
@@ -98,7 +107,7 @@ def validate(app: AppContext, fmt: str) -> None:
                     "errors": errors, "warnings": warnings, "problems": [p.as_dict() for p in problems]})
     elif problems:
         click.echo(problems_text(problems), err=True)
-    if loaded is None:
+    if not ok or loaded is None:
         if fmt == "text":
             click.echo(f"{config}: invalid: {errors} error(s), {warnings} warning(s)", err=True)
         click.get_current_context().exit(1)
@@ -107,6 +116,11 @@ def validate(app: AppContext, fmt: str) -> None:
                    f"{len(loaded.rules)} rules, {len(loaded.route.states)} states, "
                    f"{len(loaded.route.transitions)} transitions; {warnings} warning(s); "
                    f"config hash {loaded.hash[:12]})")
+
+
+def _keys_problem(path: Path, text: str) -> Problem:
+    prefix = f"{path}: "
+    return Problem(str(path), 1, 1, "error", "invalid_keys_file", text[len(prefix):] if text.startswith(prefix) else text)
 
 
 # -- process ---------------------------------------------------------------------------------------

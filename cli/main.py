@@ -125,7 +125,7 @@ def _keys_problem(path: Path, text: str) -> Problem:
 
 # -- process ---------------------------------------------------------------------------------------
 
-OUTAGE_WAIT_S = 60.0  # DESIGN: process retries the batch it was committing for up to 60 s
+OUTAGE_WAIT_S = 60.0  # docs/storage.md: process retries the batch it was committing for up to 60 s
 
 def _summary(counts: dict[str, int]) -> str:
     return f"{counts['accepted']} accepted, {counts['duplicate']} duplicate, {counts['rejected']} rejected"

@@ -2,7 +2,7 @@
 
 `create_app(settings)` builds it; nothing is built at import time, so tests and other ASGI
 servers make their own (`uvicorn --factory service.app:app_from_environment`). Handlers stay
-thin: the checks run in DESIGN's order (key, size, rate, signature, content mode, envelope,
+thin: the checks run in the documented order (docs/service.md) (key, size, rate, signature, content mode, envelope,
 engine) through the modules that own them, and one exception handler turns every failure
 into problem+json.
 """
@@ -167,7 +167,7 @@ def _service(request: Request) -> Service:
 
 
 async def ingest(request: Request) -> Response:
-    """POST /v1/ingest/{key_id}: the checks in DESIGN's order, then the engine via the writer."""
+    """POST /v1/ingest/{key_id}: the checks in the order docs/service.md gives, then the engine via the writer."""
     service, info = _service(request), note(request.scope)
     info.route = INGEST
     if request.method == "OPTIONS":
@@ -296,7 +296,7 @@ async def _problem(request: Request, exc: Exception) -> Response:
 
 
 class _AnyMethod:
-    """An endpoint that sees every method, so that it answers 405 itself with DESIGN's Allow header
+    """An endpoint that sees every method, so that it answers 405 itself with the documented Allow header
     (Starlette's own 405 lists the route's methods in no set order)."""
 
     def __init__(self, endpoint: Any):

@@ -1,4 +1,4 @@
-"""Running the app under uvicorn the way DESIGN wants it: one process, limits on, exit 0 on SIGTERM.
+"""Running the app under uvicorn as docs/service.md describes: one process, limits on, exit 0 on SIGTERM.
 
 uvicorn re-raises a caught SIGTERM or SIGINT once it has shut down gracefully, so the
 process would die of the signal (status 143) even though every queued event was committed

@@ -31,7 +31,7 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything `create_app` needs. Limits have the defaults DESIGN gives."""
+    """Everything `create_app` needs. Limits have the defaults docs/service.md gives."""
 
     config: Config
     db: Path | str  # a SQLite file, or a PostgreSQL URL (text)

@@ -1,4 +1,4 @@
-"""Four processes writing one database at once: DESIGN.md "The command line" ("Several processes
+"""Four processes writing one database at once: docs/storage.md and docs/cli/process.md ("Several processes
 may use one database file at once") and "What happens to an event" (steps 7-8 commit together).
 
 Four real `webinar-flows process` subprocesses start together on one SQLite file: two with

@@ -2,7 +2,7 @@
 docs, graph, diff and the AsyncAPI export.
 
 The fixture config is a copy of the default config plus tests/data/consumers_example.yaml
-(DESIGN's reminder-sender and two more). The validate checks of consumers.yaml are cases of
+(docs/config.md's reminder-sender and two more). The validate checks of consumers.yaml are cases of
 tests/data/broken_configs.yaml; the tests here cover what the table cannot.
 """
 
@@ -260,7 +260,7 @@ def op_is_send(op: dict) -> bool:
 
 
 def test_asyncapi_outbox_messages_describe_what_process_reports(consumers_config: Config, tmp_path: Path):
-    """Items built the way DESIGN says (an emitted event plus subject and time; an action as a
+    """Items built the way docs/consuming.md says (an emitted event plus subject and time; an action as a
     CloudEvent `action.<kind>` from `scenario` with the action as data) from a real `process`
     result validate against the exported message payloads."""
     from jsonschema import Draft202012Validator

@@ -1,4 +1,4 @@
-"""Hostile events: DESIGN.md "The envelope" and "What happens to an event" under attack.
+"""Hostile events: docs/pipeline.md "The envelope" and "The eight steps" under attack.
 
 A seeded corpus of more than 10,000 malformed inputs (invalid UTF-8, huge and non-finite
 numbers, duplicate keys, deep nesting, wrong types everywhere, lone surrogates, oversized

@@ -1,4 +1,4 @@
-"""The outbox as a feed (DESIGN, Part 2, "What a consumer receives" and "Pull: the feed"):
+"""The outbox as a feed (docs/consuming.md: what a consumer receives, and the feed):
 exactly a consumer's kinds and types, cursors per consumer, `--reset` repeating the same ids,
 commit order per route key, `--follow` and its SIGTERM, and a property test of random
 interleavings of processing, feeding and acking, on SQLite and on the memory store.

@@ -1,6 +1,6 @@
 """What happens to an event, through the embedding API (`from engine import Engine`).
 
-DESIGN.md "The envelope", "What happens to an event" and "The embedding API": every
+docs/pipeline.md ("The envelope", "The eight steps") and docs/api.md: every
 rejection reason with its exact errors, duplicates, what is stored (byte-exact rejections,
 the input log, the config hash on every row), batching equal to one-by-one processing,
 routes whose state the config no longer declares, opening configs and databases.

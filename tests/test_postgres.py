@@ -1,4 +1,4 @@
-"""PostgreSQL-only behaviour of DESIGN's storage section, through the installed console script:
+"""PostgreSQL-only behaviour of docs/storage.md and docs/deployment.md, through the installed console script:
 how the database is named in messages, a missing database, a server that does not answer, the
 schema made once by processes starting together, the outbox cursor with writers committing out
 of seq order."""

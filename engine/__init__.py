@@ -26,6 +26,7 @@ _LAZY = {
     "explain_route": ("governance.explain", "explain"), "asyncapi": ("governance.export", "asyncapi"),
     "event_schemas": ("governance.export", "event_schemas"), "Selection": ("governance.quarantine", "Selection"),
     "replay_history": ("governance.replay", "replay"),
+    "DeliveryAnswer": ("runtime.delivery", "Answer"), "RETRY_SCHEDULE": ("runtime.delivery", "SCHEDULE"),
 }
 
 

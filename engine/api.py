@@ -97,6 +97,61 @@ class Engine(Pipeline):
         spec = self._consumer(consumer)
         return self.store.outbox_backlog(self.store.cursor_of(consumer), spec.types)
 
+    # -- push delivery (runtime/delivery.py keeps the books; service/delivery.py speaks HTTP) ----
+
+    def _deliveries(self) -> Any:
+        from .runtime.delivery import Deliveries
+
+        return Deliveries(self.store, {n: c.types for n, c in self.config.consumers.items()}, self.clock)
+
+    def delivery_round(self, consumer: str, owner: str, now: float, *, lease_seconds: float = 60.0,
+                       limit: int = 64, dead: Callable[[str], bool] | None = None) -> list[Any]:
+        """For the deliverer `owner`: take or renew the consumer's lease (taking it over from a
+        holder `dead(holder)` says has died), move new outbox items into its deliveries and return
+        the items to send now (`Due`); [] when another deliverer holds it."""
+        self._consumer(consumer)
+        deliveries = self._deliveries()
+        if not deliveries.lease(consumer, owner, now, lease_seconds, dead) or not deliveries.take(
+                consumer, owner, now, lease_seconds):
+            return []
+        return deliveries.due(consumer, now, limit)
+
+    def delivery_release(self, consumer: str, owner: str, now: float) -> None:
+        """Give up the consumer's lease, so another deliverer takes over at once."""
+        self._deliveries().release(consumer, owner, now)
+
+    def delivery_answers(self, consumer: str, owner: str, answers: list[tuple[Any, Any]], now: float, *,
+                         lease_seconds: float = 60.0, schedule: tuple[float, ...] | None = None) -> list[str]:
+        """Record what each sent item got (`(Due, delivery.Answer)` pairs); each one's outcome:
+        done, retry, failed, disabled (a 410), or lost (the lease went to another deliverer)."""
+        from .runtime.delivery import SCHEDULE
+
+        return self._deliveries().record(consumer, owner, answers, now, lease_seconds,
+                                         SCHEDULE if schedule is None else schedule)
+
+    def deliveries(self, consumer: str | None = None, *, failed: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
+        """Push deliveries in order (only failed ones with `failed`): id, consumer, type, subject,
+        status (pending, done, failed), attempts, last_status, last_answer, updated_at."""
+        if consumer is not None:
+            self._consumer(consumer)
+        return self._deliveries().listing(consumer, failed, limit)
+
+    def delivery_state(self, consumer: str) -> dict[str, Any]:
+        """A push consumer's state: disabled (and why), pending, failed, done, not_taken."""
+        self._consumer(consumer)
+        return self._deliveries().state(consumer)
+
+    def retry_deliveries(self, item_id: str | None = None, consumer: str | None = None) -> int:
+        """Send failed items again (one id, one consumer's, or every one); how many were failed."""
+        with self.store.transaction():
+            return self.store.retry_deliveries(consumer, item_id, self.clock())
+
+    def enable_consumer(self, consumer: str) -> None:
+        """Deliver to a consumer a 410 disabled, again."""
+        self._consumer(consumer)
+        with self.store.transaction():
+            self.store.set_disabled(consumer, None, self.clock())
+
     def _consumer(self, name: str) -> Any:
         spec = self.config.consumers.get(name)
         if spec is None:

@@ -52,6 +52,15 @@ class EmitterKey:
 
 
 @dataclass(frozen=True)
+class PushTarget:
+    """A consumer that gets its outbox items POSTed: `[consumers.NAME] url` and `secrets`."""
+
+    name: str
+    url: str
+    secrets: tuple[bytes, ...] = field(repr=False)  # decoded; each signs, the first is the newest
+
+
+@dataclass(frozen=True)
 class Keys:
     """A loaded keys file. `document` keeps every table, including ones later features read."""
 
@@ -63,6 +72,7 @@ class Keys:
     # [console.users.NAME] password_hash (argon2) and [console] session_secret, for the web console
     console_users: dict[str, str] = field(default_factory=dict, repr=False)
     session_secret: str | None = field(default=None, repr=False)
+    push: dict[str, PushTarget] = field(default_factory=dict)  # consumers with a url
 
 
 def find_keys_file(option: Path | None) -> Path | None:
@@ -104,15 +114,16 @@ def check_keys(path: Path, config: Config) -> list[str]:
     return _read(Path(path), config)[1]
 
 
-def load_keys(path: Path, config: Config) -> Keys:
-    """The keys file at `path`, checked against `config`; KeysFileError listing every problem."""
-    keys, problems = _read(Path(path), config)
+def load_keys(path: Path, config: Config, *, ingest: bool = True) -> Keys:
+    """The keys file at `path`, checked against `config`; KeysFileError listing every problem.
+    `ingest=False` (the deliverer) does not require an ingestion key."""
+    keys, problems = _read(Path(path), config, ingest=ingest)
     if problems or keys is None:
         raise KeysFileError("\n".join(problems))
     return keys
 
 
-def _read(path: Path, config: Config) -> tuple[Keys | None, list[str]]:
+def _read(path: Path, config: Config, *, ingest: bool = True) -> tuple[Keys | None, list[str]]:
     try:
         mode = path.stat().st_mode
         raw = path.read_bytes()
@@ -130,17 +141,19 @@ def _read(path: Path, config: Config) -> tuple[Keys | None, list[str]]:
         return None, [*problems, f"{path}: not valid TOML: not UTF-8"]
     except tomllib.TOMLDecodeError as exc:
         return None, [*problems, f"{path}: not valid TOML: {_toml_message(exc)}"]
-    keys = _keys(path, document.get("keys"), config, problems)
+    keys = _keys(path, document.get("keys"), config, problems) if ingest or "keys" in document else {}
     origins = _strings(path, "[handshake] origins", _table(path, document, "handshake", problems).get("origins", []),
                        problems)
-    tokens = _consumer_tokens(path, _table(path, document, "consumers", problems), problems)
+    consumers = _table(path, document, "consumers", problems)
+    tokens = _consumer_tokens(path, consumers, problems)
+    push = _push_targets(path, consumers, config, problems)
     console = _table(path, document, "console", problems)
     users = console.get("users", {}) if isinstance(console.get("users", {}), dict) else {}
     # a user without a string password_hash cannot log in; `keys user NAME` writes a valid one
     hashes = {name: spec["password_hash"] for name, spec in users.items()
               if isinstance(spec, dict) and isinstance(spec.get("password_hash"), str)}
     secret = console.get("session_secret") if isinstance(console.get("session_secret"), str) else None
-    return Keys(path, keys, tuple(origins), tokens, document, hashes, secret), problems
+    return Keys(path, keys, tuple(origins), tokens, document, hashes, secret, push), problems
 
 
 def _toml_message(exc: tomllib.TOMLDecodeError) -> str:
@@ -229,3 +242,22 @@ def _consumer_tokens(path: Path, consumers: dict[str, Any], problems: list[str])
         elif "tokens" in spec:
             tokens[name] = tuple(_strings(path, f"[consumers.{name}] tokens", spec["tokens"], problems))
     return tokens
+
+
+def _push_targets(path: Path, consumers: dict[str, Any], config: Config, problems: list[str]) -> dict[str, PushTarget]:
+    """Consumers with a `url`: a consumer of consumers.yaml, an http(s) URL and 1 or 2 secrets."""
+    targets = {}
+    for name, spec in consumers.items():
+        if not isinstance(spec, dict) or ("url" not in spec and "secrets" not in spec):
+            continue
+        where, before = f"{path}: [consumers.{name}]", len(problems)
+        if name not in config.consumers:
+            declared = ", ".join(sorted(config.consumers)) or "none"
+            problems.append(f"{where}: no consumer {name!r} in the config's consumers.yaml (declared: {declared})")
+        url = spec.get("url")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) <= len("http://"):
+            problems.append(f"{where}: url must be an https:// (or http://) URL")
+        secrets = _secrets(where, spec.get("secrets"), problems)
+        if len(problems) == before:
+            targets[name] = PushTarget(name, url, secrets)
+    return targets

@@ -26,6 +26,7 @@ from engine import Config
 from .problems import OUTCOMES
 
 STATUSES = ("accepted", "duplicate", "rejected")
+DELIVERY_OUTCOMES = ("done", "retry", "failed", "disabled", "lost")
 OTHER = "other"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -54,6 +55,16 @@ class Metrics:
         Gauge("webinar_flows_build_info", "The running version and config.", ["version", "config_hash"],
               registry=self.registry).labels(version=version, config_hash=config.hash).set(1)
 
+        self._consumers = frozenset(config.consumers)
+        self._attempts = Counter("webinar_flows_delivery_attempts_total",
+                                 "Push delivery attempts, by consumer and outcome (done, retry, failed, disabled, lost).",
+                                 ["consumer", "outcome"], registry=self.registry)
+        self._backlog = Gauge("webinar_flows_delivery_backlog",
+                              "Items a push consumer has not received yet (pending or not yet taken).", ["consumer"],
+                              registry=self.registry)
+        self._failed = Gauge("webinar_flows_delivery_failed", "Items set aside as failed, per push consumer.",
+                             ["consumer"], registry=self.registry)
+
     def request(self, outcome: str, seconds: float) -> None:
         self._requests.labels(outcome=_closed(outcome, OUTCOMES)).inc()
         self._duration.observe(seconds)
@@ -66,6 +77,17 @@ class Metrics:
     def commit(self, size: int) -> None:
         """Called on the writer thread; prometheus_client's metrics are thread-safe."""
         self._batch.observe(size)
+
+    def delivery(self, consumer: str, outcomes: list[str]) -> None:
+        """Called by the deliverer's thread after each round of sends."""
+        name = _closed(consumer, self._consumers)
+        for outcome in outcomes:
+            self._attempts.labels(consumer=name, outcome=_closed(outcome, DELIVERY_OUTCOMES)).inc()
+
+    def delivery_state(self, consumer: str, backlog: int, failed: int) -> None:
+        name = _closed(consumer, self._consumers)
+        self._backlog.labels(consumer=name).set(backlog)
+        self._failed.labels(consumer=name).set(failed)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

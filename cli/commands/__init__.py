@@ -10,5 +10,6 @@ from __future__ import annotations
 COMMANDS = {
     "docs": "docs", "graph": "graph", "schema": "schema", "diff": "diff",
     "rejections": "quarantine", "reprocess": "quarantine", "replay": "replay", "explain": "explain",
-    "serve": "serve", "keys": "keys", "send": "send", "feed": "feed",
+    "serve": "serve", "keys": "keys", "send": "send", "feed": "feed", "deliver": "deliver",
+    "deliveries": "deliveries",
 }

@@ -266,6 +266,32 @@ class Store(RouteReads):
     def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
         """Remember how far `consumer` has acknowledged the outbox (a cursor `outbox_after` gave)."""
 
+    # -- push delivery (the deliverer's state; a consumer's pull cursor is apart) ------------------
+
+    @abstractmethod
+    def take_lease(self, consumer: str, owner: str, now: float, until: float) -> bool:
+        """Take or renew the consumer's delivery lease for `owner` until `until` (Unix seconds):
+        True when no other owner holds it past `now`. Only the holder delivers the consumer."""
+
+    @abstractmethod
+    def enqueue_deliveries(self, consumer: str, rows: Sequence[tuple[str, str, str, str]], cursor: str,
+                           at: str) -> None:
+        """Add outbox items (id, type, subject, body) to the consumer's deliveries, pending, in
+        order (an id already there is skipped), and remember `cursor` as how far they were taken."""
+
+    @abstractmethod
+    def update_delivery(self, consumer: str, item_id: str, status: str, attempts: int, next_at: float,
+                        last_status: int | None, last_answer: str, at: str) -> None:
+        """Record an attempt: status pending (next attempt at `next_at`), done or failed."""
+
+    @abstractmethod
+    def retry_deliveries(self, consumer: str | None, item_id: str | None, at: str) -> int:
+        """Failed deliveries (of one consumer and/or one id, None: any) become pending again; how many."""
+
+    @abstractmethod
+    def set_disabled(self, consumer: str, reason: str | None, at: str) -> None:
+        """Disable delivery to the consumer (a reason), or enable it again (None)."""
+
 
 class HistoryReader(RouteReads):
     """The read port: the recorded history, the quarantine, a key's story, route summaries."""
@@ -343,3 +369,16 @@ class HistoryReader(RouteReads):
     @abstractmethod
     def outbox_backlog(self, cursor: str, types: frozenset[str]) -> int:
         """How many items of these types lie after `cursor`."""
+
+    @abstractmethod
+    def delivery_consumer(self, consumer: str) -> Row | None:
+        """The consumer's delivery state: cursor, disabled_at, disabled_reason, lease_owner, lease_until."""
+
+    @abstractmethod
+    def deliveries(self, consumer: str | None, statuses: Sequence[str], limit: int) -> list[Row]:
+        """Deliveries in these statuses (of one consumer, None: all), in order, at most `limit`: seq,
+        consumer, id, type, subject, body, status, attempts, next_at, last_status, last_answer, updated_at."""
+
+    @abstractmethod
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        """(consumer, status) -> how many deliveries."""

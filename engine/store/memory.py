@@ -71,6 +71,9 @@ class MemoryStore(Store, HistoryReader):
         self._evaluations: dict[int, Row] = {}
         self._outbox: dict[int, Row] = {}
         self._cursors: dict[str, str] = {}
+        self._delivery_consumers: dict[str, Row] = {}
+        self._deliveries: dict[int, Row] = {}
+        self._delivery_ids: dict[tuple[str, str], int] = {}
         self._undo: list[Callable[[], None]] | None = None  # None: no transaction open
 
     # -- transactions ---------------------------------------------------------------------------
@@ -263,6 +266,76 @@ class MemoryStore(Store, HistoryReader):
     def outbox_backlog(self, cursor: str, types: frozenset[str]) -> int:
         after = seq_cursor(cursor)
         return sum(1 for seq, row in self._outbox.items() if seq > after and row["type"] in types)
+
+    # -- push delivery -------------------------------------------------------------------------
+
+    def _change(self, row: Row, **values: Any) -> None:
+        """Update a row's fields, undone on rollback."""
+        old = {k: row[k] for k in values}
+        row.update(values)
+        self._did(lambda: row.update(old))
+
+    def _delivery_consumer(self, consumer: str) -> Row:
+        if consumer not in self._delivery_consumers:
+            self._delivery_consumers[consumer] = {"consumer": consumer, "cursor": "", "disabled_at": None,
+                                                  "disabled_reason": None, "lease_owner": None, "lease_until": 0.0}
+            self._did(lambda: self._delivery_consumers.pop(consumer))
+        return self._delivery_consumers[consumer]
+
+    def take_lease(self, consumer: str, owner: str, now: float, until: float) -> bool:
+        row = self._delivery_consumer(consumer)
+        if row["lease_owner"] != owner and row["lease_until"] > now:
+            return False
+        self._change(row, lease_owner=owner, lease_until=until)
+        return True
+
+    def enqueue_deliveries(self, consumer: str, rows: Sequence[tuple[str, str, str, str]], cursor: str,
+                           at: str) -> None:
+        seq_cursor(cursor)
+        for item_id, item_type, about, body in rows:
+            if (consumer, item_id) in self._delivery_ids:
+                continue
+            seq = self._append(self._deliveries, {
+                "consumer": consumer, "id": item_id, "type": item_type, "subject": about, "body": body,
+                "status": "pending", "attempts": 0, "next_at": 0.0, "last_status": None, "last_answer": None,
+                "updated_at": at})
+            self._delivery_ids[(consumer, item_id)] = seq
+            self._did(lambda key=(consumer, item_id): self._delivery_ids.pop(key))
+        self._change(self._delivery_consumer(consumer), cursor=cursor)
+
+    def update_delivery(self, consumer: str, item_id: str, status: str, attempts: int, next_at: float,
+                        last_status: int | None, last_answer: str, at: str) -> None:
+        seq = self._delivery_ids.get((consumer, item_id))
+        if seq is not None:
+            self._change(self._deliveries[seq], status=status, attempts=attempts, next_at=next_at,
+                         last_status=last_status, last_answer=last_answer, updated_at=at)
+
+    def retry_deliveries(self, consumer: str | None, item_id: str | None, at: str) -> int:
+        count = 0
+        for row in self._deliveries.values():
+            if row["status"] == "failed" and consumer in (None, row["consumer"]) and item_id in (None, row["id"]):
+                self._change(row, status="pending", attempts=0, next_at=0.0, updated_at=at)
+                count += 1
+        return count
+
+    def set_disabled(self, consumer: str, reason: str | None, at: str) -> None:
+        self._change(self._delivery_consumer(consumer), disabled_at=None if reason is None else at,
+                     disabled_reason=reason)
+
+    def delivery_consumer(self, consumer: str) -> Row | None:
+        row = self._delivery_consumers.get(consumer)
+        return dict(row) if row is not None else None
+
+    def deliveries(self, consumer: str | None, statuses: Sequence[str], limit: int) -> list[Row]:
+        found = [dict(row) for row in self._deliveries.values()
+                 if row["status"] in statuses and consumer in (None, row["consumer"])]
+        return found[:limit]
+
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for row in self._deliveries.values():
+            counts[(row["consumer"], row["status"])] = counts.get((row["consumer"], row["status"]), 0) + 1
+        return counts
 
     def record_rejection(self, row: dict[str, Any]) -> int:
         seq = self._by_sha.get(row["raw_sha256"])

@@ -64,7 +64,7 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "describe", "is_postgres_url"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VERSION_TABLE = "webinar_flows_schema"
 OUR_TABLES = ("facts", "envelopes", "rejections", "inputs", "routes", "route_history", "actions", "evaluations",
               "outbox", "consumer_cursors")
@@ -197,6 +197,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX outbox_order ON outbox (tx, seq)",
         """CREATE TABLE consumer_cursors (consumer TEXT PRIMARY KEY, cursor TEXT NOT NULL,
             updated_at TEXT NOT NULL)""",
+    ),
+    (  # 2: push delivery, as SQLite's m0005_deliveries
+        """CREATE TABLE delivery_consumers (consumer TEXT PRIMARY KEY, cursor TEXT NOT NULL,
+            disabled_at TEXT, disabled_reason TEXT, lease_owner TEXT, lease_until DOUBLE PRECISION NOT NULL)""",
+        f"""CREATE TABLE deliveries ({_identity()},
+            consumer TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, subject TEXT NOT NULL,
+            body TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL, next_at DOUBLE PRECISION NOT NULL,
+            last_status INTEGER, last_answer TEXT, updated_at TEXT NOT NULL, UNIQUE (consumer, id))""",
+        "CREATE INDEX deliveries_open ON deliveries (consumer, seq) WHERE status <> 'done'",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -620,6 +629,20 @@ class PostgresStore(Store, HistoryReader):
         return int(self._all("SELECT count(*) FROM outbox WHERE (tx, seq) > (%s::text::xid8, %s) AND type = ANY(%s)",
                              (str(tx), seq, sorted(types)))[0][0])
 
+    def delivery_consumer(self, consumer: str) -> Row | None:
+        found = self._dicts("SELECT consumer, cursor, disabled_at, disabled_reason, lease_owner, lease_until"
+                            " FROM delivery_consumers WHERE consumer = %s", (consumer,))
+        return found[0] if found else None
+
+    def deliveries(self, consumer: str | None, statuses: Sequence[str], limit: int) -> list[Row]:
+        return self._dicts("SELECT seq, consumer, id, type, subject, body, status, attempts, next_at, last_status,"
+                           " last_answer, updated_at FROM deliveries WHERE (%s::text IS NULL OR consumer = %s)"
+                           " AND status = ANY(%s) ORDER BY seq LIMIT %s", (consumer, consumer, list(statuses), limit))
+
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        return {(c, s): int(n) for c, s, n in self._all("SELECT consumer, status, count(*) FROM deliveries"
+                                                         " GROUP BY consumer, status")}
+
     # -- the per-event hot path -----------------------------------------------------------------------
     # These run inside `transaction()`, which translates their driver errors; they use the
     # connection's cursor directly.
@@ -747,6 +770,39 @@ class PostgresStore(Store, HistoryReader):
         self._exec("INSERT INTO consumer_cursors (consumer, cursor, updated_at) VALUES (%s, %s, %s)"
                    " ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor,"
                    " updated_at = excluded.updated_at", (consumer, cursor, at))
+
+    def take_lease(self, consumer: str, owner: str, now: float, until: float) -> bool:
+        self._exec("INSERT INTO delivery_consumers (consumer, cursor, lease_until) VALUES (%s, '', 0)"
+                   " ON CONFLICT DO NOTHING", (consumer,))
+        return self._exec("UPDATE delivery_consumers SET lease_owner = %s, lease_until = %s WHERE consumer = %s"
+                          " AND (lease_owner IS NOT DISTINCT FROM %s OR lease_until <= %s)",
+                          (owner, until, consumer, owner, now)).rowcount == 1
+
+    def enqueue_deliveries(self, consumer: str, rows: Sequence[tuple[str, str, str, str]], cursor: str,
+                           at: str) -> None:
+        _outbox_cursor(cursor)
+        if rows:
+            self.cur.executemany("INSERT INTO deliveries (consumer, id, type, subject, body, status, attempts, next_at,"
+                                 " updated_at) VALUES (%s, %s, %s, %s, %s, 'pending', 0, 0, %s) ON CONFLICT DO NOTHING",
+                                 [(consumer, *row, at) for row in rows])
+        self._exec("UPDATE delivery_consumers SET cursor = %s WHERE consumer = %s", (cursor, consumer))
+
+    def update_delivery(self, consumer: str, item_id: str, status: str, attempts: int, next_at: float,
+                        last_status: int | None, last_answer: str, at: str) -> None:
+        self._exec("UPDATE deliveries SET status = %s, attempts = %s, next_at = %s, last_status = %s,"
+                   " last_answer = %s, updated_at = %s WHERE consumer = %s AND id = %s",
+                   (status, attempts, next_at, last_status, last_answer, at, consumer, item_id))
+
+    def retry_deliveries(self, consumer: str | None, item_id: str | None, at: str) -> int:
+        return self._exec("UPDATE deliveries SET status = 'pending', attempts = 0, next_at = 0, updated_at = %s"
+                          " WHERE status = 'failed' AND (%s::text IS NULL OR consumer = %s)"
+                          " AND (%s::text IS NULL OR id = %s)", (at, consumer, consumer, item_id, item_id)).rowcount
+
+    def set_disabled(self, consumer: str, reason: str | None, at: str) -> None:
+        self._exec("INSERT INTO delivery_consumers (consumer, cursor, lease_until) VALUES (%s, '', 0)"
+                   " ON CONFLICT DO NOTHING", (consumer,))
+        self._exec("UPDATE delivery_consumers SET disabled_at = %s, disabled_reason = %s WHERE consumer = %s",
+                   (None if reason is None else at, reason, consumer))
 
     def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int:
         self._lock(route_key)

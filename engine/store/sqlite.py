@@ -46,7 +46,7 @@ from .base import (
 
 __all__ = ["FACT_COLUMNS", "INPUT_COLUMNS", "SCHEMA_VERSION", "SQLiteReader", "SQLiteStore", "Store"]
 
-SCHEMA_VERSION = 4  # the number of migrations in sqlite_migrations.py
+SCHEMA_VERSION = 5  # the number of migrations in sqlite_migrations.py
 MIGRATIONS_TABLE = "_sqlite_migrations"
 # The tables every schema version since the first holds: a file at one of our versions
 # without all of them is someone else's.
@@ -256,6 +256,23 @@ class _SQLiteReads(HistoryReader):
         marks = ", ".join("?" * len(types))
         return self._all(f"SELECT count(*) FROM outbox WHERE seq > ? AND type IN ({marks})",  # noqa: S608
                          (seq_cursor(cursor), *sorted(types)))[0][0]
+
+    def delivery_consumer(self, consumer: str) -> Row | None:
+        found = list(self._rows("SELECT consumer, cursor, disabled_at, disabled_reason, lease_owner, lease_until"
+                                " FROM delivery_consumers WHERE consumer = ?", (consumer,)))
+        return found[0] if found else None
+
+    def deliveries(self, consumer: str | None, statuses: Sequence[str], limit: int) -> list[Row]:
+        marks = ", ".join("?" * len(statuses))
+        which = "consumer = ? AND " if consumer is not None else ""
+        return list(self._rows(f"SELECT seq, consumer, id, type, subject, body, status, attempts, next_at,"
+                               f" last_status, last_answer, updated_at FROM deliveries WHERE {which}status IN ({marks})"
+                               " ORDER BY seq LIMIT ?", (*([consumer] if consumer is not None else []),
+                                                         *statuses, limit)))
+
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        return {(c, s): n for c, s, n in self._all("SELECT consumer, status, count(*) FROM deliveries"
+                                                    " GROUP BY consumer, status")}
 
     def config_hashes(self) -> list[str]:
         return [r[0] for r in self._all("SELECT config_hash FROM inputs GROUP BY config_hash ORDER BY min(seq)")]
@@ -522,6 +539,38 @@ class SQLiteStore(_SQLiteReads, Store):
         self.conn.execute("INSERT INTO consumer_cursors (consumer, cursor, updated_at) VALUES (?, ?, ?)"
                           " ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor,"
                           " updated_at = excluded.updated_at", (consumer, cursor, at))
+
+    def take_lease(self, consumer: str, owner: str, now: float, until: float) -> bool:
+        self.conn.execute("INSERT OR IGNORE INTO delivery_consumers (consumer, cursor, lease_until) VALUES (?, '', 0)",
+                          (consumer,))
+        return self.conn.execute("UPDATE delivery_consumers SET lease_owner = ?, lease_until = ? WHERE consumer = ?"
+                                 " AND (lease_owner IS ? OR lease_until <= ?)",
+                                 (owner, until, consumer, owner, now)).rowcount == 1
+
+    def enqueue_deliveries(self, consumer: str, rows: Sequence[tuple[str, str, str, str]], cursor: str,
+                           at: str) -> None:
+        seq_cursor(cursor)
+        self.conn.executemany("INSERT OR IGNORE INTO deliveries (consumer, id, type, subject, body, status, attempts,"
+                              " next_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?)",
+                              [(consumer, *row, at) for row in rows])
+        self.conn.execute("UPDATE delivery_consumers SET cursor = ? WHERE consumer = ?", (cursor, consumer))
+
+    def update_delivery(self, consumer: str, item_id: str, status: str, attempts: int, next_at: float,
+                        last_status: int | None, last_answer: str, at: str) -> None:
+        self.conn.execute("UPDATE deliveries SET status = ?, attempts = ?, next_at = ?, last_status = ?,"
+                          " last_answer = ?, updated_at = ? WHERE consumer = ? AND id = ?",
+                          (status, attempts, next_at, last_status, last_answer, at, consumer, item_id))
+
+    def retry_deliveries(self, consumer: str | None, item_id: str | None, at: str) -> int:
+        return self.conn.execute("UPDATE deliveries SET status = 'pending', attempts = 0, next_at = 0, updated_at = ?"
+                                 " WHERE status = 'failed' AND (? IS NULL OR consumer = ?) AND (? IS NULL OR id = ?)",
+                                 (at, consumer, consumer, item_id, item_id)).rowcount
+
+    def set_disabled(self, consumer: str, reason: str | None, at: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO delivery_consumers (consumer, cursor, lease_until) VALUES (?, '', 0)",
+                          (consumer,))
+        self.conn.execute("UPDATE delivery_consumers SET disabled_at = ?, disabled_reason = ? WHERE consumer = ?",
+                          (None if reason is None else at, reason, consumer))
 
     def record_evaluation(self, route_key: str, evaluated_at: str, config_hash: str, at: str) -> int:
         cur = self.conn.execute("INSERT INTO evaluations (route_key, evaluated_at, config_hash, recorded_at)"

@@ -110,3 +110,27 @@ def m0004_outbox(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m0005_deliveries(db: sqlite_utils.Database) -> None:
+    """Push delivery: per consumer with a URL, how far the outbox was taken into its deliveries,
+    whether it is disabled (a 410) and which deliverer holds it (a lease); per item, its state,
+    attempts, next attempt (Unix seconds) and last answer."""
+    db.executescript(
+        """
+        CREATE TABLE delivery_consumers (
+            consumer TEXT PRIMARY KEY, cursor TEXT NOT NULL,
+            disabled_at TEXT, disabled_reason TEXT,
+            lease_owner TEXT, lease_until REAL NOT NULL
+        );
+        CREATE TABLE deliveries (
+            seq INTEGER PRIMARY KEY,
+            consumer TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, subject TEXT NOT NULL,
+            body TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL, next_at REAL NOT NULL,
+            last_status INTEGER, last_answer TEXT, updated_at TEXT NOT NULL,
+            UNIQUE (consumer, id)
+        );
+        CREATE INDEX deliveries_open ON deliveries (consumer, seq) WHERE status != 'done';
+        """
+    )

@@ -31,6 +31,7 @@ from engine.store.base import (
     Store,
 )
 from engine.store.memory import MemoryStore
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SQLiteStore
 
 BACKENDS = ["memory", "sqlite", "postgres"]  # postgres: skips without a server (tests/pg.py), fails so in CI
@@ -123,7 +124,7 @@ def test_every_backend_offers_both_ports(store) -> None:
 
 
 
-@pytest.mark.parametrize("backend", [MemoryStore, SQLiteStore])
+@pytest.mark.parametrize("backend", [MemoryStore, SQLiteStore, PostgresStore])
 def test_a_backend_offers_nothing_public_beyond_the_ports(backend: type) -> None:
     """What a caller may use is what the interfaces declare; a backend-only method would tie
     callers to one backend."""

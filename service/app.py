@@ -37,6 +37,7 @@ from . import binding
 from .accesslog import INGEST, AccessLog, note
 from .auth import verify
 from .console import console_routes
+from .delivery import Deliverer
 from .keys import EmitterKey
 from .limits import HeaderLimit, TokenBuckets, rate_limited, read_body
 from .metrics import CONTENT_TYPE, Metrics
@@ -80,6 +81,10 @@ class Service:
         self.closing = False
         self._readers = threading.local()
         self._reader_list: list[Engine] = []
+        self.deliverer: Deliverer | None = None
+        if settings.deliver and settings.keys.push:  # push to the consumers with a url (service/delivery.py)
+            schedule = {} if settings.retry_schedule is None else {"schedule": settings.retry_schedule}
+            self.deliverer = Deliverer(self._open_engine, settings.keys.push, metrics=self.metrics, **schedule)
 
     def _open_engine(self) -> Engine:
         s = self.settings
@@ -146,6 +151,8 @@ class Service:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(self.writer.start)
+        if self.deliverer is not None:
+            self.deliverer.start()
         try:
             yield
         finally:
@@ -157,6 +164,8 @@ class Service:
         self.closing = True
 
     def shutdown(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.stop(timeout=2.0)  # an item in flight is sent again later, with the same id
         self.writer.stop(timeout=2.0)  # a writer stuck on a lock is abandoned: nothing it holds was answered
         for engine in self._reader_list:
             engine.close()
@@ -235,14 +244,99 @@ def _no_route(detail: str) -> Problem:
 
 
 def _consumer(service: Service, header: str) -> bool:
+    return bool(_token_owners(service, header))
+
+
+def _token_owners(service: Service, header: str) -> set[str]:
+    """The consumers whose token the Authorization header carries; every token is compared, in constant time."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return False
-    given, ok = token.strip().encode(), False
-    for tokens in service.keys.consumer_tokens.values():
+        return set()
+    given, owners = token.strip().encode(), set()
+    for name, tokens in service.keys.consumer_tokens.items():
         for known in tokens:
-            ok |= hmac.compare_digest(given, known.encode())
-    return ok
+            if hmac.compare_digest(given, known.encode()):
+                owners.add(name)
+    return owners
+
+
+# -- the feed: GET /v1/feed/{consumer} (long poll) and POST /v1/feed/{consumer}/ack ------------------
+
+FEED_WAIT_MAX = 30.0
+FEED_POLL_SECONDS = 0.1
+FEED_LIMIT_MAX = 1000
+
+
+def _feed_consumer(service: Service, request: Request) -> str:
+    """The consumer of the path, for a token of its own: 401 without a consumer token, 404 for a
+    consumer the config does not declare, 403 for another consumer's token."""
+    name = request.path_params["consumer"]
+    owners = _token_owners(service, request.headers.get("authorization", ""))
+    if not owners:
+        raise Problem(401, "unauthorized", "a consumer token of the keys file is required "
+                      "(Authorization: Bearer TOKEN)", outcome="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    if name not in service.settings.config.consumers:
+        raise Problem(404, "not-found", "no such consumer in the config's consumers.yaml", outcome="not_found")
+    if name not in owners:
+        raise Problem(403, "forbidden", "this token does not open this consumer's feed", outcome="unauthorized")
+    return name
+
+
+def _number(request: Request, name: str, default: float, low: float, high: float) -> float:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise Problem(400, "bad-request", f"{name} must be a number from {low:g} to {high:g}", outcome="bad_request")
+    return value
+
+
+async def read_feed(request: Request) -> Response:
+    """GET /v1/feed/{consumer}?after=CURSOR&limit=N&wait=SECONDS: the next items after `after` (else
+    the consumer's stored cursor), waiting up to `wait` seconds (at most 30) while there are none."""
+    service, info = _service(request), note(request.scope)
+    info.route = "/v1/feed/{consumer}"
+    name = _feed_consumer(service, request)
+    limit = int(_number(request, "limit", 100, 1, FEED_LIMIT_MAX))
+    wait = min(_number(request, "wait", 0, 0, float("inf")), FEED_WAIT_MAX)
+    after = request.query_params.get("after")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            items, cursor = await run_in_threadpool(lambda: service.reader().feed(name, limit, cursor=after))
+        except UsageError as exc:
+            raise Problem(400, "bad-request", str(exc), outcome="bad_request") from None
+        if items or service.closing or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(min(FEED_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    info.outcome = "processed"
+    return _json({"items": items, "cursor": cursor})
+
+
+async def ack_feed(request: Request) -> Response:
+    """POST /v1/feed/{consumer}/ack with {"cursor": "..."}: move the consumer's stored cursor."""
+    service, info = _service(request), note(request.scope)
+    info.route = "/v1/feed/{consumer}/ack"
+    name = _feed_consumer(service, request)
+    try:
+        cursor = orjson.loads(await request.body()).get("cursor")
+    except (orjson.JSONDecodeError, AttributeError):
+        cursor = None
+    if not isinstance(cursor, str):
+        raise Problem(400, "bad-request", 'the body must be {"cursor": "..."}, a cursor the feed gave',
+                      outcome="bad_request")
+    try:
+        await asyncio.wrap_future(service.writer.submit_call(lambda engine: engine.ack(name, cursor)))
+    except UsageError as exc:
+        raise Problem(400, "bad-request", str(exc), outcome="bad_request") from None
+    except WriterClosed:
+        raise unavailable("the server is shutting down", retry_after=5) from None
+    info.outcome = "processed"
+    return _json({"cursor": cursor})
 
 
 async def healthz(request: Request) -> Response:
@@ -312,6 +406,8 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/v1/ingest/{key_id}", _AnyMethod(ingest)),
         Route("/v1/routes/{segments:path}", read_route, methods=["GET"]),
+        Route("/v1/feed/{consumer}", read_feed, methods=["GET"]),
+        Route("/v1/feed/{consumer}/ack", ack_feed, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -45,6 +45,8 @@ class Settings:
     synchronous: str = "NORMAL"
     tolerance: int = 300  # seconds between a signature's timestamp and the server's clock
     max_header_bytes: int = 16 * 1024  # the request line and headers
+    deliver: bool = True  # push to the consumers with a url in a background thread (service/delivery.py)
+    retry_schedule: tuple[float, ...] | None = None  # None: Standard Webhooks' schedule
 
 
 def _database(db: Path | str) -> Path | str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ from ..context import AppContext, Failed, command, pass_app
 from ..options import config_options
 
 _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_events", "commit_events",
-           "body_timeout", "synchronous", "max_header_bytes"}
+           "body_timeout", "synchronous", "max_header_bytes", "deliver"}
 
 
 @command()
@@ -42,6 +43,9 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
 @click.option("--synchronous", type=click.Choice(["NORMAL", "FULL"], case_sensitive=False), default="NORMAL",
               show_default=True, help="SQLite durability: NORMAL survives a process crash; FULL also survives "
                                       "power loss (an fsync per commit).")
+@click.option("--deliver/--no-deliver", default=True, show_default=True,
+              help="Push outbox items to the consumers with a url in the keys file, in a background thread "
+                   "(docs/consuming.md).")
 @pass_app
 def serve_command(app: AppContext, host: str, port: int, keys_file: Path | None, keep_alive: int,
                   max_connections: int, head_timeout: float, **limits: object) -> None:
@@ -59,6 +63,9 @@ def serve_command(app: AppContext, host: str, port: int, keys_file: Path | None,
     limits = {k: v for k, v in limits.items() if k in _LIMITS and v is not None}
     limits["synchronous"] = str(limits["synchronous"]).upper()
     try:
+        from .deliver import ENV_SCHEDULE, parse_schedule
+
+        limits["retry_schedule"] = parse_schedule(os.environ.get(ENV_SCHEDULE))
         settings = load_settings(config, database, find_keys_file(keys_file), **limits)
         run(settings, host=host, port=port, keep_alive=keep_alive, max_connections=max_connections,
             head_timeout=head_timeout)

@@ -83,7 +83,7 @@ def deliveries(service: Service, reader: Engine) -> dict[str, Any]:
     store = reader.store
     backlog = getattr(reader, "backlog", None)
     cursor_of = getattr(store, "cursor_of", None)
-    failed_of = getattr(store, "failed_deliveries", None)
+    failed_of = getattr(reader, "deliveries", None)  # Engine.deliveries(consumer, failed=True)
     consumers = []
     for name, spec in config.consumers.items():
         entry: dict[str, Any] = {"name": name, "description": spec.description, "actions": list(spec.actions),
@@ -92,7 +92,7 @@ def deliveries(service: Service, reader: Engine) -> dict[str, Any]:
         if callable(backlog) and callable(cursor_of):
             entry["cursor"], entry["backlog"] = cursor_of(name), backlog(name)
         if callable(failed_of):
-            entry["failed"] = list(failed_of(name))
+            entry["failed"] = list(failed_of(name, failed=True))
         consumers.append(entry)
     return {"consumers": consumers, "failed_total": sum(len(c["failed"]) for c in consumers),
             "available": callable(backlog) and callable(cursor_of), "failed_available": callable(failed_of)}

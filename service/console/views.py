@@ -280,12 +280,13 @@ class Console:
 
     async def retry(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
         values = dict(form)
-        store_retry = await run_in_threadpool(lambda: getattr(self._reader().store, "retry_delivery", None))
+        store_retry = await run_in_threadpool(lambda: getattr(self._reader(), "retry_deliveries", None))
         if not callable(store_retry):
             return _problem(409, "Conflict", "this version of the store keeps no deliveries to retry")
         consumer, item = values.get("consumer", ""), values.get("item", "*")
         try:
-            result = await self._on_writer(lambda engine: engine.store.retry_delivery(consumer, item))
+            result = await self._on_writer(
+                lambda engine: engine.retry_deliveries(None if item == "*" else item, consumer or None))
         except _Refused as exc:
             return _problem(exc.status, "Service Unavailable", exc.message)
         if _wants_json(request):

@@ -17,6 +17,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from engine import Engine, EngineError
+from engine.store import display_name
 
 from .app import create_app
 from .settings import Settings, SettingsError
@@ -83,7 +84,7 @@ def check_database(settings: Settings) -> None:
     try:
         Engine.open(config=settings.config, db=settings.db, synchronous=settings.synchronous).close()
     except EngineError as exc:
-        raise SettingsError(f"error: the database {settings.db} cannot be used: {exc}") from None
+        raise SettingsError(f"error: the database {display_name(settings.db)} cannot be used: {exc}") from None
 
 
 def run(settings: Settings, *, host: str, port: int, keep_alive: int = 5, max_connections: int = 1024,

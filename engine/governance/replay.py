@@ -26,7 +26,7 @@ from ..reasons import ACCEPTED, REJECTED
 from ..runtime.envelope import DEFAULT_MAX_EVENT_BYTES, Oversized
 from ..runtime.pipeline import DEFAULT_BATCH_SIZE, Item
 from ..runtime.pipeline import Pipeline as Engine
-from ..store import open_reader, open_store
+from ..store import display_name, open_reader, open_store
 from ..store.base import HistoryReader
 from .history import EVALUATION, Row, input_bytes, timeline
 
@@ -125,7 +125,7 @@ def replay(db: str | Path, config: str | Path | Config, *, scratch: str | Path |
                 classifications = _classifications(live, engine.store, config, examples)  # type: ignore[arg-type]
                 routes = _routes(live, engine.store, config, examples)  # type: ignore[arg-type]
             report = {
-                "db": str(db), "config": str(config.root), "config_hash": config.hash,
+                "db": display_name(db), "config": str(config.root), "config_hash": config.hash,
                 "live_config_hashes": live_hashes,
                 "scratch": str(scratch) if scratch is not None else None,
                 "replayed": counts,

@@ -14,6 +14,16 @@ def is_postgres_url(db: object) -> bool:
     return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
 
+def display_name(db: str | Path) -> str:
+    """How messages and reports name a database: a file by its path, a PostgreSQL database by
+    host, port and name (never the URL: it may hold a password)."""
+    if is_postgres_url(db):
+        from .postgres import describe
+
+        return describe(str(db))
+    return str(db)
+
+
 def open_store(db: str | Path, *, synchronous: str = "NORMAL", create: bool = True) -> Store:
     """The store for `db`: a `postgresql://` or `postgres://` URL (PostgreSQL 13+; the database
     must exist, its tables are made on first use), else a SQLite file path (or ":memory:",
@@ -39,4 +49,4 @@ def open_reader(db: str | Path) -> HistoryReader:
     return SQLiteReader(db)
 
 
-__all__ = ["HistoryReader", "Store", "open_reader", "open_store"]
+__all__ = ["HistoryReader", "Store", "display_name", "is_postgres_url", "open_reader", "open_store"]

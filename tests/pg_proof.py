@@ -95,6 +95,32 @@ def pg_restart() -> float:
     return time.monotonic() - started
 
 
+def _pg_ctl(*args: str) -> None:
+    data, bindir = os.environ["WEBINAR_FLOWS_TEST_PG_DATA"], os.environ.get("WEBINAR_FLOWS_TEST_PG_BIN",
+                                                                             "/usr/lib/postgresql/15/bin")
+    command = [f"{bindir}/pg_ctl", "-D", data, "-w", *args]
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    subprocess.run(command, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=60)
+
+
+def pg_stop() -> list[str]:
+    """Stop the test cluster (fast: sessions are ended); what `pg_start` needs to start it the same."""
+    import shlex
+
+    opts = shlex.split(Path(os.environ["WEBINAR_FLOWS_TEST_PG_DATA"], "postmaster.opts").read_text())
+    _pg_ctl("-m", "fast", "stop")
+    return opts[3:]  # after the binary, -D and the directory: the -c settings it was started with
+
+
+def pg_start(options: list[str]) -> None:
+    import shlex
+
+    data = os.environ["WEBINAR_FLOWS_TEST_PG_DATA"]
+    _pg_ctl("-l", f"{data}/restart.log", "-o", " ".join(shlex.quote(o) for o in options), "start")
+
+
 def can_restart() -> bool:
     return bool(os.environ.get("WEBINAR_FLOWS_TEST_PG_DATA"))
 

@@ -114,3 +114,74 @@ def test_the_outbox_never_passes_an_item_whose_transaction_commits_later(pg_url:
     finally:
         for s in (first, second, reader):
             s.close()
+
+
+def _need_cluster_control() -> None:
+    import os
+
+    from pg_proof import can_restart
+
+    if not can_restart():
+        if os.environ.get("CI"):
+            pytest.fail("$WEBINAR_FLOWS_TEST_PG_DATA is needed to stop and start the cluster (.ci/run sets it)")
+        pytest.skip("$WEBINAR_FLOWS_TEST_PG_DATA (the test cluster's data directory) is not set")
+
+
+@pytest.mark.slow
+def test_serve_answers_503_while_the_database_is_down_and_recovers_by_itself(tmp_path, pg_url: str) -> None:
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).parent / "service"))
+    from pg_proof import pg_start, pg_stop
+    from serverkit import post, start_server, structured
+
+    _need_cluster_control()
+    server = start_server(tmp_path / "serve", db=pg_url)  # type: ignore[arg-type]
+    try:
+        headers, body = structured(entered(lead="d1", id="down-1"))
+        assert post(server, "site-b", headers, body).status_code == 200
+        options = pg_stop()
+        try:
+            headers, body = structured(entered(lead="d2", id="down-2"))
+            answer = post(server, "site-b", headers, body)
+            assert answer.status_code == 503 and answer.headers["retry-after"]
+            assert '"test_' in answer.text and "Traceback" not in answer.text
+            ready = httpx.get(f"{server.url}/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.json()["checks"]["database"]["ok"] is False
+        finally:
+            pg_start(options)
+        headers, body = structured(entered(lead="d3", id="down-3"))
+        assert post(server, "site-b", headers, body).status_code == 200  # reconnected by itself
+        assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.slow
+def test_process_rides_out_a_database_outage_and_applies_every_event_once(tmp_path, pg_url: str) -> None:
+    import time
+
+    from pg_proof import applied_twice, differences, holdings, pg_start, pg_stop, reference, stream, worker, write_lines
+
+    _need_cluster_control()
+    events = stream(600, seed=21)
+    source = write_lines(tmp_path / "in.jsonl", events)
+    expected = holdings(reference(events, tmp_path / "reference.db"))
+    out = tmp_path / "out.jsonl"
+    proc = worker(source, pg_url, out, batch_size=5)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and len(out.read_bytes().splitlines()) < 50:
+        time.sleep(0.05)  # until it has connected and committed a few batches
+    assert proc.poll() is None, "the run ended before the outage: make the stream longer"
+    options = pg_stop()
+    time.sleep(3)
+    pg_start(options)
+    assert proc.wait(120) == 0, out.with_suffix(".err").read_text()[-2000:]
+    lines = [line for line in out.read_bytes().splitlines()]
+    assert len(lines) == len(events)  # one result per line: the batch it was committing ran again
+    got = holdings(pg_url)
+    assert not applied_twice(got) and not differences(expected, got)

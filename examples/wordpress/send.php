@@ -9,8 +9,9 @@
  *
  * URL and KEY_ID may also come from $WEBINAR_FLOWS_URL and $WEBINAR_FLOWS_KEY_ID; the secret
  * only from $WEBINAR_FLOWS_SECRET (an argument would show in `ps`). $WEBINAR_FLOWS_EVENT_ID
- * fixes the event id (default: a fresh UUID); $WEBINAR_FLOWS_ATTEMPTS (default 4) bounds the
- * attempts. Retries follow the plugin's rules (no answer, 429, 503, other 5xx), with the same
+ * fixes the event id (default: a fresh UUID) and $WEBINAR_FLOWS_COMPLETED_AT the completion's
+ * Unix time (default: now): with both, a second run sends the same bytes, as a plugin retry
+ * does. $WEBINAR_FLOWS_ATTEMPTS (default 4) bounds the attempts. Retries follow the plugin's rules (no answer, 429, 503, other 5xx), with the same
  * event id and a fresh signature, but short waits (1, 2, 4 s, or Retry-After up to 10 s).
  *
  * Output: stdout "HTTP <status>" then the body; each retried attempt is noted on stderr.
@@ -80,8 +81,10 @@ try {
 }
 
 $event_id = getenv('WEBINAR_FLOWS_EVENT_ID') ?: null;
+$completed_at = getenv('WEBINAR_FLOWS_COMPLETED_AT');
+$completed_at = ($completed_at !== false && ctype_digit($completed_at)) ? (int) $completed_at : time();
 $event = webinar_flows_completed_event(
-    $argv[3] ?? 'lead-php-1', $argv[4] ?? 'webinar-php', 'live', $argv[5] ?? 'sess-php-1', time(), $event_id);
+    $argv[3] ?? 'lead-php-1', $argv[4] ?? 'webinar-php', 'live', $argv[5] ?? 'sess-php-1', $completed_at, $event_id);
 $body = webinar_flows_body($event);
 $target = webinar_flows_ingest_url($url, $key_id);
 $attempts = max(1, (int) (getenv('WEBINAR_FLOWS_ATTEMPTS') ?: 4));

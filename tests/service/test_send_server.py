@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,8 @@ def php_twin(server: Server, key_id: str, *args: str, secret: str, event_id: str
                         "(apt-get install -y php-cli)")
         pytest.skip("php not installed: the PHP twin is not checked against the server here "
                     "(apt-get install php-cli to run it)")
-    env = clean_env(WEBINAR_FLOWS_SECRET=secret, **({"WEBINAR_FLOWS_EVENT_ID": event_id} if event_id else {}))
+    fixed = {"WEBINAR_FLOWS_EVENT_ID": event_id, "WEBINAR_FLOWS_COMPLETED_AT": "1770750600"} if event_id else {}
+    env = clean_env(WEBINAR_FLOWS_SECRET=secret, **fixed)
     return subprocess.run([PHP, str(ROOT / "examples" / "wordpress" / "send.php"), server.url, key_id, *args],
                           capture_output=True, text=True, timeout=60, env=env)
 
@@ -125,7 +127,9 @@ def test_the_php_twins_signature_is_accepted_by_the_server(served: Server) -> No
     assert status == "HTTP 200"
     (result,) = json.loads(body)["results"]
     assert (result["id"], result["type"], result["status"]) == (event_id, "client_webinar_completed", "accepted")
-    # the plugin's retry: the same event again, signed afresh, with the previous secret of a rotation
+    # the plugin's retry: the same event again, signed afresh (a later second: a new timestamp, the same
+    # body), with the previous secret of a rotation
+    time.sleep(1.1)
     again = php_twin(served, "site-a", "php-lead-1", "w-php", "sess-1", secret=served.secret("site-a", 1),
                      event_id=event_id)
     assert again.returncode == 0, again.stdout + again.stderr

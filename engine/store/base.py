@@ -120,6 +120,15 @@ def seq_cursor(cursor: str) -> int:
     return int(cursor)
 
 
+DELIVERY_STATUSES = ("pending", "failed", "done")
+
+
+def delivery_statuses(statuses: Sequence[str]) -> str:
+    """A SQL condition on deliveries.status, with the statuses as literals (from this closed set
+    only), so that the partial indexes on pending and on failed items serve the query."""
+    return " OR ".join(f"status = '{s}'" for s in DELIVERY_STATUSES if s in statuses) or "0 = 1"
+
+
 def matches_rejection(row: Row, selection: RejectionFilter) -> bool:
     """Whether a rejections row is selected (the in-memory twin of the SQL WHERE clause)."""
     s = selection

@@ -59,6 +59,7 @@ from .base import (
     RejectionFilter,
     Row,
     Store,
+    delivery_statuses,
     matches_rejection,
 )
 
@@ -205,7 +206,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             consumer TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, subject TEXT NOT NULL,
             body TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL, next_at DOUBLE PRECISION NOT NULL,
             last_status INTEGER, last_answer TEXT, updated_at TEXT NOT NULL, UNIQUE (consumer, id))""",
-        "CREATE INDEX deliveries_open ON deliveries (consumer, seq) WHERE status <> 'done'",
+        "CREATE INDEX deliveries_pending ON deliveries (consumer, seq) WHERE status = 'pending'",
+        "CREATE INDEX deliveries_failed ON deliveries (seq) WHERE status = 'failed'",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -635,9 +637,10 @@ class PostgresStore(Store, HistoryReader):
         return found[0] if found else None
 
     def deliveries(self, consumer: str | None, statuses: Sequence[str], limit: int) -> list[Row]:
+        which = "consumer = %s AND " if consumer is not None else ""
         return self._dicts("SELECT seq, consumer, id, type, subject, body, status, attempts, next_at, last_status,"
-                           " last_answer, updated_at FROM deliveries WHERE (%s::text IS NULL OR consumer = %s)"
-                           " AND status = ANY(%s) ORDER BY seq LIMIT %s", (consumer, consumer, list(statuses), limit))
+                           f" last_answer, updated_at FROM deliveries WHERE {which}({delivery_statuses(statuses)})"
+                           " ORDER BY seq LIMIT %s", (*([consumer] if consumer is not None else []), limit))
 
     def delivery_counts(self) -> dict[tuple[str, str], int]:
         return {(c, s): int(n) for c, s, n in self._all("SELECT consumer, status, count(*) FROM deliveries"

@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..timefmt import sortable
 from .base import (
+    delivery_statuses,
     seq_cursor,
     FACT_COLUMNS,
     INPUT_COLUMNS,
@@ -263,12 +264,11 @@ class _SQLiteReads(HistoryReader):
         return found[0] if found else None
 
     def deliveries(self, consumer: str | None, statuses: Sequence[str], limit: int) -> list[Row]:
-        marks = ", ".join("?" * len(statuses))
         which = "consumer = ? AND " if consumer is not None else ""
         return list(self._rows(f"SELECT seq, consumer, id, type, subject, body, status, attempts, next_at,"
-                               f" last_status, last_answer, updated_at FROM deliveries WHERE {which}status IN ({marks})"
-                               " ORDER BY seq LIMIT ?", (*([consumer] if consumer is not None else []),
-                                                         *statuses, limit)))
+                               f" last_status, last_answer, updated_at FROM deliveries"
+                               f" WHERE {which}({delivery_statuses(statuses)}) ORDER BY seq LIMIT ?",
+                               (*([consumer] if consumer is not None else []), limit)))
 
     def delivery_counts(self) -> dict[tuple[str, str], int]:
         return {(c, s): n for c, s, n in self._all("SELECT consumer, status, count(*) FROM deliveries"

@@ -131,6 +131,7 @@ def m0005_deliveries(db: sqlite_utils.Database) -> None:
             last_status INTEGER, last_answer TEXT, updated_at TEXT NOT NULL,
             UNIQUE (consumer, id)
         );
-        CREATE INDEX deliveries_open ON deliveries (consumer, seq) WHERE status != 'done';
+        CREATE INDEX deliveries_pending ON deliveries (consumer, seq) WHERE status = 'pending';
+        CREATE INDEX deliveries_failed ON deliveries (seq) WHERE status = 'failed';
         """
     )

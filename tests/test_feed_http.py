@@ -1,4 +1,4 @@
-"""The outbox over HTTP in `serve` (DESIGN, Part 2, "Pull: the feed" and "Push"): GET
+"""The outbox over HTTP in `serve` (docs/consuming.md: the HTTP feed and push): GET
 /v1/feed/{consumer} with its long poll, POST /v1/feed/{consumer}/ack, consumer tokens (a
 token opens only its consumer), and the background deliverer (`--no-deliver` turns it off).
 One `serve` process on 127.0.0.1 for the module, stopped by PID.

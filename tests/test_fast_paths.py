@@ -22,6 +22,7 @@ from engine.runtime.envelope import _ENVELOPE, _envelope_ok, canonical_json, is_
 from engine.runtime.rules import NAMESPACE, derived_id
 import calendar
 from collections import Counter
+from datetime import datetime
 
 import fastjsonschema
 
@@ -52,12 +53,26 @@ moments = st.one_of(st.datetimes(), st.builds(lambda d, back: d.replace(day=cale
 valid_instants = st.builds(lambda d, fraction, t, offset: _stamp(d.year, d.month, d.day, d.hour, d.minute, d.second,
                                                                   fraction, t, offset),
                            moments, fractions, st.sampled_from("Tt"), offsets)
+# One field of a valid date-time pushed just past its range: year 0000, month 0 or 13, day 0,
+# 29-31 (past the end of some months) or 32, hour 24, minute 60, second 60 (a leap second) or 61.
+PAST_RANGE = {"year": [0], "month": [0, 13], "day": [0, 29, 30, 31, 32], "hour": [24], "minute": [60],
+              "second": [60, 61]}
+
+
+def _one_past(d: datetime, field: str, pick: int, fraction: str, t: str, offset: str) -> str:
+    parts = {"year": d.year, "month": d.month, "day": d.day, "hour": d.hour, "minute": d.minute, "second": d.second}
+    parts[field] = PAST_RANGE[field][pick % len(PAST_RANGE[field])]
+    return _stamp(**parts, fraction=fraction, t=t, offset=offset)
+
+
 instants = st.one_of(
     valid_instants,
-    # Each field also one step past its range: day 29-31 of every month, 0 and 32, month 0 and
-    # 13, hour 24, minute 60, second 60 (a leap second) and 61, year 0000, offsets out of range.
-    st.builds(_stamp, st.integers(0, 9999), st.integers(0, 13), st.integers(0, 32), st.integers(0, 24),
-              st.integers(0, 60), st.integers(0, 61), fractions, st.sampled_from(["T", "t", " ", "_"]),
+    st.builds(_one_past, moments, st.sampled_from(sorted(PAST_RANGE)), st.integers(0, 4), fractions,
+              st.sampled_from("Tt"), offsets),
+    # Another separator or an offset out of range or out of form.
+    st.builds(lambda d, fraction, t, offset: _stamp(d.year, d.month, d.day, d.hour, d.minute, d.second, fraction, t,
+                                                    offset),
+              moments, fractions, st.sampled_from(["T", " ", "_"]),
               st.one_of(offsets, st.sampled_from(["", "+24:00", "-00:60", "+0100", "+01", "Z\n"]))),
     # A valid one with one character replaced, removed or added.
     st.builds(_edit, valid_instants, st.integers(0, 40), st.sampled_from(["replace", "delete", "insert"]),
@@ -73,7 +88,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.di
 def test_date_time_check_equals_jsonschema_format_checker() -> None:
     drawn: Counter[str] = Counter()
 
-    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(instants)
     @example("2026-02-29T00:00:00Z")
     @example("2024-02-29T00:00:00Z")
@@ -81,6 +96,8 @@ def test_date_time_check_equals_jsonschema_format_checker() -> None:
     @example("2026-04-31T10:00:00+01:00")
     @example("2026-04-30t10:00:00z")
     @example("2026-01-01T00:00:00Z\n")
+    @example("2026-01-01T24:00:00Z")
+    @example("2026-06-30T23:59:60Z")
     def agree(text: str) -> None:
         valid = FORMATS.conforms(text, "date-time")
         assert is_date_time(text) == valid
@@ -90,7 +107,7 @@ def test_date_time_check_equals_jsonschema_format_checker() -> None:
 
     agree()
     # Both answers, and the days the shortcut leaves to the calendar, are drawn often enough.
-    assert drawn["valid"] >= 40 and drawn["invalid"] >= 40 and drawn["valid, day 29 to 31"] >= 5, dict(drawn)
+    assert drawn["valid"] >= 20 and drawn["invalid"] >= 40 and drawn["valid, day 29 to 31"] >= 5, dict(drawn)
 
 
 def _valid(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -120,7 +137,8 @@ def payloads(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     name = draw(st.sampled_from(sorted(CONFIG.events)))
     payload = CONFIG.events[name].payload
     required = payload.get("required", [])
-    changed = draw(st.lists(st.sampled_from([*payload.get("properties", {}), None]), max_size=2, unique=True))
+    changed = draw(st.lists(st.sampled_from([*payload.get("properties", {}), None]), min_size=1, max_size=2,
+                            unique=True)) if draw(st.booleans()) else []
     data: dict[str, Any] = {}
     for field, schema in payload.get("properties", {}).items():
         if field in changed:
@@ -136,7 +154,7 @@ def payloads(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 def test_compiled_payload_validators_agree_with_jsonschema() -> None:
     drawn: Counter[tuple[str, bool]] = Counter()
 
-    @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(payloads())
     def agree(case: tuple[str, dict[str, Any]]) -> None:
         name, data = case

@@ -27,6 +27,7 @@ DIMENSIONS = ("status", "reason", "emitter", "type")
 STATUSES = ("accepted", "duplicate", "rejected")
 QUARANTINE_LIMIT = 500  # rows a quarantine page lists (newest first); the twin says how many matched
 ROUTES_LIMIT = 200
+FAILED_LIMIT = 500  # failed deliveries a consumer's section lists
 HASH_SHORT = 12
 CONFIG_FILES = ("events.yaml", "emitters.yaml", "states.yaml", "consumers.yaml")
 CURRENT_STYLE = "classDef current fill:#ffe08a,stroke:#b26a00,stroke-width:3px,color:#000"
@@ -77,25 +78,39 @@ def writer_health(service: Service) -> dict[str, Any]:
 
 
 def deliveries(service: Service, reader: Engine) -> dict[str, Any]:
-    """Per consumer of consumers.yaml: its acknowledged cursor and backlog (the outbox feed), and
-    its failed push deliveries where the store keeps them (`failed_available`: false until it does)."""
+    """Per consumer of consumers.yaml: its acknowledged feed cursor and backlog, and its push
+    deliveries' state (pending, failed, done, disabled) with the failed items and their last
+    answer, through the engine's delivery API (`failed_available` false on an engine without it)."""
     config = service.settings.config
-    store = reader.store
     backlog = getattr(reader, "backlog", None)
-    cursor_of = getattr(store, "cursor_of", None)
-    failed_of = getattr(reader, "deliveries", None)  # Engine.deliveries(consumer, failed=True)
+    cursor_of = getattr(reader.store, "cursor_of", None)
+    failed_of = getattr(reader, "deliveries", None)
+    state_of = getattr(reader, "delivery_state", None)
+    pushes = callable(failed_of) and callable(state_of)
     consumers = []
     for name, spec in config.consumers.items():
         entry: dict[str, Any] = {"name": name, "description": spec.description, "actions": list(spec.actions),
                                  "events": list(spec.events), "cursor": None, "backlog": None,
-                                 "failed_available": callable(failed_of), "failed": []}
+                                 "failed_available": pushes, "push": None, "failed": []}
         if callable(backlog) and callable(cursor_of):
             entry["cursor"], entry["backlog"] = cursor_of(name), backlog(name)
-        if callable(failed_of):
-            entry["failed"] = list(failed_of(name, failed=True))
+        if pushes:
+            entry["push"] = state_of(name)
+            entry["failed"] = [{k: item.get(k) for k in ("id", "type", "subject", "attempts", "last_status",
+                                                          "last_answer", "updated_at")}
+                               for item in failed_of(name, failed=True, limit=FAILED_LIMIT)]
         consumers.append(entry)
     return {"consumers": consumers, "failed_total": sum(len(c["failed"]) for c in consumers),
-            "available": callable(backlog) and callable(cursor_of), "failed_available": callable(failed_of)}
+            "available": callable(backlog) and callable(cursor_of), "failed_available": pushes}
+
+
+def retry_job(consumer: str | None, item: str | None) -> Any:
+    """A writer job: failed deliveries (one item, one consumer's, or all) become pending again."""
+
+    def run(engine: Engine) -> int:
+        return engine.retry_deliveries(item_id=item, consumer=consumer)
+
+    return run
 
 
 def overview(service: Service, reader: Engine) -> dict[str, Any]:

@@ -280,18 +280,20 @@ class Console:
 
     async def retry(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
         values = dict(form)
-        store_retry = await run_in_threadpool(lambda: getattr(self._reader(), "retry_deliveries", None))
-        if not callable(store_retry):
-            return _problem(409, "Conflict", "this version of the store keeps no deliveries to retry")
-        consumer, item = values.get("consumer", ""), values.get("item", "*")
+        if not callable(_engine_retry()):
+            return _problem(409, "Conflict", "this version keeps no push deliveries to retry")
+        consumer = values.get("consumer") or None
+        if consumer is not None and consumer not in self.service.settings.config.consumers:
+            return _problem(400, "Bad Request", f"no consumer {consumer!r} in consumers.yaml")
+        item = values.get("item")
+        item = None if item in (None, "", "*") else item
         try:
-            result = await self._on_writer(
-                lambda engine: engine.retry_deliveries(None if item == "*" else item, consumer or None))
+            count = await self._on_writer(data.retry_job(consumer, item))
         except _Refused as exc:
             return _problem(exc.status, "Service Unavailable", exc.message)
         if _wants_json(request):
-            return _json({"retried": result})
-        return RedirectResponse(f"{PREFIX}/deliveries", status_code=303)
+            return _json({"retried": count})
+        return RedirectResponse(f"{PREFIX}/deliveries", status_code=303, headers=SECURITY_HEADERS)
 
     # -- the table ---------------------------------------------------------------------------------
 
@@ -328,6 +330,13 @@ class Console:
 def console_routes(service: Service) -> list[BaseRoute]:
     """The console's routes for `service`, to add to the app's route table."""
     return Console(service).routes()
+
+
+def _engine_retry() -> Any:
+    """The engine's retry of failed push deliveries (None on a version without push delivery)."""
+    from engine import Engine
+
+    return getattr(Engine, "retry_deliveries", None)
 
 
 def _fresh_token() -> str:

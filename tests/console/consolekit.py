@@ -3,7 +3,8 @@ user, and a logged-in TestClient.
 
 The config pair: `strict` is the default config (client_webinar_registered has no emitter, so
 it is rejected unauthorized_emitter); `approving` is the same with the tracker approved for it,
-so a rejection stored under `strict` is accepted when re-processed under `approving`.
+so a rejection stored under `strict` is accepted when re-processed under `approving`, which
+also declares a consumer of the outbox.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def configs(tmp: Path) -> tuple[Path, Path]:
     text = (approving / "emitters.yaml").read_text()
     assert APPROVE in text
     (approving / "emitters.yaml").write_text(text.replace(APPROVE, APPROVE + "      client_webinar_registered: planned\n"))
+    (approving / "consumers.yaml").write_text(
+        "consumers:\n  reminder-sender:\n    description: sends the reminders the scenario decides\n"
+        "    receives:\n      actions: [reminder]\n      events: [post_webinar_route]\n")
     return strict, approving
 
 

@@ -160,6 +160,7 @@ def test_every_page_opens_cleanly(page: tuple[Any, Watch], tmp_path: Path) -> No
     p.goto(first)
     _shot(p, tmp_path, "rejection")
     p.goto("/console/deliveries")
+    p.locator("#consumer-reminder-sender").get_by_role("button", name="Retry").wait_for()
     _shot(p, tmp_path, "deliveries")
     p.goto("/console/login")
     _shot(p, tmp_path, "login")

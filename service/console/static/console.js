@@ -7,8 +7,8 @@
   function markCurrent(pre) {
     var node = pre.getAttribute("data-current");
     if (!node) return;
-    // Mermaid puts `class X current` on the state's group already; this keeps it so across
-    // Mermaid versions, whatever id prefix they give the group.
+    // The diagram text says `class X current` (Mermaid styles the node with it); this also puts
+    // the class on the state's SVG group itself, whatever id prefix a Mermaid version gives it.
     var pattern = new RegExp("(^|-)state-" + node.replace(/[^\w]/g, "\\$&") + "-\\d+$");
     pre.querySelectorAll("svg g[id]").forEach(function (g) {
       if (pattern.test(g.id)) g.classList.add("current");

@@ -477,3 +477,17 @@ def test_delivery_store_methods(store: Any) -> None:
         raise RuntimeError
     assert [r["status"] for r in store.deliveries("c", ("pending", "done", "failed"), 10)] == \
         ["pending", "pending", "done"]
+
+
+def test_push_on_postgresql(receiver, config, pg_url) -> None:
+    with Engine.open(config, pg_url) as engine:
+        engine.process_many(lines(200, 8, seed=6))
+        items = outbox(engine, "everything")
+        engine.close()
+    r = receiver(lambda item, attempt: (503, {"Retry-After": "0"}) if item["id"] == items[0]["id"] and attempt == 1
+                 else (200, {}))
+    d = Deliverer(lambda: Engine.open(config, pg_url),
+                  {"everything": PushTarget("everything", r.url, (parse_secret(SECRET),))}, schedule=FAST)
+    run_once(d)
+    assert set(r.ok_ids()) == {i["id"] for i in items}
+    assert per_key([g["item"] for g in r.got]) == per_key(items)

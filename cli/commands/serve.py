@@ -49,8 +49,9 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
 @pass_app
 def serve_command(app: AppContext, host: str, port: int, keys_file: Path | None, keep_alive: int,
                   max_connections: int, head_timeout: float, **limits: object) -> None:
-    """Serve signed CloudEvents over HTTP: POST /v1/ingest/KEY_ID, GET /v1/routes/..., /healthz,
-    /readyz, /metrics. See docs/service.md.
+    """Serve signed CloudEvents over HTTP: POST /v1/ingest/KEY_ID, GET /v1/routes/..., GET
+    /v1/feed/CONSUMER (and .../ack), /healthz, /readyz, /metrics; and push outbox items to the
+    consumers with a url. See docs/service.md and docs/consuming.md.
 
     Refuses to start (exit 1) without a valid keys file. SIGTERM or SIGINT: stop taking
     requests, commit and answer what is queued, exit 0.

@@ -112,7 +112,9 @@ class Deliverer:
                                         dead=dead_here)
             if due:
                 gone = threading.Event()
-                answers = list(self._pool.map(lambda item, t=target, g=gone: self._send(t, item, g), due))
+                # the first alone: a consumer that is gone (410) then gets one request, not one per worker
+                answers = [self._send(target, due[0], gone)]
+                answers += list(self._pool.map(lambda item, t=target, g=gone: self._send(t, item, g), due[1:]))
                 sent_now = [(d, a) for d, a in zip(due, answers, strict=True) if a is not None]
                 outcomes = engine.delivery_answers(name, self.owner, sent_now, time.time(),
                                                    lease_seconds=self.lease_seconds, schedule=self.schedule)

@@ -134,26 +134,10 @@ class RouteKeyArgs:
 
 
 def _typed(config: Config, name: str, value: str, option: str) -> Any:
-    """`value` as the JSON type the route's triggers declare for the key field `name`: a key
-    field that is an integer in the payloads is matched as an integer, not as a string."""
-    types: set[str] = set()
-    for transition in config.route.transitions:
-        spec = config.events.get(transition.trigger)
-        declared = spec.payload.get("properties", {}).get(name, {}).get("type") if spec else None
-        types.update(declared if isinstance(declared, list) else [declared] if declared else [])
-    if "string" in types or not types & {"integer", "number"}:
-        return value
     try:
-        return int(value)
-    except ValueError:
-        pass
-    if "number" in types:
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    kind = "a number" if "number" in types else "an integer"
-    raise click.UsageError(f"{option}: {name} is {kind} in the config's events, and {value!r} is not")
+        return config.key_value(name, value)
+    except ValueError as exc:
+        raise click.UsageError(f"{option}: {exc}") from None
 
 
 def _key_pair(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

@@ -191,6 +191,30 @@ class Config:
         derived = self.emitted_by_rules()
         return [name for name in self.events if name in derived] + [f"action.{kind}" for kind in ACTION_KINDS]
 
+    def key_value(self, name: str, text: str) -> Any:
+        """`key_value(self, name, text)`: a route key field's value given as text, typed."""
+        return key_value(self, name, text)
+
     def input_events(self) -> set[str]:
         """Events no internal emitter lists and no rule emits: what may come from outside."""
         return set(self.events) - self.internal_events() - self.emitted_by_rules()
+
+
+def key_value(config: Any, name: str, text: str) -> Any:
+    """A route key field's value given as text (a command-line option, a URL segment) as the
+    JSON type the route's triggers declare for it: a field that is an integer in the payloads
+    is matched as an integer. ValueError, with a message naming the field, when it is not one."""
+    types: set[str] = set()
+    for transition in config.route.transitions:
+        spec = config.events.get(transition.trigger)
+        declared = spec.payload.get("properties", {}).get(name, {}).get("type") if spec else None
+        types.update(declared if isinstance(declared, list) else [declared] if declared else [])
+    if "string" in types or not types & {"integer", "number"}:
+        return text
+    for kind in (int, float) if "number" in types else (int,):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise ValueError(f"{name} is {'a number' if 'number' in types else 'an integer'} in the config's events, "
+                     f"and {text!r} is not")

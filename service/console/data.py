@@ -17,8 +17,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from engine import ConfigError, Engine, Selection, UsageError, diff_configs, load_config, render_diagram
+from engine import (
+    ConfigError,
+    Engine,
+    Selection,
+    UsageError,
+    diff_configs,
+    load_config,
+    render_diagram,
+)
 from engine.governance.quarantine import ORIGIN, iter_rejections
+from engine.model import key_value
 
 Service = Any  # service.app.Service; not imported: the app imports the console
 
@@ -203,23 +212,12 @@ def preview(config: Any, file: str, text: str) -> dict[str, Any]:
 
 
 def typed_key_value(config: Any, name: str, value: str) -> Any:
-    """A route key field's value from a URL as the JSON type the route's triggers declare for it
-    (as the CLI reads --lead/--webinar): a field that is an integer in the payloads is matched as
-    an integer. BadInput when it is not one."""
-    types: set[str] = set()
-    for transition in config.route.transitions:
-        spec = config.events.get(transition.trigger)
-        declared = spec.payload.get("properties", {}).get(name, {}).get("type") if spec else None
-        types.update(declared if isinstance(declared, list) else [declared] if declared else [])
-    if "string" in types or not types & {"integer", "number"}:
-        return value
-    for kind in (int, float) if "number" in types else (int,):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    raise BadInput(f"{name} is {'a number' if 'number' in types else 'an integer'} in the config's events, "
-                   f"and {value!r} is not")
+    """A route key field's value from a URL, typed as the CLI types --lead/--webinar; BadInput
+    when it is not of the field's type."""
+    try:
+        return key_value(config, name, value)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def find_routes(config: Any, reader: Engine, query: dict[str, str]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from engine.config import load_config
 from engine.runtime.contract import Contract
 from engine.config.locate import bundled_config
 from engine.runtime.envelope import _ENVELOPE, _envelope_ok, canonical_json, is_date_time
-from engine.runtime.rules import NAMESPACE, derived_id
+from engine.runtime.rules import NAMESPACE, _name, derived_id
 import calendar
 from collections import Counter
 from datetime import datetime
@@ -223,6 +223,25 @@ def test_derived_id_equals_uuid5(rule_id: str, source: str, event_id: str) -> No
     except ValueError:  # a lone surrogate: not JSON, never an id
         return
     assert derived_id(rule_id, (source, event_id)) == str(uuid.uuid5(NAMESPACE, name))
+
+
+_ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=20)  # lone surrogates included
+
+
+@given(_ANY_TEXT, _ANY_TEXT, _ANY_TEXT)
+@example("r", "s\ud800", "id")
+@example("#action/0", "crm", "e-1")
+def test_derived_id_name_writes_what_canonical_json_writes(rule_id: str, source: str, event_id: str) -> None:
+    """The name is written by orjson directly for three strings; canonical_json is the general path."""
+    try:
+        expected = canonical_json([rule_id, source, event_id]).encode("utf-8")
+    except ValueError:
+        try:
+            _name(rule_id, (source, event_id))
+        except ValueError:
+            return
+        raise AssertionError("a name canonical_json refuses was written")
+    assert _name(rule_id, (source, event_id)) == expected
 
 
 def _outcome(parse: Any, raw: bytes) -> Any:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..jsonvalue import canonical_json, same
 from .contract import Contract
 from ..model import Config, FactRef, FieldMap, RuleSpec
@@ -100,14 +102,30 @@ def build_data(rule: RuleSpec, trigger: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+# The hex digit of a UUID's variant nibble (bits 10xx) for each hex digit the hash put there.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def derived_id(rule_id: str, cause: tuple[str, str]) -> str:
-    """uuid.uuid5(NAMESPACE, ...) as text, without building a UUID object (tests hold them equal)."""
-    name = canonical_json([rule_id, cause[0], cause[1]])
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8"), usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """uuid.uuid5(NAMESPACE, ...) as text, without building a UUID object (tests hold them equal).
+
+    It runs for every derived event and every action, so the name of three strings goes
+    straight to orjson: for strings canonical_json's walks change nothing and orjson writes
+    what it would. The version and variant are written into the hex text, not into bytes.
+    """
+    name = _name(rule_id, cause)
+    h = hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+def _name(rule_id: str, cause: tuple[str, str]) -> bytes:
+    """canonical_json([rule_id, *cause]) as UTF-8; it raises ValueError for a lone surrogate."""
+    if type(rule_id) is str and type(cause[0]) is str and type(cause[1]) is str:
+        try:
+            return orjson.dumps((rule_id, cause[0], cause[1]))
+        except orjson.JSONEncodeError:
+            pass  # not JSON: the general path says why, as it always did
+    return canonical_json([rule_id, cause[0], cause[1]]).encode("utf-8")
 
 
 class RuleBook:

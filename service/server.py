@@ -4,6 +4,12 @@ uvicorn re-raises a caught SIGTERM or SIGINT once it has shut down gracefully, s
 process would die of the signal (status 143) even though every queued event was committed
 and answered. A graceful stop is the success case here, so the captured signals are dropped
 and `run` returns normally.
+
+The HTTP parser is httptools (llhttp, in C) and the event loop uvloop (uvicorn's "auto"
+picks it when installed); both are dependencies. Per request they cost a fraction of h11's
+pure-Python parsing and asyncio's loop, and uvloop does its socket writes without letting go
+of the GIL, so the writer thread cannot hold up each answer on its way out (docs/service-performance.md).
+h11 is the fallback when httptools is missing; both protocols get the same head limits.
 """
 
 from __future__ import annotations
@@ -13,8 +19,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+import orjson
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:  # the C parser (llhttp): a fraction of h11's cost per request; h11 when it is missing
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - httptools is a dependency
+    httptools = None
 
 from engine import Engine, EngineError
 from engine.store import display_name
@@ -57,7 +70,69 @@ class _HeadDeadline(H11Protocol):
             self.transport.close()
 
 
-def _protocol(head_timeout: float) -> type[H11Protocol]:
+if httptools is not None:
+    def _head_too_large(limit: int) -> bytes:
+        body = orjson.dumps({"type": "urn:webinar-flows:problem:headers-too-large",
+                             "title": "Request Header Fields Too Large", "status": 431,
+                             "detail": f"the request head is larger than {limit} bytes"})
+        return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+
+    class _HeadLimits(HttpToolsProtocol):
+        """uvicorn's httptools protocol with the same head deadline as `_HeadDeadline`, and a
+        bound on the head's size while it arrives in pieces (httptools has none: it would hold
+        a head that never ends); past it the answer is 431 and the connection is closed. A head
+        that arrives whole is checked by the app (`HeaderLimit`), as under h11."""
+
+        head_timeout = 10.0
+        max_head = 16 * 1024
+        _head_timer: asyncio.TimerHandle | None = None
+        _head_size = 0  # bytes of the head so far
+        _in_head = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(self.head_timeout, self._expired)
+
+        def _expired(self) -> None:
+            waiting_for_a_head = self.cycle is None or self.cycle.response_complete
+            if waiting_for_a_head and not self.transport.is_closing():
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            self._in_head, self._head_size = True, 0
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_head:  # the head is not complete yet: all of this is head (give or take a pipelined tail)
+                self._head_size += len(data)
+                if self._head_size > self.max_head and not self.transport.is_closing():
+                    self.transport.write(_head_too_large(self.max_head))
+                    self.transport.close()
+
+
+def _protocol(head_timeout: float, max_head: int) -> type[asyncio.Protocol]:
+    if httptools is not None:
+        return type("HeadLimitsHttpTools", (_HeadLimits,), {"head_timeout": head_timeout, "max_head": max_head})
     return type("HeadDeadlineH11", (_HeadDeadline,), {"head_timeout": head_timeout})
 
 
@@ -93,8 +168,8 @@ def run(settings: Settings, *, host: str, port: int, keep_alive: int = 5, max_co
     check_database(settings)
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=host, port=port, workers=1, lifespan="on", access_log=False, http=_protocol(head_timeout),
-        h11_max_incomplete_event_size=settings.max_header_bytes, timeout_keep_alive=keep_alive,
+        app, host=host, port=port, workers=1, lifespan="on", access_log=False,
+        http=_protocol(head_timeout, settings.max_header_bytes), h11_max_incomplete_event_size=settings.max_header_bytes, timeout_keep_alive=keep_alive,
         limit_concurrency=max_connections, timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False)
     server = _Server(config, on_signal=app.state.service.begin_shutdown)
     try:

@@ -248,6 +248,25 @@ def test_trickling_headers_are_cut_off_without_holding_up_others(limited: Server
         assert closed and time.monotonic() - started < 5
 
 
+def test_a_head_sent_in_pieces_past_the_limit_is_refused(limited: Server) -> None:
+    """httptools bounds no head: the server counts what arrives until the head is complete."""
+    server = limited
+    answer = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+        conn.sendall(b"POST /v1/ingest/site-b HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(10):  # 10 x 1000 bytes, the limit is 4096
+                conn.sendall(b"X-Piece: " + b"a" * 989 + b"\r\n")
+                time.sleep(0.05)
+            answer = conn.recv(4096)
+        except OSError:
+            answer = answer or b"closed"
+    assert answer.startswith(b"HTTP/1.1 431") or answer == b"closed", answer
+    if answer != b"closed":
+        assert b"application/problem+json" in answer
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
 def test_oversized_headers_are_refused(limited: Server) -> None:
     server = limited
     try:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from engine.config import load_config
+from engine.model import EventSpec
 from engine.runtime.contract import Contract
 from engine.config.locate import bundled_config
 from engine.runtime.envelope import _ENVELOPE, _envelope_ok, canonical_json, is_date_time
@@ -175,6 +176,43 @@ def test_compiled_payload_validators_agree_with_jsonschema() -> None:
     invalid = sum(n for (_, ok), n in drawn.items() if not ok)
     never = sorted(name for name in CONFIG.events if not drawn[name, True])
     assert valid >= 60 and invalid >= 60 and not never, (valid, invalid, never)
+
+
+_FIELDS = ["lead_id", "webinar_id", "timestamp", "session_id"]
+
+
+@st.composite
+def identity_cases(draw: st.DrawFn) -> tuple[EventSpec, dict[str, Any]]:
+    """A type of the default contract or one drawn here (date-time fields, repeatable values),
+    and a payload holding some of its identity fields."""
+    spec = draw(st.one_of(st.sampled_from(list(CONFIG.events.values())), st.builds(
+        lambda identity, instants, repeatable: EventSpec("drawn", "implemented", "", {}, tuple(identity),
+                                                         repeatable, frozenset(instants)),
+        st.lists(st.sampled_from(_FIELDS), max_size=3), st.sets(st.sampled_from(_FIELDS), max_size=2),
+        st.one_of(st.just({}), st.dictionaries(st.sampled_from(_FIELDS), st.tuples(scalars), max_size=1)))))
+    data = draw(st.dictionaries(st.sampled_from(_FIELDS + ["other"]), values, max_size=5))
+    return spec, data
+
+
+@settings(max_examples=400, deadline=None)
+@given(identity_cases())
+def test_identity_functions_built_per_type_agree_with_the_general_identity(case: tuple[EventSpec, dict[str, Any]]) -> None:
+    spec, data = case
+    try:
+        expected: Any = CONTRACT.identity(spec, data)
+    except (TypeError, ValueError) as exc:  # not JSON (a lone surrogate): the same refusal
+        expected = type(exc)
+    try:
+        got: Any = CONTRACT._identity_function(spec)(data)
+    except (TypeError, ValueError) as exc:
+        got = type(exc)
+    assert got == expected
+    if spec.name in CONFIG.events:
+        assert spec is CONFIG.events[spec.name]
+        try:
+            assert CONTRACT.identity_of(spec.name, data) == expected
+        except (TypeError, ValueError) as exc:
+            assert type(exc) is expected
 
 
 def test_every_event_of_the_default_contract_has_a_compiled_validator() -> None:

@@ -208,21 +208,22 @@ class Pipeline:
     def _commit_batch(self, batch: list[Item], settle: Settle | None = None) -> list[dict[str, Any]]:
         with _collector_paused():
             prepared = [self._prepare(event) for event, _, _ in batch]
+            # each envelope's route key, computed once: it is locked, then stored under
+            keys = [self.contract.route_key(p[1].data) if isinstance(p[1], Envelope) else None for p in prepared]
             retry = _Retry(self.outage_wait)
             while True:
                 results = []
                 try:
                     with self.store.transaction():
-                        self.store.lock_keys(self.contract.route_key(p[1].data) for p in prepared
-                                             if isinstance(p[1], Envelope))
-                        for prep, item in zip(prepared, batch, strict=True):
-                            results.append(self._apply(prep, item[1], item[2]))
+                        self.store.lock_keys(key for p, key in zip(prepared, keys) if isinstance(p[1], Envelope))
+                        for prep, item, key in zip(prepared, batch, keys, strict=True):
+                            results.append(self._apply(prep, item[1], item[2], key))
                             if settle is not None:
                                 settle(item, results[-1], self._input_seq)
                     break
                 except (StoreConflict, StoreUnavailable) as exc:  # rolled back whole: run the batch again
                     retry.wait(exc)
-            del prepared  # gone before the collector runs again: it then walks only what outlives the batch
+            del prepared, keys  # gone before the collector runs again: it then walks only what outlives the batch
         return results
 
     def _prepare(self, event: EventInput, emitter: str | None = None
@@ -269,18 +270,18 @@ class Pipeline:
         return raw, outcome, partial
 
     def _apply(self, prepared: tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]],
-               origin: str | None, line: int | None) -> dict[str, Any]:
-        result = self._outcome_of(prepared, origin, line)
+               origin: str | None, line: int | None, route_key: str | None) -> dict[str, Any]:
+        result = self._outcome_of(prepared, origin, line, route_key)
         result["line"] = line
         return result
 
     def _outcome_of(self, prepared: tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]],
-                    origin: str | None, line: int | None) -> dict[str, Any]:
+                    origin: str | None, line: int | None, route_key: str | None) -> dict[str, Any]:
         raw, outcome, partial = prepared
         at = self.clock()
         if isinstance(outcome, Envelope):
             try:
-                result, fact_seq = self._accept(outcome, at)
+                result, fact_seq = self._accept(outcome, route_key, at)
                 self._log(result, origin, line, at, fact_seq=fact_seq, source=outcome.source)
                 return result
             except Rejected as rejected:
@@ -289,8 +290,8 @@ class Pipeline:
         self._reject(raw, result, partial, origin, line, at)
         return result
 
-    def _accept(self, env: Envelope, at: str) -> tuple[dict[str, Any], int | None]:
-        """Steps 7-8 for one envelope-valid event, inside the caller's transaction.
+    def _accept(self, env: Envelope, route_key: str | None, at: str) -> tuple[dict[str, Any], int | None]:
+        """Steps 7-8 for one envelope-valid event (`route_key`: its payload's), inside the caller's transaction.
 
         Writes come in an order that needs no savepoint: the envelope and the fact (each
         claim doubling as the dedupe check), then the rules, which only read and validate,
@@ -301,9 +302,7 @@ class Pipeline:
                 return _result(DUPLICATE, envelope=env, reason="same_envelope"), None
             raise Rejected("id_conflict", [error("/id", "id_conflict",
                                                  f"({env.source}, {env.id}) was seen before with a different body")])
-        spec = self.config.events[env.type]
-        identity = self.contract.identity(spec, env.data)
-        route_key = self.contract.route_key(env.data)
+        identity = self.contract.identity_of(env.type, env.data)
         fact_seq = self.store.add_fact(self._fact_row(env.event, env.floats, route_key, identity, at))
         if fact_seq is None:
             # The envelope stays remembered: a resend of it is same_envelope, its id with

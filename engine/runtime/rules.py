@@ -179,6 +179,6 @@ class RuleBook:
             ])
         event = {"specversion": "1.0", "id": derived_id(rule.id, cause), "source": rule.emit_source,
                  "type": rule.emit_event, "datacontenttype": "application/json", "data": data}
-        spec = self.contract.config.events[rule.emit_event]
         floats = False if all(type(v) in (str, int, bool) or v is None for v in data.values()) else None
-        return Derived(rule, event, self.contract.identity(spec, data), cause, self.contract.route_key(data), floats)
+        return Derived(rule, event, self.contract.identity_of(rule.emit_event, data), cause,
+                       self.contract.route_key(data), floats)

@@ -4,7 +4,8 @@
 servers make their own (`uvicorn --factory service.app:app_from_environment`). Handlers stay
 thin: the checks run in the documented order (docs/service.md) (key, size, rate, signature, content mode, envelope,
 engine) through the modules that own them, and one exception handler turns every failure
-into problem+json.
+into problem+json. `POST /v1/ingest/{key_id}`, the route whose cost per request bounds the
+service's rate, is plain ASGI (`Ingest`) in front of the router.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, request_response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import Engine, StoreError, UsageError
 from engine.store import open_reader
 
 from . import binding
-from .accesslog import INGEST, AccessLog, note
+from .accesslog import INGEST, AccessLog, Note, note
 from .auth import verify
 from .console import console_routes
 from .delivery import Deliverer
@@ -59,13 +61,16 @@ def _version() -> str:
         return "unknown"
 
 
-def _json(obj: Any, status: int = 200, media_type: str = "application/json") -> Response:
+def _dumps(obj: Any) -> bytes:
     """orjson, as the CLI prints; what it refuses (an integer beyond 64 bits) goes through json."""
     try:
-        body = orjson.dumps(obj)
+        return orjson.dumps(obj)
     except TypeError:
-        body = json.dumps(obj, separators=(",", ":")).encode("ascii")
-    return Response(body, status_code=status, media_type=media_type)
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+def _json(obj: Any, status: int = 200, media_type: str = "application/json") -> Response:
+    return Response(_dumps(obj), status_code=status, media_type=media_type)
 
 
 class Service:
@@ -110,13 +115,13 @@ class Service:
         if self.closing:
             raise unavailable("the server is shutting down", retry_after=5)
         try:
-            future = self.writer.submit(items)
+            future = self.writer.submit_async(items)
         except QueueFull:
             raise unavailable("the writer's queue is full", retry_after=1) from None
         except WriterClosed:
             raise unavailable("the server is shutting down", retry_after=5) from None
         try:
-            return await asyncio.wrap_future(future)
+            return await future
         except asyncio.CancelledError:
             if not self.closing:
                 raise
@@ -175,42 +180,95 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
-async def ingest(request: Request) -> Response:
-    """POST /v1/ingest/{key_id}: the checks in the order docs/service.md gives, then the engine via the writer."""
-    service, info = _service(request), note(request.scope)
-    info.route = INGEST
-    if request.method == "OPTIONS":
-        return handshake(service, request)
-    if request.method != "POST":
-        raise Problem(405, "method-not-allowed", f"{request.method} is not allowed here; POST an event",
-                      outcome="method_not_allowed", headers={"Allow": ALLOW})
-    key = service.keys.keys.get(request.path_params["key_id"])
-    if key is None:
-        raise unauthorized()
-    info.key = key.id
-    content_type = request.headers.get("content-type", "")
-    body = await read_body(request, service.body_limit(key, content_type), service.settings.body_timeout)
-    if wait := service.buckets.take(key.id, key.rate, key.burst):
-        raise rate_limited(wait)
-    headers = dict(request.headers.raw)
-    if not verify(key.secrets, headers.get(b"webhook-id"), headers.get(b"webhook-timestamp"),
-                  headers.get(b"webhook-signature"), body, time.time(), service.settings.tolerance):
-        raise unauthorized()
-    parsed = binding.parse(content_type, request.headers.raw, body, key, max_events=service.settings.max_batch_events)
-    results = await service.process(parsed.items)
-    info.events = len(results)
-    service.metrics.events(key.emitter, results)
-    if parsed.refused or (parsed.single and results[0]["reason"] in _ENVELOPE_REASONS):
-        raise rejected(results[0])
-    return _json({"results": [{k: v for k, v in r.items() if k != "line"} for r in results]})
+INGEST_PREFIX = "/v1/ingest/"
+_JSON_HEADERS = (b"content-type", b"application/json")
 
 
-def handshake(service: Service, request: Request) -> Response:
+class Ingest:
+    """POST /v1/ingest/{key_id} as plain ASGI, in front of Starlette's router.
+
+    The busiest route, and the one whose cost per request bounds the service's rate: it reads
+    the scope and the body itself and writes its answer as two ASGI messages, without a
+    Request, a Response, the router or the exception middleware around it. Everything else
+    (access log, head limit, every other route) is as for any route. Checks run in the
+    documented order (docs/service.md): key, size, rate, signature, content mode, envelope,
+    engine; a Problem or StoreError is answered as problem+json here, anything else goes on to
+    Starlette's server-error handler (a 500), exactly as from a route.
+    """
+
+    def __init__(self, app: ASGIApp, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(INGEST_PREFIX):
+                key_id = path[len(INGEST_PREFIX):]
+                if key_id and "/" not in key_id:
+                    await self.answer(scope, receive, send, key_id)
+                    return
+        await self.app(scope, receive, send)
+
+    async def answer(self, scope: Scope, receive: Receive, send: Send, key_id: str) -> None:
+        info = note(scope)
+        info.route = INGEST
+        method = scope["method"]
+        try:
+            if method == "OPTIONS":
+                response = handshake(self.service, Request(scope), key_id)
+                await response(scope, receive, send)
+                return
+            if method != "POST":
+                raise Problem(405, "method-not-allowed", f"{method} is not allowed here; POST an event",
+                              outcome="method_not_allowed", headers={"Allow": ALLOW})
+            body = await self.ingest(scope, receive, key_id, info)
+        except (Problem, StoreError) as exc:
+            problem = _as_problem(exc)
+            info.outcome = problem.outcome
+            await problem.response()(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [_JSON_HEADERS, (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def ingest(self, scope: Scope, receive: Receive, key_id: str, info: Note) -> bytes:
+        """The answer's body for a request that passes every check; else Problem."""
+        service = self.service
+        key = service.keys.keys.get(key_id)
+        if key is None:
+            raise unauthorized()
+        info.key = key.id
+        raw = scope["headers"]
+        content_type = declared = None
+        for name, value in raw:  # the first of each, as Starlette's Headers.get
+            if name == b"content-type" and content_type is None:
+                content_type = value.decode("latin-1")
+            elif name == b"content-length" and declared is None:
+                declared = value
+        content_type = content_type or ""
+        settings = service.settings
+        body = await read_body(receive, declared, service.body_limit(key, content_type), settings.body_timeout)
+        if wait := service.buckets.take(key.id, key.rate, key.burst):
+            raise rate_limited(wait)
+        headers = dict(raw)
+        if not verify(key.secrets, headers.get(b"webhook-id"), headers.get(b"webhook-timestamp"),
+                      headers.get(b"webhook-signature"), body, time.time(), settings.tolerance):
+            raise unauthorized()
+        parsed = binding.parse(content_type, raw, body, key, max_events=settings.max_batch_events)
+        results = await service.process(parsed.items)
+        info.events = len(results)
+        service.metrics.events(key.emitter, results)
+        if parsed.refused or (parsed.single and results[0]["reason"] in _ENVELOPE_REASONS):
+            raise rejected(results[0])
+        return _dumps({"results": [{k: v for k, v in r.items() if k != "line"} for r in results]})
+
+
+def handshake(service: Service, request: Request, key_id: str) -> Response:
     """The CloudEvents web-hook handshake: consent (and a rate per minute) for listed origins only."""
     note(request.scope).outcome = "handshake"
     headers = {"Allow": ALLOW}
     origin = request.headers.get("webhook-request-origin")
-    key = service.keys.keys.get(request.path_params["key_id"])
+    key = service.keys.keys.get(key_id)
     origins = service.keys.origins
     if origin and key is not None and (origin in origins or "*" in origins):
         headers["WebHook-Allowed-Origin"] = origin
@@ -389,22 +447,10 @@ async def _problem(request: Request, exc: Exception) -> Response:
     return problem.response()
 
 
-class _AnyMethod:
-    """An endpoint that sees every method, so that it answers 405 itself with the documented Allow header
-    (Starlette's own 405 lists the route's methods in no set order)."""
-
-    def __init__(self, endpoint: Any):
-        self.app = request_response(endpoint)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-
-
 def create_app(settings: Settings) -> Starlette:
     """The service's ASGI app for `settings`; it opens the writer on startup and drains it on shutdown."""
     service = Service(settings)
     routes = [
-        Route("/v1/ingest/{key_id}", _AnyMethod(ingest)),
         Route("/v1/routes/{segments:path}", read_route, methods=["GET"]),
         Route("/v1/feed/{consumer}", read_feed, methods=["GET"]),
         Route("/v1/feed/{consumer}/ack", ack_feed, methods=["POST"]),
@@ -416,7 +462,8 @@ def create_app(settings: Settings) -> Starlette:
     handlers = {cls: _problem for cls in (Problem, StoreError, HTTPException, Exception)}
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers=handlers,  # type: ignore[arg-type]
                     middleware=[Middleware(AccessLog, metrics=service.metrics),
-                                Middleware(HeaderLimit, limit=settings.max_header_bytes)])
+                                Middleware(HeaderLimit, limit=settings.max_header_bytes),
+                                Middleware(Ingest, service=service)])  # POST /v1/ingest/{key_id}
     app.state.service = service
     return app
 

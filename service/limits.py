@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .problems import Problem, too_large
@@ -46,28 +46,35 @@ def rate_limited(wait: float) -> Problem:
                    outcome="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The whole body, or Problem: 413 past `limit` bytes (declared or read), 408 past `timeout`."""
-    declared = request.headers.get("content-length")
+async def read_body(receive: Receive, declared: bytes | None, limit: int, timeout: float) -> bytes:
+    """The whole body, or Problem: 413 past `limit` bytes (declared or read), 408 past `timeout`.
+
+    `receive` is the request's ASGI receive; `declared` its Content-Length header as it arrived."""
     if declared is not None:
         if not declared.isdigit():
             raise Problem(400, "bad-content-length", "Content-Length is not a number", outcome="bad_request")
         if int(declared) > limit:
-            raise too_large(f"the body is {declared} bytes; the limit is {limit}")
+            raise too_large(f"the body is {int(declared)} bytes; the limit is {limit}")
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # http.disconnect
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise too_large(f"the body is larger than the limit of {limit} bytes")
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise Problem(408, "timeout", f"the body did not arrive within {timeout:g} s",
                       outcome="timeout", headers={"Connection": "close"}) from None
     except ClientDisconnect:
         raise Problem(400, "disconnected", "the client went away before the body ended", outcome="bad_request") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class HeaderLimit:

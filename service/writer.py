@@ -10,6 +10,7 @@ it is full a request is refused at once rather than held in memory.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -34,8 +35,9 @@ class WriterClosed(Exception):
 @dataclass
 class _Job:
     items: list[Any]
-    future: Future = field(default_factory=Future)
+    future: Future | asyncio.Future = field(default_factory=Future)
     call: Callable[[Engine], Any] | None = None  # a job of its own: fn(the writer's engine)
+    loop: asyncio.AbstractEventLoop | None = None  # set when `future` is an asyncio future of this loop
 
 
 class Writer:
@@ -73,7 +75,17 @@ class Writer:
 
     def submit(self, items: list[Any]) -> Future:
         """Queue one request's events; its future gets their results once they are committed."""
-        job = _Job(items)
+        return self._queue(_Job(items)).future  # type: ignore[return-value]
+
+    def submit_async(self, items: list[Any]) -> asyncio.Future:
+        """`submit` for a caller on an event loop: an asyncio future of the running loop, settled
+        on that loop. A transaction's futures are settled by one callback handed to the loop, not
+        one thread-safe hand-off (a wake-up of the loop) per request."""
+        loop = asyncio.get_running_loop()
+        return self._queue(_Job(items, future=loop.create_future(), loop=loop)).future  # type: ignore[return-value]
+
+    def _queue(self, job: _Job) -> _Job:
+        items = job.items
         with self._lock:
             if self._closing or not self._thread.is_alive():
                 raise WriterClosed()
@@ -82,7 +94,7 @@ class Writer:
             self._jobs.append(job)
             self._depth += len(items)
             self._lock.notify()
-        return job.future
+        return job
 
     def submit_call(self, fn: Callable[[Engine], Any]) -> Future:
         """Queue `fn(engine)` to run on the writer thread, alone, in turn with the events (the
@@ -148,18 +160,44 @@ class Writer:
             results = engine.process_many(items, batch_size=max(1, len(items)))
         except Exception as exc:  # noqa: BLE001 - each waiting request answers it (503 for a StoreError)
             self.last_error = (f"the last transaction failed: {type(exc).__name__}: {exc}", time.monotonic())
-            for job in jobs:
-                _settle(job.future, exception=exc)
+            _settle_all([(job, None, exc) for job in jobs])
             return
         finally:
             self.busy_since = None
         self.last_error = None
         if self._on_commit is not None:
             self._on_commit(len(items))
-        start = 0
+        settled, start = [], 0
         for job in jobs:
-            _settle(job.future, result=results[start:start + len(job.items)])
+            settled.append((job, results[start:start + len(job.items)], None))
             start += len(job.items)
+        _settle_all(settled)
+
+
+def _settle_all(settled: list[tuple[_Job, Results | None, BaseException | None]]) -> None:
+    """Settle each job's future: a concurrent one here, the asyncio ones of a loop in one
+    callback on that loop (each request's own hand-off would wake the loop once per request)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Results | None, BaseException | None]]] = {}
+    for job, result, exception in settled:
+        if job.loop is None:
+            _settle(job.future, result=result, exception=exception)  # type: ignore[arg-type]
+        else:
+            by_loop.setdefault(job.loop, []).append((job.future, result, exception))  # type: ignore[arg-type]
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_on_loop, futures)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _settle_on_loop(futures: list[tuple[asyncio.Future, Results | None, BaseException | None]]) -> None:
+    for future, result, exception in futures:
+        if future.done():  # its request went away (cancelled)
+            continue
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
 
 
 def _settle(future: Future, *, result: Results | None = None, exception: BaseException | None = None) -> None:

@@ -121,6 +121,41 @@ def test_the_writer_commits_whatever_queued_during_the_previous_commit_in_one_tr
         writer.submit([1])
 
 
+def test_asyncio_futures_of_one_transaction_are_settled_by_one_callback_on_their_loop() -> None:
+    import asyncio
+
+    engine = _SlowEngine()
+    writer = Writer(lambda: engine, capacity=50, max_batch=500)  # type: ignore[arg-type, return-value]
+    writer.start()
+    handed: list[int] = []
+
+    async def main() -> tuple[list[Any], bool]:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any) -> Any:
+            handed.append(len(args[0]) if args else 0)
+            return real(callback, *args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        held = writer.submit(["first"])  # the writer takes it and waits in its transaction
+        deadline = time.monotonic() + 5
+        while writer.depth and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        futures = [writer.submit_async([i]) for i in range(5)]  # queued during that transaction
+        futures[2].cancel()  # its request went away: the others are still answered
+        engine.release.set()
+        results = await asyncio.gather(*(f for i, f in enumerate(futures) if i != 2))
+        assert held.result(5) == [{"item": "first"}]
+        return results, futures[2].cancelled()
+
+    results, cancelled = asyncio.run(main())
+    assert results == [[{"item": i}] for i in (0, 1, 3, 4)] and cancelled
+    assert engine.batches == [1, 5]
+    assert handed == [5]  # one hand-off to the loop for the transaction's five requests
+    writer.stop(5)
+
+
 def test_stop_commits_and_settles_what_is_queued() -> None:
     engine = _SlowEngine()
     writer = Writer(lambda: engine, capacity=50, max_batch=500)  # type: ignore[arg-type, return-value]
@@ -149,7 +184,7 @@ def test_the_factory_builds_an_app_that_serves_in_process(tmp_path: Path) -> Non
 
 
 def test_a_database_that_cannot_be_written_is_503_with_retry_after(tmp_path: Path) -> None:
-    from concurrent.futures import Future
+    import asyncio
 
     from engine import StoreError
 
@@ -159,13 +194,13 @@ def test_a_database_that_cannot_be_written_is_503_with_retry_after(tmp_path: Pat
     headers, body = structured(entered(lead="unit-lead-2"))
     secret = "whsec_" + base64.b64encode(keys.keys["site-b"].secrets[0]).decode()
 
-    def failing(items: list[Any]) -> Future:
-        future: Future = Future()
+    def failing(items: list[Any]) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
         future.set_exception(StoreError("database is locked"))
         return future
 
     with TestClient(app) as client:
-        app.state.service.writer.submit = failing
+        app.state.service.writer.submit_async = failing
         response = client.post("/v1/ingest/site-b", content=body, headers=signed(secret, headers, body))
     assert response.status_code == 503 and response.headers["retry-after"].isdigit()
     assert response.headers["content-type"] == "application/problem+json"

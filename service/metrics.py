@@ -65,14 +65,27 @@ class Metrics:
         self._failed = Gauge("webinar_flows_delivery_failed", "Items set aside as failed, per push consumer.",
                              ["consumer"], registry=self.registry)
 
+        # the labelled children, looked up once per label set (`labels()` costs more than `inc()`);
+        # the keys are the closed values, so these dicts are bounded like the series are
+        self._request_children: dict[str, Any] = {}
+        self._event_children: dict[tuple[str, str, str], Any] = {}
+
     def request(self, outcome: str, seconds: float) -> None:
-        self._requests.labels(outcome=_closed(outcome, OUTCOMES)).inc()
+        outcome = _closed(outcome, OUTCOMES)
+        child = self._request_children.get(outcome)
+        if child is None:
+            child = self._request_children[outcome] = self._requests.labels(outcome=outcome)
+        child.inc()
         self._duration.observe(seconds)
 
     def events(self, emitter: str, results: list[dict[str, Any]]) -> None:
+        emitter = _closed(emitter, self._emitters)
         for result in results:
-            self._events.labels(emitter=_closed(emitter, self._emitters), type=_closed(result.get("type"), self._types),
-                                status=_closed(result.get("status"), STATUSES)).inc()
+            labels = (emitter, _closed(result.get("type"), self._types), _closed(result.get("status"), STATUSES))
+            child = self._event_children.get(labels)
+            if child is None:
+                child = self._event_children[labels] = self._events.labels(*labels)
+            child.inc()
 
     def commit(self, size: int) -> None:
         """Called on the writer thread; prometheus_client's metrics are thread-safe."""

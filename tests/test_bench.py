@@ -1,20 +1,40 @@
-"""The benchmark's yardstick stays honest: the floor pipeline reaches the engine's outcome.
+"""The benchmark's yardsticks stay honest: the floor pipelines reach the engine's outcome.
 
-`make bench` refuses a ratio when the two disagree; this keeps a change to either side from
-being found out only there.
+`make bench` refuses a ratio when they disagree; this keeps a change to any side from being
+found out only there. The tight floor must agree on everything it keeps: the counts, every
+route's state and screen, every rejection's bytes and reason, and the outbox item by item
+(ids, types and bodies per route key, in order; only `time` differs). The floor as written
+until issue 12 keeps no outbox and agrees on counts and routes.
 """
 
 from __future__ import annotations
 
-from bench.run import lines_of, time_engine, time_floor
+from bench.run import disagreement, lines_of, time_engine, time_floor, time_loose
 
 
-def test_floor_and_engine_agree_on_a_generated_stream(tmp_path):
+def test_floors_and_engine_agree_on_a_generated_stream(tmp_path):
     lines = lines_of(3000, 300, seed=11)
     for batch in (1000, 1):
-        _, engine_counts, engine_routes = time_engine(lines, tmp_path / f"engine-{batch}.db", batch)
-        _, floor_counts, floor_routes = time_floor(lines, tmp_path / f"floor-{batch}.db", batch)
-        assert engine_counts == floor_counts
-        assert engine_counts["accepted"] > 2000 and engine_counts["duplicate"] > 0 and engine_counts["rejected"] > 0
-        assert engine_routes == floor_routes
-        assert len(engine_routes) > 250 and {"completed", "form_submitted"} <= set(engine_routes.values())
+        _, engine = time_engine(lines, tmp_path / f"engine-{batch}.db", batch)
+        _, floor = time_floor(lines, tmp_path / f"floor-{batch}.db", batch)
+        _, loose = time_loose(lines, tmp_path / f"loose-{batch}.db", batch)
+        assert disagreement(engine, floor) is None
+        assert disagreement(engine, loose) is None
+        counts, routes = engine["counts"], engine["routes"]
+        assert counts["accepted"] > 2000 and counts["duplicate"] > 0 and counts["rejected"] > 0
+        assert len(routes) > 250 and {"completed", "form_submitted"} <= {s for s, _ in routes.values()}
+        items = [t for ids, _ in engine["outbox"].values() for _, t in ids]
+        assert len(items) > 3000 and {"post_webinar_route", "action.reminder"} <= set(items)
+        assert len(engine["rejections"]) > 5
+
+
+def test_a_difference_in_the_outbox_is_found(tmp_path):
+    lines = lines_of(500, 50, seed=5)
+    _, engine = time_engine(lines, tmp_path / "engine.db", 100)
+    _, floor = time_floor(lines, tmp_path / "floor.db", 100)
+    subject = next(k for k, (ids, _) in floor["outbox"].items() if len(ids) > 1)
+    ids, body = floor["outbox"][subject]
+    floor["outbox"][subject] = (ids[::-1], body)
+    assert "outbox" in (disagreement(engine, floor) or "")
+    floor["outbox"][subject] = (ids, "0" * 40)
+    assert "bodies" in (disagreement(engine, floor) or "")

@@ -25,7 +25,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 try:  # the C parser (llhttp): a fraction of h11's cost per request; h11 when it is missing
     import httptools
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import (
+        HttpToolsProtocol,
+        RequestResponseCycle,
+    )
 except ImportError:  # pragma: no cover - httptools is a dependency
     httptools = None
 
@@ -78,6 +81,46 @@ if httptools is not None:
         return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
 
+    class _Gathered:
+        """Stands in for the transport while an answer's head and first body part are written."""
+
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.parts.append(data)
+
+        def close(self) -> None:
+            self.closed = True
+
+    class _OneWrite(RequestResponseCycle):
+        """uvicorn's cycle, writing an answer's head and its body in one socket write instead
+        of two: a write to a socket is a system call, and per request it cost more than any
+        step of the app. The head is held until the first body message, then both go out."""
+
+        _held: dict | None = None
+
+        async def send(self, message: dict) -> None:  # type: ignore[override]
+            if message["type"] == "http.response.start" and not self.response_started and self._held is None:
+                self._held = message
+                return
+            held, self._held = self._held, None
+            if held is None:
+                await super().send(message)  # type: ignore[arg-type]
+                return
+            transport, gathered = self.transport, _Gathered()
+            self.transport = gathered  # type: ignore[assignment]
+            try:
+                await super().send(held)  # type: ignore[arg-type]
+                await super().send(message)  # type: ignore[arg-type]
+            finally:
+                self.transport = transport
+                if gathered.parts:
+                    transport.write(b"".join(gathered.parts))
+                if gathered.closed:
+                    transport.close()
+
     class _HeadLimits(HttpToolsProtocol):
         """uvicorn's httptools protocol with the same head deadline as `_HeadDeadline`, and a
         bound on the head's size while it arrives in pieces (httptools has none: it would hold
@@ -120,6 +163,8 @@ if httptools is not None:
         def on_headers_complete(self) -> None:
             self._in_head = False
             super().on_headers_complete()
+            if type(self.cycle) is RequestResponseCycle:  # its task has not run yet
+                self.cycle.__class__ = _OneWrite
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)

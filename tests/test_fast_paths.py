@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from engine.config import load_config
-from engine.model import EventSpec
+from engine.model import DataCondition, EventSpec, FactRef, FieldMap, RuleSpec
 from engine.runtime.contract import Contract
 from engine.config.locate import bundled_config
 from engine.runtime.envelope import _ENVELOPE, _envelope_ok, canonical_json, is_date_time
-from engine.runtime.rules import NAMESPACE, _name, derived_id
+from engine.runtime.rules import NAMESPACE, _name, applies, build_data, compile_applies, compile_build, derived_id
 import calendar
 from collections import Counter
 from datetime import datetime
@@ -280,6 +280,36 @@ def test_derived_id_name_writes_what_canonical_json_writes(rule_id: str, source:
             return
         raise AssertionError("a name canonical_json refuses was written")
     assert _name(rule_id, (source, event_id)) == expected
+
+
+_NAMES = ["a", "b", "c"]
+_SMALL = st.one_of(st.none(), st.booleans(), st.integers(0, 2), st.sampled_from([0.0, 1.0, 2.5]),
+                   st.sampled_from(["x", "y"]), st.lists(st.integers(0, 1), max_size=2))
+_refs = st.builds(FactRef, st.sampled_from(["E1", "E2"]),
+                  st.lists(st.tuples(st.sampled_from(_NAMES), _SMALL), max_size=2).map(tuple))
+_conditions = st.one_of(
+    st.builds(DataCondition, st.sampled_from(_NAMES), st.just("equals"), _SMALL),
+    st.builds(DataCondition, st.sampled_from(_NAMES), st.just("in"), st.lists(_SMALL, max_size=3)),
+    st.builds(DataCondition, st.sampled_from(_NAMES), st.just("exists"), st.booleans()))
+_field_maps = st.one_of(
+    st.builds(FieldMap, st.sampled_from(_NAMES + ["d"]), st.just("from"), source=st.sampled_from(_NAMES)),
+    st.builds(FieldMap, st.sampled_from(_NAMES + ["d"]), st.just("value"), value=_SMALL),
+    st.builds(FieldMap, st.sampled_from(_NAMES + ["d"]), st.just("cases"), source=st.sampled_from(_NAMES),
+              cases=st.lists(st.tuples(_SMALL, _SMALL), max_size=3).map(tuple), has_default=st.booleans(),
+              default=_SMALL))
+_rules = st.builds(RuleSpec, st.just("r"), st.just(""), st.just("E1"), st.lists(_refs, max_size=2).map(tuple),
+                   st.lists(_refs, max_size=2).map(tuple), st.lists(_conditions, max_size=3).map(tuple),
+                   st.just("E2"), st.just("s"), st.booleans(), st.lists(_field_maps, max_size=4).map(tuple))
+_payloads = st.dictionaries(st.sampled_from(_NAMES + ["d"]), _SMALL, max_size=4)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_rules, _payloads, st.lists(st.tuples(st.sampled_from(["E1", "E2", "E3"]), _payloads), max_size=4))
+def test_rules_compiled_into_closures_fire_and_build_as_the_general_functions(
+        rule: RuleSpec, trigger: dict[str, Any], facts: list[tuple[str, dict[str, Any]]]) -> None:
+    assert compile_applies(rule)(trigger, facts) == applies(rule, trigger, facts)
+    # repr tells true from 1 and 1.0 from 1, and shows the order of the keys (bodies keep it)
+    assert repr(compile_build(rule)(trigger)) == repr(build_data(rule, trigger))
 
 
 def _outcome(parse: Any, raw: bytes) -> Any:

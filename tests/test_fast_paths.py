@@ -329,6 +329,39 @@ json_values = st.recursive(
     max_leaves=8)
 
 
+@settings(max_examples=500)
+@given(_ANY_TEXT, _ANY_TEXT, _ANY_TEXT, st.booleans())
+@example("e\ud800", "t", "s", True)
+def test_an_envelope_reads_its_attributes_once_and_they_need_no_utf8_check(event_id: str, event_type: str,
+                                                                           source: str, ascii_only: bool) -> None:
+    """The pipeline takes an envelope's id and type for its result without text_or_none."""
+    import json as std
+
+    from engine.reasons import Rejected
+    from engine.runtime.envelope import read_envelope
+    from engine.runtime.pipeline import text_or_none
+
+    event = {"specversion": "1.0", "id": event_id, "type": event_type, "source": source, "data": {"k": event_id}}
+    raw = std.dumps(event, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    try:
+        env = read_envelope(raw, 1 << 20)
+    except Rejected:
+        return
+    assert (env.source, env.id, env.type, env.data) == (env.event["source"], env.event["id"], env.event["type"],
+                                                         env.event["data"])
+    assert text_or_none(env.id) == env.id and text_or_none(env.type) == env.type
+
+
+@given(st.lists(st.one_of(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), st.booleans(), st.none(), st.floats(allow_nan=False)),
+                max_size=3))
+def test_an_outbox_subject_of_strings_is_joined_as_the_general_path_joins_it(values: list[Any]) -> None:
+    import orjson
+
+    from engine.runtime.outbox import subject
+
+    assert subject(values) == "/".join(v if isinstance(v, str) else orjson.dumps(v).decode() for v in values)
+
+
 @st.composite
 def json_texts(draw: st.DrawFn) -> bytes:
     """JSON as producers write it, and the ways it goes wrong: repeated keys, spaces around

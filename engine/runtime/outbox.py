@@ -21,7 +21,10 @@ ACTION_PREFIX = "action."
 
 def subject(key_values: list[Any]) -> str:
     """The route key's values joined by `/`, in the order of the config's key."""
-    return "/".join(v if isinstance(v, str) else orjson.dumps(v).decode() for v in key_values)
+    try:
+        return "/".join(key_values)  # strings, as keys mostly are: each written as it is
+    except TypeError:
+        return "/".join(v if isinstance(v, str) else orjson.dumps(v).decode() for v in key_values)
 
 
 def action_id(cause: tuple[str, str], position: int) -> str:

@@ -64,11 +64,17 @@ def _result(status: str, *, envelope: Envelope | None = None, partial: dict[str,
             reason: str | None = None, errors: list[dict[str, Any]] | None = None,
             emitted: list[dict[str, Any]] | None = None, actions: list[dict[str, Any]] | None = None,
             route: dict[str, Any] | None = None) -> dict[str, Any]:
-    ids = envelope.event if envelope is not None else (partial or {})
+    if envelope is not None:
+        # an envelope's id and type are non-empty strings that canonical JSON wrote, so no lone
+        # surrogate: text_or_none would return them as they are
+        event_id, event_type = envelope.id, envelope.type
+    else:
+        ids = partial or {}
+        event_id, event_type = text_or_none(ids.get("id")), text_or_none(ids.get("type"))
     return {
         "line": None,
-        "id": text_or_none(ids.get("id")),
-        "type": text_or_none(ids.get("type")),
+        "id": event_id,
+        "type": event_type,
         "status": status, "reason": reason, "errors": errors or [],
         "emitted": emitted or [], "actions": actions or [], "route": route,
     }

@@ -436,6 +436,22 @@ def render(machine: dict, runs: list[dict], engine: list[dict]) -> str:
             return "n/a"
         return f"{statistics.median(ratios):.2f}× (reps: {', '.join(f'{r:.2f}' for r in ratios)})"
 
+    def cpu_ratio(cheap: list[dict], costly: list[dict], cheap_field: str, costly_field: str) -> str:
+        ratios = sorted(y[costly_field] / x[cheap_field] for x, y in zip(cheap, costly, strict=False) if x[cheap_field])
+        if not ratios:
+            return "n/a"
+        return f"{statistics.median(ratios):.2f}× (reps: {', '.join(f'{r:.2f}' for r in ratios)})"
+
+    def cpu_goal_a(synchronous: str) -> str:
+        group, one = (per_rep.get(f"{kind}, 32 conns, {synchronous}", [])
+                      for kind in ("group commit", "one commit per request"))
+        return cpu_ratio(group, one, "server_cpu_us_per_event", "server_cpu_us_per_event")
+
+    def cpu_goal_b(synchronous: str) -> str:
+        group = per_rep.get(f"group commit, 32 conns, {synchronous}", [])
+        engine_reps = engine_per_rep.get(f"engine process_many, 500 per commit, {synchronous}", [])
+        return cpu_ratio(group, engine_reps, "server_cpu_us_per_event", "cpu_us_per_event")
+
     def median_of(text: str) -> float | None:
         return float(text.split("×")[0]) if "×" in text else None
 
@@ -495,6 +511,18 @@ one repetition, both sides measured minutes apart at most, and the median over r
 | (b) group commit ÷ engine process_many, NORMAL (the default) | {goal_b} | 0.5× | {verdict_of(goal_b, 0.5)} |
 | (b) group commit ÷ engine process_many, FULL | {goal_b_full} | 0.5× | {verdict_of(goal_b_full, 0.5)} |
 
+The same ratios from CPU time instead of wall-clock rates: what one event costs in CPU, so less
+bent by other processes taking the machine than a rate is (a GIL-bound server's rate is about one
+over its CPU per event when it gets a whole core; under FULL an fsync is waiting, not CPU, so
+there the CPU ratio understates what group commit saves):
+
+| goal | from CPU per event | goal |
+|---|---|---|
+| (a) server CPU per event, one commit per request ÷ group commit, NORMAL | {cpu_goal_a("NORMAL")} | 2.5× |
+| (a) the same, FULL | {cpu_goal_a("FULL")} | 2.5× |
+| (b) process_many's CPU per event ÷ the server's under group commit, NORMAL | {cpu_goal_b("NORMAL")} | 0.5× |
+| (b) the same, FULL | {cpu_goal_b("FULL")} | 0.5× |
+
 | other ratios | value |
 |---|---|
 | group commit ÷ one commit per request, 256 conns, NORMAL (events/s) | {ratio("group commit, 256 conns, NORMAL", "one commit per request, 256 conns, NORMAL")} |
@@ -523,6 +551,49 @@ How to read it:
   group commit saves per event even when the machine is shared.
 - Under `NORMAL` (the default) a commit does not fsync in WAL mode, so one commit costs little and group
   commit buys less than under `FULL`, where each commit is an fsync.
+- "loop thread + other threads": the server's event loop thread does the HTTP work (parsing,
+  signature, body, hand-off to the writer, the answer, the log line, the metrics); the other threads are
+  chiefly the writer, which runs the engine. Both share one GIL, so the process runs at most one core's
+  worth of Python and its rate is about 1 / (the two added up) per event.
+
+## Where a request's time goes, and what was changed (December 2026)
+
+Before: about 1.1-1.2 ms of server CPU per single-event request (0.8-0.9 ms of it in the loop
+thread) against about 0.25 ms per event inside `process_many`. A py-spy profile of the server under
+load (32 connections) showed the time in uvicorn's pure-Python h11 parser, Starlette's router,
+`Request`, `Response` and exception middleware around every request, a logging record and a write to
+stderr per request, `labels()` per metric per request, one thread-safe wake-up of the event loop per
+request from the writer, and socket writes during which the writer thread took the GIL. Changes,
+each measured by alternating before and after within one run on the shared machine (the load
+average was 1 to 8 while measuring, so compare within a row; server CPU per event, lower is better):
+
+| change | before → after |
+|---|---|
+| httptools and uvloop instead of h11 and asyncio (`service/server.py`) | 1,093 and 1,005 → 728 and 792 µs/event |
+| `POST /v1/ingest` as plain ASGI in front of the router; the writer settles a transaction's requests with one call into the loop; the log lines of one loop turn in one write; cached metric children (`service/app.py`, `writer.py`, `accesslog.py`, `metrics.py`) | 728-792 → 430-550 µs/event |
+| an answer's head and body in one socket write (`service/server.py`) | loop thread 264 and 233 → 233 and 238 µs/event |
+| all of it: the service code before against after, the same engine, 3 repetitions | 1,181, 1,455, 814 → 549, 681, 418 µs/event; loop thread 779, 888, 538 → 238, 291, 186; 436, 396, 644 → 1,147, 729, 1,206 events/s |
+| tried and dropped: `sys.setswitchinterval` 1 ms and 20 ms instead of 5 ms | 463 and 585 → 510 and 599 (1 ms), 623 and 644 (20 ms): no gain |
+| tried and dropped: `gc.freeze()` and a generation-0 threshold of 50,000 | 463 and 585 → 483 and 586: no gain |
+
+What is left in the loop thread (a native profile): the socket write of each answer (a system call
+that also delivers to the client on loopback) about a sixth, uvloop's polling and reads about a
+fifth, and hand-overs of the GIL with the writer thread, which waits for the GIL about a fifth of
+its own time; the Python of the request itself is now the smaller part.
+
+Goal (a) under `NORMAL`: the engine alone gains only about 1.7× from 500-event transactions
+over one-event transactions (4,529 against 2,629 events/s in one run; under `FULL`, 5,784
+against 1,398, 4.1×), because without an fsync a commit costs little. Group commit's other gain
+is outside the engine: one wake-up of the event loop per transaction instead of one per request,
+which the loop thread's CPU per event under `--commit-events 1` shows.
+
+Several worker processes (`serve --workers N`) were considered and not built yet. One process is
+bound by its GIL to about one core, so on a quiet 2-core machine a second worker would have most of
+the other core for its HTTP work. But each worker would have its own writer; the writers would take
+turns on SQLite's write lock (BEGIN IMMEDIATE, whose busy handler sleeps in steps of milliseconds
+while the other holds it), each transaction would hold fewer events, and SIGTERM draining and the
+exit status would go through uvicorn's process supervisor rather than `service/server.py`. It needs
+its own tests (every 200 committed under kills with two writers) before it can be offered.
 """
 
 

@@ -181,6 +181,12 @@ def test_the_factory_builds_an_app_that_serves_in_process(tmp_path: Path) -> Non
         assert response.json()["results"][0]["status"] == "accepted"
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/nowhere").headers["content-type"] == "application/problem+json"
+        # the ingest path is answered before the router, which still knows it as a route
+        slash = client.post("/v1/ingest/site-b/", content=b"{}", follow_redirects=False)
+        assert slash.status_code == 307 and slash.headers["location"].endswith("/v1/ingest/site-b")
+        assert client.get("/v1/ingest/a/b").status_code == 404
+        wrong = client.get("/v1/ingest/site-b")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "POST, OPTIONS"
 
 
 def test_a_database_that_cannot_be_written_is_503_with_retry_after(tmp_path: Path) -> None:

@@ -361,10 +361,12 @@ def service_figure(path: Path = SERVICE_RESULTS) -> dict | None:
         served = next(r for r in data["runs"] if r["name"] == SERVICE_RUN)
         base = next(e for e in data["engine"] if e["name"] == SERVICE_BASE)
         ratio = served["events_per_s"] / base["events_per_s"]
-        per_rep = data.get("machine", {}).get("per_rep", {})
-        if per_rep.get(SERVICE_RUN) and per_rep.get(SERVICE_BASE):
+        machine = data.get("machine", {})
+        served_reps = machine.get("per_rep", {}).get(SERVICE_RUN)
+        base_reps = machine.get("engine_per_rep", {}).get(SERVICE_BASE) or machine.get("per_rep", {}).get(SERVICE_BASE)
+        if served_reps and base_reps:  # as bench/service.py states it: the ratio within each repetition
             ratio = statistics.median(a["events_per_s"] / b["events_per_s"]
-                                      for a, b in zip(per_rep[SERVICE_RUN], per_rep[SERVICE_BASE], strict=True))
+                                      for a, b in zip(served_reps, base_reps, strict=False) if b["events_per_s"])
         return {"ratio": ratio, "served_per_s": served["events_per_s"], "batch_per_s": base["events_per_s"],
                 "measured": time.strftime("%Y-%m-%d", time.gmtime(path.stat().st_mtime))}
     except (OSError, ValueError, KeyError, TypeError, StopIteration, ZeroDivisionError):

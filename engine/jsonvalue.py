@@ -59,15 +59,15 @@ def _finite(value: Any) -> None:
             todo.extend(node)
 
 
-_PLAIN = frozenset((str, int, bool, type(None)))
+# The types of a value whose canonical JSON needs no walk: no float to rewrite, nothing nested.
+PLAIN_TYPES = frozenset((str, int, bool, type(None)))
 
 
 def flat_json(values: list[Any]) -> str:
     """canonical_json for a list of key values, skipping its walk when they are plain scalars."""
-    for value in values:
-        if type(value) not in _PLAIN:
-            return canonical_json(values)
-    return canonical_json(values, floats=False)
+    if PLAIN_TYPES.issuperset(map(type, values)):
+        return canonical_json(values, floats=False)
+    return canonical_json(values)
 
 
 def same(a: Any, b: Any) -> bool:

@@ -116,6 +116,12 @@ class RouteKey:
 
     def encode(self, values: Mapping[str, Any]) -> str | None:
         """The key of a payload (or of named values); None when a key field is missing."""
+        if type(values) is dict:  # a payload, on every event: one lookup per field, a missing one raises
+            try:
+                key = [values[f] for f in self.fields]
+            except KeyError:
+                return None
+            return flat_json(key)
         if any(f not in values for f in self.fields):
             return None
         return flat_json([values[f] for f in self.fields])

@@ -362,6 +362,24 @@ def test_an_outbox_subject_of_strings_is_joined_as_the_general_path_joins_it(val
     assert subject(values) == "/".join(v if isinstance(v, str) else orjson.dumps(v).decode() for v in values)
 
 
+@given(st.dictionaries(st.sampled_from(["lead_id", "webinar_id", "other"]), values, max_size=3))
+def test_a_route_key_read_from_a_payload_is_the_general_one(data: dict[str, Any]) -> None:
+    from collections import defaultdict
+
+    fields = CONFIG.route.key
+    try:
+        expected: Any = None if any(f not in data for f in fields) else canonical_json([data[f] for f in fields])
+    except (TypeError, ValueError) as exc:
+        expected = type(exc)
+    try:
+        got: Any = CONFIG.route.route_key.encode(data)
+    except (TypeError, ValueError) as exc:
+        got = type(exc)
+    assert got == expected
+    if not isinstance(expected, type):  # a Mapping that makes missing keys up is asked with `in`
+        assert CONFIG.route.route_key.encode(defaultdict(int, data)) == expected
+
+
 @st.composite
 def json_texts(draw: st.DrawFn) -> bytes:
     """JSON as producers write it, and the ways it goes wrong: repeated keys, spaces around

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..jsonvalue import canonical_json, same
+from ..jsonvalue import PLAIN_TYPES, canonical_json, same
 from .contract import Contract
 from ..model import Config, FactRef, FieldMap, RuleSpec
 from ..reasons import Rejected, error
@@ -243,6 +243,6 @@ class RuleBook:
             ])
         event = {"specversion": "1.0", "id": derived_id(rule.id, cause), "source": rule.emit_source,
                  "type": rule.emit_event, "datacontenttype": "application/json", "data": data}
-        floats = False if all(type(v) in (str, int, bool) or v is None for v in data.values()) else None
+        floats = False if PLAIN_TYPES.issuperset(map(type, data.values())) else None
         return Derived(rule, event, self.contract.identity_of(rule.emit_event, data), cause,
                        self.contract.route_key(data), floats)

@@ -8,8 +8,8 @@ constant SQL, WAL, `synchronous=NORMAL`, `INSERT OR IGNORE` + rowcount for dedup
 
 `Floor` (the tight floor, the benchmark's yardstick) keeps everything the contract promises —
 the outcome of every line, the facts, routes, history, the outbox (one item per derived event
-and per action, with the engine's stable ids) and every rejected line's bytes exactly — and
-writes each of them once:
+and per action, with the engine's stable ids) and every rejected line's bytes exactly, with its
+reason and error — and writes each of them once:
 
 - **one input row per line**, holding the line's raw bytes (so a rejection is kept byte-exact
   in its own row, and an accepted event's envelope is its line); its `(source, id)` columns,
@@ -93,7 +93,7 @@ def stable_id(name: str, source: str, event_id: str) -> str:
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (seq INTEGER PRIMARY KEY, source TEXT, id TEXT, status INTEGER NOT NULL,
-    reason TEXT, raw BLOB NOT NULL, at INTEGER NOT NULL, UNIQUE (source, id));
+    reason TEXT, errors BLOB, raw BLOB NOT NULL, at INTEGER NOT NULL, UNIQUE (source, id));
 CREATE TABLE IF NOT EXISTS facts (seq INTEGER PRIMARY KEY, input INTEGER NOT NULL, type TEXT NOT NULL,
     route_key TEXT, identity TEXT, id TEXT, data BLOB);
 CREATE UNIQUE INDEX IF NOT EXISTS facts_identity ON facts (type, identity) WHERE identity IS NOT NULL;
@@ -138,17 +138,20 @@ class Floor:
             ex("COMMIT")
         return counts
 
-    def reject(self, raw: bytes, reason: str, at: int) -> int:
-        self.conn.execute("INSERT INTO inputs (status, reason, raw, at) VALUES (2, ?, ?, ?)", (reason, raw, at))
+    def reject(self, raw: bytes, reason: str, at: int, path: str = "", message: str = "") -> int:
+        """A rejected line keeps its bytes, its reason and its error (the contract promises all three)."""
+        errors = orjson.dumps([{"path": path, "message": message or reason}])
+        self.conn.execute("INSERT INTO inputs (status, reason, errors, raw, at) VALUES (2, ?, ?, ?, ?)",
+                          (reason, errors, raw, at))
         return REJECTED
 
     def one(self, raw: bytes, at: int) -> int:
         if len(raw) > self.max_bytes:
-            return self.reject(raw[:KEEP_BYTES], "too_large", at)
+            return self.reject(raw[:KEEP_BYTES], "too_large", at, message=f"{len(raw)} bytes")
         try:
             ev = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return self.reject(raw, "malformed_json", at)
+        except orjson.JSONDecodeError as exc:
+            return self.reject(raw, "malformed_json", at, message=str(exc))
         if not (isinstance(ev, dict) and ev.get("specversion") == "1.0" and isinstance(ev.get("id"), str)
                 and isinstance(ev.get("source"), str) and isinstance(ev.get("type"), str)
                 and isinstance(ev.get("data"), dict)):
@@ -161,8 +164,8 @@ class Floor:
             return self.reject(raw, "unauthorized_emitter", at)
         try:
             check(data)
-        except fastjsonschema.JsonSchemaException:
-            return self.reject(raw, "invalid_payload", at)
+        except fastjsonschema.JsonSchemaException as exc:
+            return self.reject(raw, "invalid_payload", at, "/data/" + "/".join(map(str, exc.path[1:])), exc.message)
         ex = self.conn.execute
         cur = ex("INSERT OR IGNORE INTO inputs (source, id, status, raw, at) VALUES (?, ?, 0, ?, ?)",
                  (source, eid, raw, at))

@@ -42,7 +42,7 @@ class Settings:
     queue_events: int = 5000  # events waiting for the writer before new requests get 503
     commit_events: int = 500  # events in one transaction at most
     body_timeout: float = 10.0  # seconds for a whole request body to arrive
-    synchronous: str = "NORMAL"
+    synchronous: str = "FULL"  # a 200 tells the emitter it may drop its copy: survive power loss too
     tolerance: int = 300  # seconds between a signature's timestamp and the server's clock
     max_header_bytes: int = 16 * 1024  # the request line and headers
     deliver: bool = True  # push to the consumers with a url in a background thread (service/delivery.py)

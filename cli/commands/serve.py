@@ -40,9 +40,10 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
               help="Seconds an idle connection is kept open.")
 @click.option("--max-connections", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Concurrent connections and requests; beyond it uvicorn answers 503.")
-@click.option("--synchronous", type=click.Choice(["NORMAL", "FULL"], case_sensitive=False), default="NORMAL",
-              show_default=True, help="SQLite durability: NORMAL survives a process crash; FULL also survives "
-                                      "power loss (an fsync per commit).")
+@click.option("--synchronous", type=click.Choice(["NORMAL", "FULL"], case_sensitive=False), default="FULL",
+              show_default=True, help="SQLite durability of what is answered 200: FULL survives power loss (an "
+                                      "fsync per commit, which group commit shares among the requests of a "
+                                      "transaction); NORMAL survives a process crash only.")
 @click.option("--deliver/--no-deliver", default=True, show_default=True,
               help="Push outbox items to the consumers with a url in the keys file, in a background thread "
                    "(docs/consuming.md).")

@@ -203,21 +203,25 @@ def alternate(lines: list[bytes], batch: int, reps: int, tmp: Path, label: str,
 
 
 def populate(db: Path, leads: int) -> None:
-    """A database that already holds `leads` routes, with their facts and envelopes."""
+    """A database that already holds `leads` routes, with their facts and accepted inputs (whose
+    rows hold the envelopes), in the store's schema-6 tables (a time as microseconds since 1970,
+    the config hash as its id in `configs`)."""
     with Engine.open(db=db):
         pass
     conn = sqlite3.connect(db)
     conn.executescript(f"""
         BEGIN;
+        INSERT OR IGNORE INTO configs (hash) VALUES ('pre');
         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {leads - 1})
-        INSERT INTO facts (source, id, type, route_key, identity, data, derived, config_hash, recorded_at)
+        INSERT INTO stored_facts (source, id, type, route_key, identity, data, derived, config, recorded_at)
         SELECT 'client-webinar-tracker-v2', 'pre-' || i, 'client_webinar_entered',
                '["old-' || i || '","old-webinar"]', '["old-' || i || '","old-webinar","2025-01-01T00:00:00Z"]',
-               '{{}}', 0, 'pre', '2025-01-01T00:00:00Z' FROM n;
-        INSERT INTO envelopes (source, id, body, config_hash)
-        SELECT source, id, '{{}}', 'pre' FROM facts WHERE id LIKE 'pre-%';
-        INSERT INTO routes (route_key, state, screen, version, config_hash, created_at, updated_at)
-        SELECT route_key, 'in_webinar', 'webinar_room', 1, 'pre', '2025', '2025' FROM facts WHERE id LIKE 'pre-%';
+               '{{}}', 0, (SELECT id FROM configs WHERE hash = 'pre'), 1735689600000000 FROM n;
+        INSERT INTO stored_inputs (status, source, id, type, fact_seq, config, recorded_at, body)
+        SELECT 'accepted', source, id, type, seq, config, recorded_at, '{{}}' FROM stored_facts WHERE id LIKE 'pre-%';
+        INSERT INTO stored_routes (route_key, state, screen, version, config, created_at, updated_at)
+        SELECT route_key, 'in_webinar', 'webinar_room', 1, config, recorded_at, recorded_at FROM stored_facts
+        WHERE id LIKE 'pre-%';
         COMMIT;
     """)
     conn.close()

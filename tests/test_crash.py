@@ -124,8 +124,9 @@ def _orphans(db: Path) -> dict[str, int]:
     disk, copy = sqlite3.connect(db), sqlite3.connect(":memory:")
     try:
         disk.backup(copy)
-        copy.executescript("CREATE INDEX by_fact ON inputs (fact_seq); CREATE INDEX by_rejection ON inputs (rejection_seq);"
-                           " CREATE INDEX by_envelope ON inputs (source, id);")
+        copy.executescript("CREATE INDEX by_fact ON stored_inputs (fact_seq);"  # the input log behind the view
+                           " CREATE INDEX by_rejection ON stored_inputs (rejection_seq);"
+                           " CREATE INDEX by_envelope ON stored_inputs (source, id);")
         return {name: copy.execute(sql).fetchone()[0] for name, sql in ORPHANS.items()}
     finally:
         disk.close()

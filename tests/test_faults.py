@@ -184,7 +184,7 @@ def scalar(db: Path, sql: str) -> Any:
 def tables(db: Path) -> set[str]:
     conn = sqlite3.connect(db)
     try:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
     finally:
         conn.close()
 

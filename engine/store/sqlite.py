@@ -44,13 +44,14 @@ from .base import (
     Row,
     Store,
 )
+from .timepack import pack_time
 
 __all__ = ["FACT_COLUMNS", "INPUT_COLUMNS", "SCHEMA_VERSION", "SQLiteReader", "SQLiteStore", "Store"]
 
-SCHEMA_VERSION = 5  # the number of migrations in sqlite_migrations.py
+SCHEMA_VERSION = 6  # the number of migrations in sqlite_migrations.py
 MIGRATIONS_TABLE = "_sqlite_migrations"
-# The tables every schema version since the first holds: a file at one of our versions
-# without all of them is someone else's.
+# The tables every schema version since the first holds (since schema 6, most of them as views
+# over the stored_* tables): a file at one of our versions without all of them is someone else's.
 OUR_TABLES = frozenset({"facts", "envelopes", "rejections", "inputs", "routes", "route_history", "actions",
                         "evaluations"})
 BUSY_TIMEOUT_MS = 60_000
@@ -62,9 +63,14 @@ def _insert(table: str, columns: tuple[str, ...], verb: str = "INSERT") -> str:
     return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
-_ADD_FACT = _insert("facts", FACT_COLUMNS, "INSERT OR IGNORE")
-_INSERT_FACT = _insert("facts", FACT_COLUMNS)
-_INSERT_INPUT = _insert("inputs", INPUT_COLUMNS)
+# Schema 6 stores a config hash as its id in `configs` and a time as timepack packs it; rows
+# arrive in FACT_COLUMNS / INPUT_COLUMNS order, with those two last.
+_STORED_FACT = (*FACT_COLUMNS[:-2], "config", "recorded_at")
+_ADD_FACT = _insert("stored_facts", _STORED_FACT, "INSERT OR IGNORE")
+_INSERT_FACT = _insert("stored_facts", _STORED_FACT)
+_INSERT_INPUT = _insert("stored_inputs", (*INPUT_COLUMNS[:-2], "config", "recorded_at", "body"))
+_CLAIMED = "SELECT body FROM stored_inputs WHERE source = ? AND id = ? AND body IS NOT NULL"
+_CLAIMED_APART = "SELECT body FROM stored_envelopes WHERE source = ? AND id = ?"
 _REJECTION_COLUMNS = ("seq, reason, errors, source, id, type, raw_size, raw_sha256, truncated, first_seen_at,"
                       " last_seen_at, config_hash, resolved_at, resolved_by_input")
 
@@ -310,7 +316,7 @@ def _refusal(conn: sqlite3.Connection, path: str) -> StoreError | None:
     if version > SCHEMA_VERSION:
         return StoreError(f"{path}: the database has schema version {version}, newer than this "
                           f"webinar-flows understands ({SCHEMA_VERSION}); upgrade webinar-flows")
-    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
     if version == 0 and names - {MIGRATIONS_TABLE}:
         return NotADatabase(f"{path}: not a webinar-flows database (it holds other tables); use a new file")
     if version > 0 and not OUR_TABLES <= names:
@@ -329,6 +335,13 @@ class SQLiteStore(_SQLiteReads, Store):
         if not create and self.path != ":memory:" and not Path(self.path).is_file():
             raise DatabaseMissing(f"{self.path}: the database does not exist (check --db or $WEBINAR_FLOWS_DB)")
         self._depth = 0
+        self._configs: dict[str, int] = {}  # config hash -> its id in `configs`, as committed
+        self._new_configs: list[str] = []  # hashes given an id in the transaction under way
+        self._config_hash, self._config_id = "", 0  # the last one asked for
+        # Envelopes claimed in the transaction under way, (source, id) -> (body, config hash): each
+        # is written with the input row that claimed it (or, if none does, apart at commit).
+        self._claims: dict[tuple[str, str], tuple[str, str]] = {}
+        self._apart = False  # whether `stored_envelopes` holds envelopes no input row holds
         try:
             self._open(synchronous)
         except sqlite3.Error as exc:
@@ -378,6 +391,7 @@ class SQLiteStore(_SQLiteReads, Store):
         _with_instants(self.conn)
         if version < SCHEMA_VERSION:
             self._migrate()
+        self._apart = self.conn.execute("SELECT EXISTS (SELECT 1 FROM stored_envelopes)").fetchone()[0] == 1
 
     def _migrate(self) -> None:
         import sqlite_utils
@@ -407,26 +421,66 @@ class SQLiteStore(_SQLiteReads, Store):
             raise _translate(exc, self.path) from exc
         try:
             yield
+            if self._claims:
+                self._keep_claims_apart()
             self.conn.execute("COMMIT")
+            self._new_configs.clear()
         except BaseException as exc:
             try:
                 self.conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # the original error matters more than a failed rollback
+            self._forget_new_configs()
             if isinstance(exc, sqlite3.Error):
                 raise _translate(exc, self.path) from exc
             raise
+        finally:
+            self._claims.clear()
+
+    def _keep_claims_apart(self) -> None:
+        """Claimed envelopes no input row took (a caller that claims without logging an input)."""
+        self.conn.executemany("INSERT INTO stored_envelopes (source, id, body, config) VALUES (?, ?, ?, ?)",
+                              [(s, i, body, self._config(h)) for (s, i), (body, h) in self._claims.items()])
+        self._apart = True
+
+    def _forget_new_configs(self) -> None:
+        for config_hash in self._new_configs:
+            self._configs.pop(config_hash, None)
+        self._new_configs.clear()
+        self._config_hash, self._config_id = "", 0
+
+    def _config(self, config_hash: str) -> int:
+        """The id of a config hash in `configs`, added (in the caller's transaction) if new."""
+        if config_hash == self._config_hash:
+            return self._config_id
+        found = self._configs.get(config_hash)
+        if found is None:
+            row = self.conn.execute("SELECT id FROM configs WHERE hash = ?", (config_hash,)).fetchone()
+            if row is not None:
+                found = row[0]
+            else:
+                found = self.conn.execute("INSERT INTO configs (hash) VALUES (?)", (config_hash,)).lastrowid
+                self._new_configs.append(config_hash)
+            self._configs[config_hash] = found  # type: ignore[assignment]
+        self._config_hash, self._config_id = config_hash, found  # type: ignore[assignment]
+        return found  # type: ignore[return-value]
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         self._depth += 1
         name = f"sp{self._depth}"
         self.conn.execute(f"SAVEPOINT {name}")
+        claims, configs = dict(self._claims), len(self._new_configs)
         try:
             yield
         except BaseException:
             self.conn.execute(f"ROLLBACK TO {name}")
             self.conn.execute(f"RELEASE {name}")
+            self._claims = claims
+            for config_hash in self._new_configs[configs:]:
+                self._configs.pop(config_hash, None)
+            del self._new_configs[configs:]
+            self._config_hash, self._config_id = "", 0
             raise
         else:
             self.conn.execute(f"RELEASE {name}")
@@ -436,72 +490,93 @@ class SQLiteStore(_SQLiteReads, Store):
     # The per-event methods run inside `transaction()`, which translates their driver errors;
     # they call the connection directly, with no layer in between.
 
+    # An envelope is kept in the row of the input that claimed it (`stored_inputs.body`, whose
+    # partial unique index on (source, id) is the dedupe index): `claim_envelope` holds it until
+    # `record_input` writes that row, later in the same event.
+
     def find_envelope(self, source: str, event_id: str) -> str | None:
-        row = self.conn.execute("SELECT body FROM envelopes WHERE source = ? AND id = ?", (source, event_id)).fetchone()
+        claim = self._claims.get((source, event_id))
+        if claim is not None:
+            return claim[0]
+        row = self.conn.execute(_CLAIMED, (source, event_id)).fetchone()
+        if row is None and self._apart:
+            row = self.conn.execute(_CLAIMED_APART, (source, event_id)).fetchone()
         return row[0] if row else None
 
     def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool:
         """Remember an envelope; False when its (source, id) was already seen."""
-        return self.conn.execute("INSERT OR IGNORE INTO envelopes (source, id, body, config_hash) VALUES (?, ?, ?, ?)",
-                                 (source, event_id, body, config_hash)).rowcount == 1
+        if self.find_envelope(source, event_id) is not None:
+            return False
+        self._claims[source, event_id] = (body, config_hash)
+        return True
 
     def forget(self, fact_seq: int | None, source: str, event_id: str) -> None:
         """Undo `claim_envelope` and `add_fact` for an event whose rules failed."""
         if fact_seq is not None:
-            self.conn.execute("DELETE FROM facts WHERE seq = ?", (fact_seq,))
-        self.conn.execute("DELETE FROM envelopes WHERE source = ? AND id = ?", (source, event_id))
+            self.conn.execute("DELETE FROM stored_facts WHERE seq = ?", (fact_seq,))
+        if self._claims.pop((source, event_id), None) is None:  # its input row was written already
+            self.conn.execute("UPDATE stored_inputs SET body = NULL WHERE source = ? AND id = ? AND body IS NOT NULL",
+                              (source, event_id))
 
     def has_identity(self, event_type: str, identity: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM facts WHERE type = ? AND identity = ?",
+        return self.conn.execute("SELECT 1 FROM stored_facts WHERE type = ? AND identity = ?",
                                  (event_type, identity)).fetchone() is not None
 
     def add_fact(self, row: tuple[Any, ...]) -> int | None:
         """Store a fact (a row in FACT_COLUMNS order); None when a fact with its identity already
         exists (a same-fact duplicate)."""
-        cur = self.conn.execute(_ADD_FACT, row)
+        cur = self.conn.execute(_ADD_FACT, (*row[:10], self._config(row[10]), pack_time(row[11])))
         return cur.lastrowid if cur.rowcount == 1 else None
 
     def insert_fact(self, row: tuple[Any, ...]) -> int:
-        return self.conn.execute(_INSERT_FACT, row).lastrowid  # type: ignore[return-value]
+        return self.conn.execute(_INSERT_FACT,  # type: ignore[return-value]
+                                 (*row[:10], self._config(row[10]), pack_time(row[11]))).lastrowid
 
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
-        rows = self.conn.execute("SELECT type, data FROM facts WHERE route_key = ? ORDER BY seq", (route_key,))
+        rows = self.conn.execute("SELECT type, data FROM stored_facts WHERE route_key = ? ORDER BY seq", (route_key,))
         return [(t, orjson.loads(d)) for t, d in rows]
 
     def facts_with_identity(self, route_key: str) -> list[tuple[str, dict[str, Any], str | None]]:
-        rows = self.conn.execute("SELECT type, data, identity FROM facts WHERE route_key = ? ORDER BY seq", (route_key,))
+        rows = self.conn.execute("SELECT type, data, identity FROM stored_facts WHERE route_key = ? ORDER BY seq",
+                                 (route_key,))
         return [(t, orjson.loads(d), i) for t, d, i in rows]
 
     def route_state(self, route_key: str) -> tuple[str, str | None] | None:
-        row = self.conn.execute("SELECT state, screen FROM routes WHERE route_key = ?", (route_key,)).fetchone()
+        row = self.conn.execute("SELECT state, screen FROM stored_routes WHERE route_key = ?", (route_key,)).fetchone()
         return (row[0], row[1]) if row else None
 
     def create_route(self, route_key: str, state: str, config_hash: str, at: str) -> None:
-        self.conn.execute("INSERT INTO routes (route_key, state, screen, version, config_hash, created_at, updated_at)"
-                          " VALUES (?, ?, NULL, 0, ?, ?, ?)", (route_key, state, config_hash, at, at))
+        stored_at = pack_time(at)
+        self.conn.execute("INSERT INTO stored_routes (route_key, state, screen, version, config, created_at, updated_at)"
+                          " VALUES (?, ?, NULL, 0, ?, ?, ?)", (route_key, state, self._config(config_hash), stored_at,
+                                                               stored_at))
 
     def fix_route(self, route_key: str, state: str, screen: str | None, config_hash: str, at: str) -> None:
         """Record a route's new state (route fixation), creating the row if the key is new."""
+        stored_at = pack_time(at)
         self.conn.execute(
-            "INSERT INTO routes (route_key, state, screen, version, config_hash, created_at, updated_at)"
+            "INSERT INTO stored_routes (route_key, state, screen, version, config, created_at, updated_at)"
             " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (route_key) DO UPDATE SET state = excluded.state,"
-            " screen = excluded.screen, version = version + 1, config_hash = excluded.config_hash,"
-            " updated_at = excluded.updated_at", (route_key, state, screen, config_hash, at, at))
+            " screen = excluded.screen, version = version + 1, config = excluded.config,"
+            " updated_at = excluded.updated_at", (route_key, state, screen, self._config(config_hash), stored_at,
+                                                  stored_at))
 
     def append_history(self, route_key: str, before: str, after: str, cause: dict[str, Any], fact_seq: int,
                        config_hash: str, at: str) -> None:
         self.conn.execute(
-            "INSERT INTO route_history (route_key, from_state, to_state, event_source, event_id, event_type,"
-            " fact_seq, config_hash, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (route_key, before, after, cause["source"], cause["id"], cause["type"], fact_seq, config_hash, at))
+            "INSERT INTO stored_history (route_key, from_state, to_state, event_source, event_id, event_type,"
+            " fact_seq, config, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (route_key, before, after, cause["source"], cause["id"], cause["type"], fact_seq,
+             self._config(config_hash), pack_time(at)))
 
     def add_actions(self, route_key: str, fact_seq: int, actions: list[dict[str, Any]], consumed: frozenset[str],
                     config_hash: str, at: str) -> None:
+        config, stored_at = self._config(config_hash), pack_time(at)
         self.conn.executemany(
-            "INSERT INTO actions (route_key, fact_seq, position, type, body, applied, config_hash, created_at)"
+            "INSERT INTO stored_actions (route_key, fact_seq, position, type, body, applied, config, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(route_key, fact_seq, i, a["type"], orjson.dumps(a, option=orjson.OPT_SORT_KEYS).decode(),
-              int(a["type"] in consumed), config_hash, at) for i, a in enumerate(actions)])
+              int(a["type"] in consumed), config, stored_at) for i, a in enumerate(actions)])
 
     def record_rejection(self, row: dict[str, Any]) -> int:
         cur = self.conn.execute(
@@ -528,11 +603,15 @@ class SQLiteStore(_SQLiteReads, Store):
         return removed
 
     def record_input(self, row: tuple[Any, ...]) -> int:
-        """Log one input (a row in INPUT_COLUMNS order)."""
-        return self.conn.execute(_INSERT_INPUT, row).lastrowid  # type: ignore[return-value]
+        """Log one input (a row in INPUT_COLUMNS order), with the envelope it claimed."""
+        claim = self._claims.pop((row[4], row[5]), None) if self._claims else None
+        body = claim[0] if claim is not None else None
+        return self.conn.execute(_INSERT_INPUT,  # type: ignore[return-value]
+                                 (*row[:9], self._config(row[9]), pack_time(row[10]), body)).lastrowid
 
     def add_outbox(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
-        self.conn.executemany("INSERT INTO outbox (route_key, id, type, body, recorded_at) VALUES (?, ?, ?, ?, ?)", rows)
+        self.conn.executemany("INSERT INTO stored_outbox (route_key, id, type, body, recorded_at) VALUES (?, ?, ?, ?, ?)",
+                              [(k, i, t, b, pack_time(at)) for k, i, t, b, at in rows])
 
     def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
         seq_cursor(cursor)

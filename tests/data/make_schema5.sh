@@ -1,0 +1,49 @@
+# The schema-5 database behind schema5.sql (tests/test_migration.py): run with a checkout of the
+# release before schema 6 (git worktree add /tmp/v5 a3c6f3e) in an empty directory:
+#   bash /path/to/tests/data/make_schema5.sh /tmp/v5 && cp schema5.sql /path/to/tests/data/
+set -e
+B=${1:?usage: make_schema5.sh CHECKOUT_OF_SCHEMA_5 (run in an empty directory)}
+PY="env PYTHONPATH=$B $(dirname "$0")/../../.venv/bin/python"
+W="$PY -m cli.main"
+
+mkdir -p c1 && cp $B/events.yaml $B/emitters.yaml $B/states.yaml c1/ && cp -r $B/rules c1/ && cp $(dirname "$0")/consumers_example.yaml c1/consumers.yaml
+DB=$PWD/s5.db
+$W process --config c1 --db $DB $B/examples/events.jsonl > out1.jsonl
+# redeliveries, an id conflict, garbage, unknown type, bad payload, a too-large line
+head -3 $B/examples/events.jsonl > more.jsonl
+sed -n 2p $B/examples/events.jsonl | sed 's/18:01:00Z","lead_id"/18:01:30Z","lead_id"/' >> more.jsonl
+printf '%s\n' '{not json' '{"specversion":"1.0","id":"x1","source":"registration-form","type":"nope","data":{}}' \
+  '{"specversion":"1.0","id":"x2","source":"registration-form","type":"client_webinar_registered","time":"2026-02-10T18:00:00Z","datacontenttype":"application/json","data":{"lead_id":"lead-009"}}' >> more.jsonl
+python3 -c "print('{\"pad\":\"' + 'x'*3000 + '\"}')" >> more.jsonl
+$W process --config c1 --db $DB --max-event-bytes 2048 more.jsonl > out2.jsonl || true
+$W evaluate --config c1 --db $DB --webinar webinar-2026-02 --at 2026-02-10T21:00:00Z > ev1.jsonl
+$W evaluate --config c1 --db $DB --webinar webinar-2026-02 --lead lead-001 --at 2026-02-10T22:00:00.5+01:00 > ev2.jsonl
+$W feed --config c1 --db $DB reminder-sender --limit 2 > feed1.jsonl
+$W feed --config c1 --db $DB screen-mirror > feed2.jsonl
+# a second config (another hash): one more event and a rejection under it
+cp -r c1 c2 && printf "  registration-form:\n    kind: client_tracker\n    description: the landing page form\n    events:\n      client_webinar_registered: implemented\n" >> c2/emitters.yaml
+echo '{"specversion":"1.0","id":"trk-9001","source":"registration-form","type":"client_webinar_registered","time":"2026-02-11T18:00:00Z","datacontenttype":"application/json","data":{"lead_id":"lead-777","webinar_id":"webinar-2026-02","webinar_type":"live","slot_id":"slot-18h","registered_at":"2026-02-01T09:00:00Z","source":"landing-page"}}' > c2.jsonl
+echo '{broken' >> c2.jsonl
+$W process --config c2 --db $DB c2.jsonl > out3.jsonl || true
+$W reprocess --config c2 --db $DB > rep.jsonl || true
+# times an injected clock wrote in forms the engine's own clock never writes
+$PY - <<'PY'
+import json
+from engine import Engine
+ticks = iter(["2026-02-12T09:00:00.000000Z", "2026-02-12T10:00:00+01:00", "2026-02-12T09:30:00.120Z"] * 10)
+e = Engine.open("c2", db="s5.db", clock=lambda: next(ticks))
+ev = {"specversion":"1.0","id":"trk-9002","source":"client-webinar-tracker-v2","type":"client_webinar_entered","time":"2026-02-12T09:00:00Z","datacontenttype":"application/json","data":{"webinar_id":"webinar-2026-02","timestamp":"2026-02-12T09:00:00Z","lead_id":"lead-777"}}
+print(e.process(json.dumps(ev)))
+ev2 = dict(ev, id="trk-9003", type="client_webinar_completed", data={"lead_id":"lead-777","webinar_id":"webinar-2026-02","webinar_type":"live","session_id":"sess-777","completed_at":"2026-02-12T10:00:00Z"})
+print(e.process(json.dumps(ev2)))
+e.close()
+PY
+# the database as SQL, so that the fixture is text a reviewer can read
+$PY -c "
+import sqlite3
+conn = sqlite3.connect('s5.db')
+version = conn.execute('PRAGMA user_version').fetchone()[0]
+with open('schema5.sql', 'w') as out:
+    out.write(f'PRAGMA user_version = {version};\n')
+    out.writelines(line + '\n' for line in conn.iterdump())
+"

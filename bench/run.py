@@ -56,7 +56,7 @@ GOALS = {  # name: (target, higher is better)
 ITEM_TYPES = frozenset({"client_webinar_attendance_classified", "post_webinar_route",
                         "action.route", "action.screen", "action.reminder"})
 SERVICE_RESULTS = ROOT / "bench" / "service-results.json"
-SERVICE_RUN, SERVICE_BASE = "group commit, 32 conns, NORMAL", "engine process_many, 500 per commit, NORMAL"
+SERVICE_RUN, SERVICE_BASE = "group commit, 32 conns, FULL", "engine process_many, 500 per commit, NORMAL"
 STATUSES = ("accepted", "duplicate", "rejected")
 Outcome = dict  # counts, routes, and for the engine and the tight floor: rejections, outbox
 

@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 import orjson
 import uvicorn
@@ -41,13 +42,16 @@ from .settings import Settings, SettingsError
 GRACEFUL_SECONDS = 5  # in-flight requests get this long after SIGTERM, the writer 2 s more: exit within 10 s
 
 
-class _HeadDeadline(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request head, which uvicorn lacks: any
-    byte that arrives resets its keep-alive timer, so a client trickling its headers in would
-    hold the connection forever. The app's body timeout does the same for bodies."""
+class _HeadTimer:
+    """A deadline for each request head, for both HTTP protocols; uvicorn lacks one: any byte
+    that arrives resets its keep-alive timer, so a client trickling its headers in would hold
+    the connection forever. The app's body timeout does the same for bodies."""
 
     head_timeout = 10.0
     _head_timer: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -71,6 +75,10 @@ class _HeadDeadline(H11Protocol):
         waiting_for_a_head = self.cycle is None or self.cycle.response_complete
         if waiting_for_a_head and not self.transport.is_closing():
             self.transport.close()
+
+
+class _HeadDeadline(_HeadTimer, H11Protocol):
+    """uvicorn's h11 protocol with the head deadline (the fallback when httptools is missing)."""
 
 
 if httptools is not None:
@@ -121,40 +129,15 @@ if httptools is not None:
                 if gathered.closed:
                     transport.close()
 
-    class _HeadLimits(HttpToolsProtocol):
-        """uvicorn's httptools protocol with the same head deadline as `_HeadDeadline`, and a
+    class _HeadLimits(_HeadTimer, HttpToolsProtocol):
+        """uvicorn's httptools protocol with the head deadline of `_HeadTimer`, and a
         bound on the head's size while it arrives in pieces (httptools has none: it would hold
         a head that never ends); past it the answer is 431 and the connection is closed. A head
         that arrives whole is checked by the app (`HeaderLimit`), as under h11."""
 
-        head_timeout = 10.0
         max_head = 16 * 1024
-        _head_timer: asyncio.TimerHandle | None = None
         _head_size = 0  # bytes of the head so far
         _in_head = False
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-            self._head_timer = self.loop.call_later(self.head_timeout, self._expired)
-
-        def _expired(self) -> None:
-            waiting_for_a_head = self.cycle is None or self.cycle.response_complete
-            if waiting_for_a_head and not self.transport.is_closing():
-                self.transport.close()
 
         def on_message_begin(self) -> None:
             self._in_head, self._head_size = True, 0

@@ -610,7 +610,8 @@ def test_subprocess_two_processes_write_one_database_at_once(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(jsonl(*a))
     (tmp_path / "b.jsonl").write_bytes(jsonl(*b))
     db = tmp_path / "shared.db"
-    # the database exists before the two start (opening a NEW file at once is a known bug, see test_pipeline)
+    # the database exists before the two start: what is under test is writing at once (two processes
+    # creating one new file at once is covered in test_pipeline and test_concurrency)
     assert wf("process", "-", "--db", db, cwd=tmp_path, input=b"").returncode == 0
 
     procs = []

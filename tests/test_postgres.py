@@ -100,6 +100,7 @@ def test_the_outbox_never_passes_an_item_whose_transaction_commits_later(pg_url:
         cm = first.transaction()
         cm.__enter__()
         first.add_outbox([tuple(v.format(1) if isinstance(v, str) else v for v in item)])  # seq 1, open
+        first.has_identity("t", "none")  # a read: the pipelined insert above has now run on the server
         with second.transaction():
             second.add_outbox([tuple(v.format(2) for v in item)])  # seq 2, committed first
         items, cursor = reader.outbox_after("", types, 10)
@@ -185,3 +186,44 @@ def test_process_rides_out_a_database_outage_and_applies_every_event_once(tmp_pa
     assert len(lines) == len(events)  # one result per line: the batch it was committing ran again
     got = holdings(pg_url)
     assert not applied_twice(got) and not differences(expected, got)
+
+
+def test_a_pipelined_write_that_fails_is_raised_at_the_next_answer_and_the_session_recovers(pg_url: str) -> None:
+    """Write transactions run in psycopg's pipeline mode: a write whose answer is not read (a
+    route fix) fails only when the next answer is fetched, or at the commit. It must still be the
+    StoreConflict the engine retries on, never hidden by a savepoint's rollback, and the session
+    must be left outside any transaction (its ROLLBACK runs after the pipeline is synced)."""
+    import psycopg
+
+    from engine import StoreConflict, StoreError
+
+    store, holder = PostgresStore(pg_url), psycopg.connect(pg_url, autocommit=True)
+    try:
+        with store.transaction():
+            store.create_route("k", "s0", "h", "2026-01-01T00:00:00Z")
+        store.conn.execute("SET lock_timeout = 200")
+        with holder.transaction():  # holds the route's row, not its advisory lock
+            holder.execute("SELECT 1 FROM routes WHERE route_key = 'k' FOR UPDATE")
+            with pytest.raises(StoreConflict), store.transaction():  # raised at the commit's sync
+                store.fix_route("k", "s1", None, "h", "2026-01-01T00:00:01Z")
+            with pytest.raises(StoreConflict), store.transaction():  # raised by a later read, in a savepoint
+                store.fix_route("k", "s1", None, "h", "2026-01-01T00:00:01Z")
+                with store.savepoint():
+                    store.has_identity("t", "i")
+            with pytest.raises(StoreError), store.transaction():  # refused by the driver mid-pipeline (a NUL in text)
+                store.append_history("k", "s0", "s1", {"source": "s", "id": "a\x00b", "type": "t"}, 1, "h", "x")
+                store.add_outbox([("k", "o1", "t", "{}", "x")])
+        assert store.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with store.transaction():
+            assert store.claim_envelope("s", "e1", "{}", "h") is True
+            assert store.claim_envelope("s", "e1", "{}", "h") is False  # ON CONFLICT DO NOTHING: no row
+            store.fix_route("k", "s2", None, "h", "2026-01-01T00:00:02Z")
+            assert store.route_state("k") == ("s2", None)
+            assert store.purge_rejections([12345]) == 0
+            assert store.take_lease("d", "me", 1.0, 2.0) is True  # rowcounts are read after a sync
+            assert store.take_lease("d", "other", 1.5, 3.0) is False
+        assert store.take_lease("c", "me", 1.0, 2.0) is True and store.take_lease("c", "other", 1.5, 3.0) is False
+        assert store.route_row("k")["version"] == 1
+    finally:
+        holder.close()
+        store.close()

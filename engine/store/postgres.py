@@ -16,6 +16,12 @@ Through psycopg 3, one connection per store, in autocommit mode with explicit tr
   handed out. Unlike SQLite, a rolled-back transaction (or a forgotten fact) leaves a gap.
 - **Timeouts**: statement, lock and idle-in-transaction timeouts on every session, so a frozen
   peer cannot hold a key for long: its session is ended and its transaction rolled back.
+- **Pipelining.** A write transaction runs in psycopg's pipeline mode: a statement whose answer
+  is not read (a route fix, history, actions, the outbox, the locks) is sent without waiting; a
+  fetch (a claim's RETURNING, a seq, a SELECT) waits for everything before it, and a rowcount is
+  read after a sync. The server runs them in order, so a key's lock still comes before any read
+  of it; a failed statement is raised at the next answer or at the commit, and the ROLLBACK runs
+  after the pipeline is left (an aborted pipeline would skip it).
 
 Driver errors become StoreError subclasses chosen by SQLSTATE (or, for a failed connection,
 which carries none, by the connection's state): deadlocks, serialisation failures and lock
@@ -250,6 +256,7 @@ class PostgresStore(Store, HistoryReader):
         self._in_tx = False
         self._locked: set[str] = set()
         self._depth = 0
+        self._pipe: psycopg.Pipeline | None = None  # the write transaction's pipeline, while one is open
         self.conn: psycopg.Connection | None = None
         self._connect()
         try:
@@ -374,22 +381,54 @@ class PostgresStore(Store, HistoryReader):
             self._reconnect()
         self._in_tx = True
         self._locked = set()
+        assert self.conn is not None
+        pipeline = self.conn.pipeline()
         try:
             try:
+                self._pipe = pipeline.__enter__()
                 self.cur.execute("BEGIN")
             except psycopg.Error as exc:
+                self._end_pipeline(pipeline, quietly=True)
                 raise _translate(exc, self.path, self.conn) from None
             try:
                 yield
                 self.cur.execute("COMMIT")
+                self._end_pipeline(pipeline)  # the last sync: the COMMIT's (or any queued statement's) error is raised here
             except BaseException as exc:
+                self._end_pipeline(pipeline, quietly=True)
                 self._rollback_quietly()
                 if isinstance(exc, psycopg.Error):
                     raise _translate(exc, self.path, self.conn) from None
                 raise
         finally:
+            self._pipe = None
             self._in_tx = False
             self._locked = set()
+
+    def _end_pipeline(self, pipeline: Any, *, quietly: bool = False) -> None:
+        """Leave pipeline mode: send what is queued, sync, and read every answer (the first error of
+        a queued statement is raised here). `quietly`, after an error: the pipeline's own errors are
+        dropped (the caller raises the first one), and a session left in pipeline mode is closed,
+        so that the ROLLBACK that follows runs outside any pipeline (an aborted one would skip it)."""
+        pipe, self._pipe = self._pipe, None
+        if not quietly:
+            if pipe is not None:
+                pipeline.__exit__(None, None, None)
+            return
+        try:
+            if pipe is not None:
+                pipeline.__exit__(None, None, None)
+        except psycopg.Error:
+            pass
+        if self.conn is not None and not self.conn.closed and \
+                self.conn.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+            self._close_quietly()  # a new session next time, never one in a half-known state
+
+    def _rowcount(self, cur: psycopg.Cursor) -> int:
+        """The rowcount of the statement just run on `cur`: in a pipeline, only known after a sync."""
+        if self._pipe is not None:
+            self._pipe.sync()
+        return cur.rowcount
 
     def _rollback_quietly(self) -> None:
         try:
@@ -420,8 +459,10 @@ class PostgresStore(Store, HistoryReader):
         self.cur.execute(f"SAVEPOINT {name}")
         try:
             yield
-        except BaseException:
-            if self._usable():
+        except BaseException as exc:
+            # A database error in a pipeline dooms the whole transaction (it rolls back): what
+            # would follow is skipped by the aborted pipeline and must not hide the error.
+            if self._usable() and not (self._pipe is not None and isinstance(exc, (psycopg.Error, StoreError))):
                 self.cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
                 self.cur.execute(f"RELEASE SAVEPOINT {name}")
             raise
@@ -660,8 +701,10 @@ class PostgresStore(Store, HistoryReader):
         return self._run(sql, params)
 
     def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool:
+        # RETURNING, not rowcount: in a pipeline a fetch reads the answer, a rowcount would need a sync
         return self._exec("INSERT INTO envelopes (source, id, body, config_hash) VALUES (%s, %s, %s, %s)"
-                          " ON CONFLICT DO NOTHING", (source, event_id, body, config_hash)).rowcount == 1
+                          " ON CONFLICT DO NOTHING RETURNING true", (source, event_id, body, config_hash)
+                          ).fetchone() is not None
 
     def forget(self, fact_seq: int | None, source: str, event_id: str) -> None:
         if fact_seq is not None:
@@ -755,7 +798,7 @@ class PostgresStore(Store, HistoryReader):
     def purge_rejections(self, seqs: list[int]) -> int:
         if not seqs:
             return 0
-        return self._exec("DELETE FROM rejections WHERE seq = ANY(%s)", (list(seqs),)).rowcount
+        return self._rowcount(self._exec("DELETE FROM rejections WHERE seq = ANY(%s)", (list(seqs),)))
 
     def record_input(self, row: tuple[Any, ...]) -> int:
         return self._exec(_INSERT_INPUT, row).fetchone()[0]
@@ -777,9 +820,10 @@ class PostgresStore(Store, HistoryReader):
     def take_lease(self, consumer: str, owner: str, now: float, until: float) -> bool:
         self._exec("INSERT INTO delivery_consumers (consumer, cursor, lease_until) VALUES (%s, '', 0)"
                    " ON CONFLICT DO NOTHING", (consumer,))
-        return self._exec("UPDATE delivery_consumers SET lease_owner = %s, lease_until = %s WHERE consumer = %s"
-                          " AND (lease_owner IS NOT DISTINCT FROM %s OR lease_until <= %s)",
-                          (owner, until, consumer, owner, now)).rowcount == 1
+        return self._rowcount(self._exec(
+            "UPDATE delivery_consumers SET lease_owner = %s, lease_until = %s WHERE consumer = %s"
+            " AND (lease_owner IS NOT DISTINCT FROM %s OR lease_until <= %s)",
+            (owner, until, consumer, owner, now))) == 1
 
     def enqueue_deliveries(self, consumer: str, rows: Sequence[tuple[str, str, str, str]], cursor: str,
                            at: str) -> None:
@@ -797,9 +841,10 @@ class PostgresStore(Store, HistoryReader):
                    (status, attempts, next_at, last_status, last_answer, at, consumer, item_id))
 
     def retry_deliveries(self, consumer: str | None, item_id: str | None, at: str) -> int:
-        return self._exec("UPDATE deliveries SET status = 'pending', attempts = 0, next_at = 0, updated_at = %s"
-                          " WHERE status = 'failed' AND (%s::text IS NULL OR consumer = %s)"
-                          " AND (%s::text IS NULL OR id = %s)", (at, consumer, consumer, item_id, item_id)).rowcount
+        return self._rowcount(self._exec(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = 0, updated_at = %s"
+            " WHERE status = 'failed' AND (%s::text IS NULL OR consumer = %s)"
+            " AND (%s::text IS NULL OR id = %s)", (at, consumer, consumer, item_id, item_id)))
 
     def set_disabled(self, consumer: str, reason: str | None, at: str) -> None:
         self._exec("INSERT INTO delivery_consumers (consumer, cursor, lease_until) VALUES (%s, '', 0)"

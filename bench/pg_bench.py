@@ -3,8 +3,8 @@ PostgreSQL database, each worker on its share of the route keys, against one SQL
 in batches of 500 events per commit and one event per commit. Records throughput, and the CPU
 the workers and the database server used (from /proc), so what limits a 2-core machine shows.
 
-    python bench/pg_bench.py            # writes docs/PERFORMANCE-postgres.md, docs/pg-bench.png
-                                        # and bench/pg-results.json
+    python bench/pg_bench.py            # writes bench/pg-results.json and docs/pg-bench.png;
+                                        # docs/PERFORMANCE-postgres.md is written from them by hand
     python bench/pg_bench.py --quick    # a smoke check: small runs, writes nothing
 
 PostgreSQL runs in a throw-away cluster (bench/pg_cluster.py) with fsync and synchronous

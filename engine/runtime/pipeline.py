@@ -221,7 +221,7 @@ class Pipeline:
                 results = []
                 try:
                     with self.store.transaction():
-                        self.store.lock_keys(key for p, key in zip(prepared, keys) if isinstance(p[1], Envelope))
+                        self.store.lock_keys(keys)  # None (no envelope, or no key) is skipped
                         for prep, item, key in zip(prepared, batch, keys, strict=True):
                             results.append(self._apply(prep, item[1], item[2], key))
                             if settle is not None:

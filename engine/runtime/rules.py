@@ -65,12 +65,9 @@ def _matches(ref: FactRef, fact: Fact) -> bool:
 
 
 def applies(rule: RuleSpec, trigger: dict[str, Any], facts: list[Fact]) -> bool:
-    """Whether `rule` fires: every data condition holds, every `has` is found, no `lacks` is."""
-    if not all(CONDITIONS[c.kind](trigger, c.field, c.value) for c in rule.data):
-        return False
-    if not all(any(_matches(ref, f) for f in facts) for ref in rule.has):
-        return False
-    return not any(_matches(ref, f) for ref in rule.lacks for f in facts)
+    """Whether `rule` fires: every data condition holds, every `has` is found, no `lacks` is
+    (the general reading `compile_applies` is held to; `why_not` says which part fails)."""
+    return why_not(rule, trigger, facts) is None
 
 
 def why_not(rule: RuleSpec, trigger: dict[str, Any], facts: list[Fact]) -> str | None:

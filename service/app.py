@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from .keys import EmitterKey
 from .limits import HeaderLimit, TokenBuckets, rate_limited, read_body
 from .metrics import CONTENT_TYPE, Metrics
 from .problems import Problem, rejected, unauthorized, unavailable
+from .engine_process import EngineProcess
 from .settings import Settings, settings_from_environment
 from .writer import QueueFull, Writer, WriterClosed
 
@@ -79,7 +81,7 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.keys = settings.keys
-        self.writer = Writer(self._open_engine, capacity=settings.queue_events, max_batch=settings.commit_events,
+        self.writer = Writer(self._open_write_engine, capacity=settings.queue_events, max_batch=settings.commit_events,
                              on_commit=lambda size: self.metrics.commit(size))
         self.metrics = Metrics(settings.config, _version(), lambda: self.writer.depth)
         self.buckets = TokenBuckets()
@@ -94,6 +96,14 @@ class Service:
     def _open_engine(self) -> Engine:
         s = self.settings
         return Engine.open(config=s.config, db=s.db, max_event_bytes=s.max_event_bytes, synchronous=s.synchronous)
+
+    def _open_write_engine(self) -> Engine | EngineProcess:
+        """The writer's engine: in a process of its own unless the settings say a thread
+        (service/engine_process.py says why)."""
+        s = self.settings
+        if s.writer == "thread":
+            return self._open_engine()
+        return EngineProcess(s.config, s.db, max_event_bytes=s.max_event_bytes, synchronous=s.synchronous)
 
     def reader(self) -> Engine:
         """This thread's read engine: reads never wait on the writer's connection."""
@@ -391,13 +401,18 @@ async def ack_feed(request: Request) -> Response:
         raise Problem(400, "bad-request", 'the body must be {"cursor": "..."}, a cursor the feed gave',
                       outcome="bad_request")
     try:
-        await asyncio.wrap_future(service.writer.submit_call(lambda engine: engine.ack(name, cursor)))
+        await asyncio.wrap_future(service.writer.submit_call(partial(_ack, name, cursor)))
     except UsageError as exc:
         raise Problem(400, "bad-request", str(exc), outcome="bad_request") from None
     except WriterClosed:
         raise unavailable("the server is shutting down", retry_after=5) from None
     info.outcome = "processed"
     return _json({"cursor": cursor})
+
+
+def _ack(name: str, cursor: str, engine: Engine) -> None:
+    """The ack as a writer job: a module function, so it can travel to the writer process."""
+    engine.ack(name, cursor)
 
 
 async def healthz(request: Request) -> Response:

@@ -47,6 +47,7 @@ class Settings:
     max_header_bytes: int = 16 * 1024  # the request line and headers
     deliver: bool = True  # push to the consumers with a url in a background thread (service/delivery.py)
     retry_schedule: tuple[float, ...] | None = None  # None: Standard Webhooks' schedule
+    writer: str = "process"  # the writer's engine in a process of its own ("thread": beside the loop)
 
 
 def _database(db: Path | str) -> Path | str:

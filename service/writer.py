@@ -21,7 +21,10 @@ from typing import Any
 
 from engine import Engine
 
+from .engine_process import EngineProcess
+
 Results = list[dict[str, Any]]
+IDLE_SECONDS = 1.0  # how often an idle writer checks that its process is alive
 
 
 class QueueFull(Exception):
@@ -57,6 +60,7 @@ class Writer:
         self._failure: BaseException | None = None
         self.busy_since: float | None = None  # monotonic start of the transaction under way
         self.last_error: tuple[str, float] | None = None  # why the last transaction failed, and when
+        self._engine: Any = None
 
     @property
     def depth(self) -> int:
@@ -64,7 +68,10 @@ class Writer:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._closing
+        """The thread runs, is not stopping, and its engine's process (when it has one) too."""
+        engine = self._engine
+        return (self._thread.is_alive() and not self._closing
+                and not (isinstance(engine, EngineProcess) and not engine.alive))
 
     def start(self) -> None:
         """Start the thread and wait until it holds its engine; re-raise what opening it raised."""
@@ -122,19 +129,33 @@ class Writer:
             self._failure = exc
             self._started.set()
             return
+        self._engine = engine
         self._started.set()
         try:
             while (jobs := self._take()) is not None:
-                self._commit(engine, jobs)
+                if jobs:
+                    self._commit(engine, jobs)
+                elif isinstance(engine, EngineProcess):
+                    self._revive(engine)
         finally:
             engine.close()
 
+    def _revive(self, engine: EngineProcess) -> None:
+        """A writer process that died while idle is replaced now, not at the next request:
+        /readyz says "not ready" meanwhile, and a server that gets no traffic would never
+        send one."""
+        try:
+            engine.revive()
+        except Exception as exc:  # noqa: BLE001 - /readyz reports it; the next idle turn tries again
+            self.last_error = (f"the writer process cannot start: {type(exc).__name__}: {exc}", time.monotonic())
+
     def _take(self) -> list[_Job] | None:
+        """Whole requests up to `max_batch` events; [] after an idle second; None when stopping."""
         with self._lock:
-            while not self._jobs and not self._closing:
-                self._lock.wait()
+            if not self._jobs and not self._closing:
+                self._lock.wait(IDLE_SECONDS)
             if not self._jobs:
-                return None
+                return None if self._closing else []
             jobs, count = [self._jobs.popleft()], 0
             count = len(jobs[0].items)
             while (jobs[0].call is None and self._jobs and self._jobs[0].call is None
@@ -148,7 +169,7 @@ class Writer:
         if jobs[0].call is not None:
             self.busy_since = time.monotonic()
             try:
-                _settle(jobs[0].future, result=jobs[0].call(engine))
+                _settle(jobs[0].future, result=_run(engine, jobs[0].call))
             except Exception as exc:  # noqa: BLE001 - the caller answers it
                 _settle(jobs[0].future, exception=exc)
             finally:
@@ -172,6 +193,11 @@ class Writer:
             settled.append((job, results[start:start + len(job.items)], None))
             start += len(job.items)
         _settle_all(settled)
+
+
+def _run(engine: Any, job: Callable[[Engine], Any]) -> Any:
+    """`job(engine)`, where the engine is: in the writer process when there is one."""
+    return engine.run(job) if isinstance(engine, EngineProcess) else job(engine)
 
 
 def _settle_all(settled: list[tuple[_Job, Results | None, BaseException | None]]) -> None:

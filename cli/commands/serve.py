@@ -11,7 +11,7 @@ from ..context import AppContext, Failed, command, pass_app
 from ..options import config_options
 
 _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_events", "commit_events",
-           "body_timeout", "synchronous", "max_header_bytes", "deliver"}
+           "body_timeout", "synchronous", "max_header_bytes", "deliver", "writer"}
 
 
 @command()
@@ -44,6 +44,9 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
               show_default=True, help="SQLite durability of what is answered 200: FULL survives power loss (an "
                                       "fsync per commit, which group commit shares among the requests of a "
                                       "transaction); NORMAL survives a process crash only.")
+@click.option("--writer", type=click.Choice(["process", "thread"]), default="process", show_default=True,
+              help="Where the writer's engine runs: a process of its own, so that HTTP and the engine use "
+                   "two cores; or a thread beside the event loop (one core, one process).")
 @click.option("--deliver/--no-deliver", default=True, show_default=True,
               help="Push outbox items to the consumers with a url in the keys file, in a background thread "
                    "(docs/consuming.md).")

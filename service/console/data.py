@@ -13,7 +13,9 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +115,13 @@ def deliveries(service: Service, reader: Engine) -> dict[str, Any]:
             "available": callable(backlog) and callable(cursor_of), "failed_available": pushes}
 
 
-def retry_job(consumer: str | None, item: str | None) -> Any:
+def retry_job(consumer: str | None, item: str | None) -> Callable[[Engine], int]:
     """A writer job: failed deliveries (one item, one consumer's, or all) become pending again."""
+    return partial(_retry, consumer, item)
 
-    def run(engine: Engine) -> int:
-        return engine.retry_deliveries(item_id=item, consumer=consumer)
 
-    return run
+def _retry(consumer: str | None, item: str | None, engine: Engine) -> int:
+    return engine.retry_deliveries(item_id=item, consumer=consumer)
 
 
 def overview(service: Service, reader: Engine) -> dict[str, Any]:
@@ -313,45 +315,46 @@ def rejection(reader: Engine, seq: int) -> dict[str, Any]:
 # -- jobs on the writer thread -------------------------------------------------------------------
 
 
-def reprocess_job(seqs: list[int]) -> Any:
+def reprocess_job(seqs: list[int]) -> Callable[[Engine], dict[int, dict[str, Any]]]:
     """A writer job: re-run these open rejections' bytes as new inputs, as the quarantine's
     reprocess does (the input log's origin `rejection:SEQ`; one admitted is marked resolved in
-    the same transaction). Returns {seq: result}; a gone, resolved or truncated one gets none."""
-
-    def run(engine: Engine) -> dict[int, dict[str, Any]]:
-        wanted = set(seqs)
-        todo = [row["seq"] for row in iter_rejections(engine, Selection(), raw=False)
-                if row["seq"] in wanted and not row["truncated"]]
-        items = []
-        for seq in todo:
-            raw = engine.store.rejection_raw(seq)
-            if raw is not None:
-                items.append((raw, f"{ORIGIN}{seq}", None))
-        done: list[int] = []
-
-        def settle(item: Any, result: dict[str, Any], input_seq: int) -> None:
-            seq = int(str(item[1])[len(ORIGIN):])
-            done.append(seq)
-            if result["status"] != "rejected":
-                engine.store.resolve_rejection(seq, input_seq, engine.clock())
-
-        results: dict[int, dict[str, Any]] = {}
-        for batch in engine.iter_batches(items, max(1, len(items)), settle=settle):
-            results.update(zip(done, batch, strict=True))
-            done.clear()
-        return results
-
-    return run
+    the same transaction). Returns {seq: result}; a gone, resolved or truncated one gets none.
+    A partial of a module function, not a closure: it travels to the writer process by pickle."""
+    return partial(_reprocess, list(seqs))
 
 
-def purge_job(seqs: list[int]) -> Any:
+def _reprocess(seqs: list[int], engine: Engine) -> dict[int, dict[str, Any]]:
+    wanted = set(seqs)
+    todo = [row["seq"] for row in iter_rejections(engine, Selection(), raw=False)
+            if row["seq"] in wanted and not row["truncated"]]
+    items = []
+    for seq in todo:
+        raw = engine.store.rejection_raw(seq)
+        if raw is not None:
+            items.append((raw, f"{ORIGIN}{seq}", None))
+    done: list[int] = []
+
+    def settle(item: Any, result: dict[str, Any], input_seq: int) -> None:
+        seq = int(str(item[1])[len(ORIGIN):])
+        done.append(seq)
+        if result["status"] != "rejected":
+            engine.store.resolve_rejection(seq, input_seq, engine.clock())
+
+    results: dict[int, dict[str, Any]] = {}
+    for batch in engine.iter_batches(items, max(1, len(items)), settle=settle):
+        results.update(zip(done, batch, strict=True))
+        done.clear()
+    return results
+
+
+def purge_job(seqs: list[int]) -> Callable[[Engine], int]:
     """A writer job: delete these rejections (their bytes); the input log keeps its rows."""
+    return partial(_purge, sorted(set(seqs)))
 
-    def run(engine: Engine) -> int:
-        with engine.store.transaction():
-            return engine.store.purge_rejections(sorted(set(seqs)))
 
-    return run
+def _purge(seqs: list[int], engine: Engine) -> int:
+    with engine.store.transaction():
+        return engine.store.purge_rejections(seqs)
 
 
 def as_json(value: Any) -> str:

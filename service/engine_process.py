@@ -1,0 +1,219 @@
+"""The writer's engine in a process of its own, so the HTTP work and the engine use two cores.
+
+One Python process runs one thread at a time (the GIL). With the writer as a thread beside
+the event loop, every request's HTTP work (parsing, signature, the answer) and every event's
+engine work (validation, rules, SQL) took turns on one core: the service reached about a
+third of what the engine alone does on the same events, whatever the machine had to spare
+(docs/service-performance.md). Here the writer thread of service/writer.py hands each
+transaction's events to a child process that owns the only write connection; the thread only
+waits on a pipe, which lets go of the GIL, while the loop answers other requests.
+
+Everything else stays in the server process: the queue, the group commit (the thread takes
+whatever is queued as soon as the previous transaction returns), the metrics, the rate
+buckets, the readers. The child is not a second writer: it is the writer's hands.
+
+The child is started with the interpreter that runs the server (`python -m
+service.engine_process`), not with multiprocessing, which would re-import the server's main
+module in it. It dies with the server: it exits when its pipe closes, and on Linux the kernel
+kills it the moment the thread that started it goes away (a SIGKILL of the server included),
+so a restarted server never meets an orphan holding the write lock. SIGINT and SIGTERM are
+the server's to handle: the child ignores them and finishes what it was given when told to.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from engine import Config, Engine, StoreError
+
+START_SECONDS = 60.0  # opening the engine includes migrating an old database
+
+
+class WriterProcessDied(StoreError):
+    """The writer process is gone (killed, out of memory); the transaction's outcome is unknown:
+    its requests get 503 and their senders' resends are deduped."""
+
+
+class EngineProcess:
+    """Stands in for the writer's Engine: `process_many` and `run` happen in the child."""
+
+    def __init__(self, config: Config, db: Path | str, *, max_event_bytes: int, synchronous: str):
+        self._args = (config, db, max_event_bytes, synchronous)
+        self._child: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._start()
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "service.engine_process", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=_child_environment())
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        try:
+            self._conn.send_bytes(pickle.dumps(self._args, protocol=pickle.HIGHEST_PROTOCOL))
+            if not self._conn.poll(START_SECONDS):
+                raise StoreError(f"the writer process did not open the database within {START_SECONDS:g} s")
+            self._answer()  # re-raises what opening the engine raised there (a bad database, a lock)
+        except (EOFError, OSError):
+            self._lost()
+            raise WriterProcessDied("the writer process exited before it opened the database") from None
+        except BaseException:
+            self._lost()
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._child is None else self._child.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._child is not None and self._child.poll() is None
+
+    def revive(self) -> None:
+        """Start a new child if the last one died (killed, out of memory) while idle."""
+        if not self.alive:
+            self._lost()
+            self._start()
+
+    def process_many(self, items: list[Any], batch_size: int) -> list[dict[str, Any]]:
+        """The engine's `process_many` on `items`, in the child, in one transaction of up to `batch_size`."""
+        return self._ask(("many", items, batch_size))
+
+    def run(self, job: Callable[[Engine], Any]) -> Any:
+        """`job(engine)` in the child; `job` travels by pickle (a module-level function or a partial of one)."""
+        return self._ask(("run", job, 0))
+
+    def close(self) -> None:
+        """Let the child finish and close its engine; a child that does not is killed."""
+        if self._conn is not None:
+            try:
+                self._conn.send_bytes(pickle.dumps(("close", None, 0)))
+                self._conn.poll(10.0)
+            except OSError:
+                pass
+            self._conn.close()
+            self._conn = None
+        if self._child is not None:
+            try:
+                self._child.wait(10.0)
+            except subprocess.TimeoutExpired:
+                self._kill()
+            self._child = None
+
+    def _ask(self, message: tuple[str, Any, int]) -> Any:
+        if self._conn is None:
+            self._start()  # the last one died: the next transaction gets a new one
+        assert self._conn is not None
+        try:
+            self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            return self._answer()
+        except (EOFError, OSError):
+            self._lost()
+            raise WriterProcessDied("the writer process died during a transaction; "
+                                    "what was sent again is deduped") from None
+
+    def _answer(self) -> Any:
+        assert self._conn is not None
+        status, value = pickle.loads(self._conn.recv_bytes())
+        if status == "error":
+            raise value
+        return value
+
+    def _lost(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._kill()
+
+    def _kill(self) -> None:
+        if self._child is not None and self._child.poll() is None:
+            self._child.kill()
+            self._child.wait()
+        self._child = None
+
+
+def _child_environment() -> dict[str, str]:
+    """The server's environment, with the directories it imports from first on the child's path
+    (a server started from a checkout imports `engine` and `service` from there)."""
+    env = dict(os.environ)
+    paths = [str(Path(p or ".").resolve()) for p in sys.path if Path(p or ".").is_dir()]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]))
+    return env
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """`exc` if it survives the trip to the server; otherwise one that does, of the nearest kind."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - an exception class whose arguments do not pickle
+        kind = StoreError if isinstance(exc, StoreError) else RuntimeError
+        return kind(f"{type(exc).__name__}: {exc}")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the thread that started it ends."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the closed pipe still ends the child
+        pass
+
+
+def main(fd: int) -> int:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn = Connection(fd)
+    if os.getppid() == 1:  # the server died before the death signal was armed
+        return 1
+    try:
+        config, db, max_event_bytes, synchronous = pickle.loads(conn.recv_bytes())
+        engine = Engine.open(config=config, db=db, max_event_bytes=max_event_bytes, synchronous=synchronous)
+    except EOFError:
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - the server re-raises it
+        conn.send_bytes(pickle.dumps(("error", _portable(exc))))
+        return 1
+    conn.send_bytes(pickle.dumps(("ok", None)))
+    dumps, loads, highest = pickle.dumps, pickle.loads, pickle.HIGHEST_PROTOCOL
+    try:
+        while True:
+            try:
+                kind, payload, size = loads(conn.recv_bytes())
+            except EOFError:
+                return 0
+            if kind == "close":
+                return 0
+            try:
+                if kind == "many":
+                    answer: tuple[str, Any] = ("ok", engine.process_many(payload, batch_size=size))
+                else:
+                    answer = ("ok", payload(engine))
+            except Exception as exc:  # noqa: BLE001 - the server answers it (a StoreError is a 503)
+                answer = ("error", _portable(exc))
+            try:
+                conn.send_bytes(dumps(answer, protocol=highest))
+            except Exception as exc:  # noqa: BLE001 - a result or exception that does not pickle
+                conn.send_bytes(dumps(("error", RuntimeError(f"an answer that cannot be sent back: {exc}"))))
+    finally:
+        engine.close()
+        conn.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1])))

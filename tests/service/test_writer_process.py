@@ -1,0 +1,196 @@
+"""The writer's engine in a process of its own (service/engine_process.py): it dies with the
+server, a killed one is replaced without losing anything answered 200, `--writer thread` keeps
+everything in one process, and jobs and errors cross the pipe intact."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import pickle
+import signal
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import entered
+from serverkit import (  # noqa: F401  (serve_factory is a fixture)
+    Server,
+    post,
+    serve_factory,
+    stored_exactly_once,
+    structured,
+)
+
+from engine import Engine, StoreBusy, StoreError, bundled_config, load_config
+from service.engine_process import EngineProcess, _portable
+
+
+def lead() -> str:
+    return f"lead-{uuid.uuid4().hex[:12]}"
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def writer_pids(server: Server) -> list[int]:
+    """The server's live writer processes (a killed one not yet reaped is a zombie: left out)."""
+    assert server.proc is not None
+    found = []
+    for pid in children(server.proc.pid):
+        try:
+            if b"service.engine_process" in Path(f"/proc/{pid}/cmdline").read_bytes() and running(pid):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def writer_pid(server: Server) -> int:
+    found = writer_pids(server)
+    assert len(found) == 1, f"expected one writer process under {server.proc.pid}, found {found}"
+    return found[0]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(predicate, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_the_writer_process_dies_with_a_killed_server_and_a_restart_finds_everything(serve_factory) -> None:
+    server: Server = serve_factory("crash")
+    writer = writer_pid(server)
+    requests = [structured(entered(lead=lead())) for _ in range(5)]
+    assert [post(server, "site-b", *r).status_code for r in requests] == [200] * 5
+    server.kill()
+    assert wait_for(lambda: not running(writer), 5.0), "the writer process outlived its server"
+    assert stored_exactly_once(server.db, [body for _, body in requests])
+    server.start()
+    assert writer_pid(server) != writer
+    assert post(server, "site-b", *requests[0]).json()["results"][0]["reason"] == "same_envelope"
+
+
+def test_sigterm_stops_the_writer_process_and_exits_0(serve_factory) -> None:
+    server: Server = serve_factory("term")
+    writer = writer_pid(server)
+    assert post(server, "site-b", *structured(entered(lead=lead()))).status_code == 200
+    assert server.stop(signal.SIGTERM) == 0
+    assert not running(writer)
+
+
+def test_a_killed_writer_process_is_replaced_while_idle(serve_factory) -> None:
+    server: Server = serve_factory("idle")
+    first = writer_pid(server)
+    before = structured(entered(lead=lead()))
+    assert post(server, "site-b", *before).status_code == 200
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: not running(first) and len(writer_pids(server)) == 1, 10.0), "no new writer process"
+    assert wait_for(lambda: httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200, 10.0)
+    after = structured(entered(lead=lead()))
+    assert post(server, "site-b", *after).status_code == 200
+    assert post(server, "site-b", *before).json()["results"][0]["reason"] == "same_envelope"
+    server.stop()
+    assert stored_exactly_once(server.db, [before[1], after[1]])
+
+
+def test_killing_the_writer_process_under_load_loses_nothing_answered_200(serve_factory) -> None:
+    server: Server = serve_factory("load")
+    requests = [structured(entered(lead=lead())) for _ in range(300)]
+    statuses: dict[int, int] = {}
+    killed: list[int] = []
+
+    def send(i: int) -> None:
+        statuses[i] = post(server, "site-b", *requests[i]).status_code
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(send, i) for i in range(len(requests))]
+        for _ in range(3):  # three kills, each of whichever writer process runs then
+            time.sleep(0.3)
+            pid = writer_pid(server)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            wait_for(lambda pid=pid: not running(pid) and len(writer_pids(server)) == 1, 10.0)
+        cf.wait(futures, timeout=120)
+    assert set(statuses.values()) <= {200, 503}, statuses
+    refused = [i for i, status in statuses.items() if status == 503]
+    for i in refused:  # what got no 200 is sent again, as an emitter would
+        assert wait_for(lambda i=i: post(server, "site-b", *requests[i]).status_code == 200, 20.0)
+    server.stop()
+    assert stored_exactly_once(server.db, [body for _, body in requests])
+    assert "WriterProcessDied" in server.output() or refused, "no request met a killed writer"
+
+
+def test_writer_thread_keeps_the_engine_in_the_server_process(serve_factory) -> None:
+    server: Server = serve_factory("thread", args=("--writer", "thread"))
+    assert server.proc is not None and children(server.proc.pid) == []
+    request = structured(entered(lead=lead()))
+    assert post(server, "site-b", *request).status_code == 200
+    assert server.stop() == 0
+    assert stored_exactly_once(server.db, [request[1]])
+
+
+# -- the process itself, in-process --------------------------------------------------------------
+
+def _config_hash(engine: Engine) -> str:
+    return engine.config.hash
+
+
+def _fail(engine: Engine) -> None:
+    raise StoreBusy("held elsewhere")
+
+
+def test_results_and_errors_cross_the_pipe_as_they_are(tmp_path: Path) -> None:
+    config = load_config(bundled_config())
+    events = [body for _, body in (structured(entered(lead=lead())) for _ in range(20))]
+    events.append(b'{"not": "an event"')
+    remote = EngineProcess(config, tmp_path / "remote.db", max_event_bytes=65536, synchronous="NORMAL")
+    try:
+        with Engine.open(config=config, db=tmp_path / "local.db") as local:
+            expected = local.process_many(events, batch_size=len(events))
+        got = remote.process_many(events, batch_size=len(events))
+        assert got == expected
+        assert [r["status"] for r in got].count("accepted") == 20 and got[-1]["status"] == "rejected"
+        with pytest.raises(StoreBusy, match="held elsewhere"):
+            remote.run(_fail)
+        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+            remote.run(lambda engine: 1)  # a closure cannot travel; a module function or partial can
+        assert remote.run(partial(_config_hash)) == config.hash  # a module function or a partial of one
+        assert remote.alive
+    finally:
+        remote.close()
+    assert not remote.alive
+
+
+class _Unpicklable(StoreError):
+    def __init__(self, message: str, handle: object):
+        super().__init__(message)
+        self.handle = handle
+
+
+def test_an_error_that_cannot_travel_keeps_its_kind_and_message() -> None:
+    exc = _portable(_Unpicklable("disk gone", handle=lambda: None))
+    assert type(exc) is StoreError and "_Unpicklable: disk gone" in str(exc)
+    same = StoreBusy("busy")
+    assert _portable(same) is same

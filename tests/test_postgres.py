@@ -100,7 +100,7 @@ def test_the_outbox_never_passes_an_item_whose_transaction_commits_later(pg_url:
         cm = first.transaction()
         cm.__enter__()
         first.add_outbox([tuple(v.format(1) if isinstance(v, str) else v for v in item)])  # seq 1, open
-        first.has_identity("t", "none")  # a read: the pipelined insert above has now run on the server
+        first.route_row("k")  # a read of the read port: the buffered insert above has now run on the server
         with second.transaction():
             second.add_outbox([tuple(v.format(2) for v in item)])  # seq 2, committed first
         items, cursor = reader.outbox_after("", types, 10)

@@ -13,7 +13,11 @@ Through psycopg 3, one connection per store, in autocommit mode with explicit tr
   `INSERT ... ON CONFLICT DO NOTHING RETURNING`, so whichever transaction commits first wins
   and the other gets the answer a single process would (it waits for the first to finish).
 - **Sequence numbers** come from identity columns: unique and increasing in the order they are
-  handed out. Unlike SQLite, a rolled-back transaction (or a forgotten fact) leaves a gap.
+  handed out. Unlike SQLite, a rolled-back transaction (or a forgotten fact) leaves a gap. A
+  batch (`lock_keys`) reserves its input and fact numbers in one statement right behind its key
+  locks (more facts' when those run out; a key locked later drops the facts' it holds): a key's
+  facts stay in the order their transactions held the key, and numbers reserved but not used
+  leave a gap too.
 - **Timeouts**: statement, lock and idle-in-transaction timeouts on every session, so a frozen
   peer cannot hold a key for long: its session is ended and its transaction rolled back.
 - **Pipelining.** A write transaction runs in psycopg's pipeline mode: a statement whose answer
@@ -22,6 +26,12 @@ Through psycopg 3, one connection per store, in autocommit mode with explicit tr
   read after a sync. The server runs them in order, so a key's lock still comes before any read
   of it; a failed statement is raised at the next answer or at the commit, and the ROLLBACK runs
   after the pipeline is left (an aborted pipeline would skip it).
+- **Rows in bulk.** What nothing reads back at once (history, actions, the outbox, the input log,
+  facts with a reserved seq, route fixes) waits in the store and goes as one multi-row INSERT per
+  table before a read that could see it, a savepoint, or the commit; route states of a batch's
+  keys are read once, behind their locks. A batch then costs about two statements per event
+  (the envelope claim and the fact's) instead of nine; a failed bulk row fails the transaction
+  at that read or at the commit, as a pipelined statement does.
 
 Driver errors become StoreError subclasses chosen by SQLSTATE (or, for a failed connection,
 which carries none, by the connection's state): deadlocks, serialisation failures and lock
@@ -37,6 +47,7 @@ import hashlib
 import json
 import re
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
@@ -230,6 +241,76 @@ _ADD_FACT = (f"INSERT INTO facts ({', '.join(FACT_COLUMNS)}) SELECT {_FACT_VALUE
              " ON CONFLICT (type, identity) WHERE identity IS NOT NULL DO NOTHING RETURNING seq")
 _INSERT_FACT = _insert("facts", FACT_COLUMNS) + " RETURNING seq"
 _INSERT_INPUT = _insert("inputs", INPUT_COLUMNS) + " RETURNING seq"
+# The same with its seq given (one the batch reserved, see `_RESERVE`).
+_ADD_FACT_AT = (f"INSERT INTO facts (seq, {', '.join(FACT_COLUMNS)}) SELECT %s, {_FACT_VALUES}"
+                " WHERE %s::text IS NULL OR NOT EXISTS (SELECT 1 FROM facts WHERE type = %s AND identity = %s)"
+                " ON CONFLICT (type, identity) WHERE identity IS NOT NULL DO NOTHING RETURNING seq")
+# One statement: an update first (a rejection seen again draws no number from the sequence), the
+# insert only when it found nothing, and the insert's conflict (a concurrent first sighting) an update.
+_RECORD_REJECTION = (
+    "WITH seen AS (UPDATE rejections SET reason = %(reason)s, errors = %(errors)s, config_hash = %(config_hash)s,"
+    " last_seen_at = %(at)s, resolved_at = NULL, resolved_by_input = NULL WHERE raw_sha256 = %(raw_sha256)s"
+    " RETURNING seq), new AS (INSERT INTO rejections AS r (raw_sha256, raw, raw_size, truncated, reason, errors,"
+    " source, id, type, config_hash, first_seen_at, last_seen_at) SELECT %(raw_sha256)s::text, %(raw)s::bytea,"
+    " %(raw_size)s::bigint, %(truncated)s::integer, %(reason)s::text, %(errors)s::text, %(source)s::text,"
+    " %(id)s::text, %(type)s::text, %(config_hash)s::text, %(at)s::text, %(at)s::text"
+    " WHERE NOT EXISTS (SELECT 1 FROM seen)"
+    " ON CONFLICT (raw_sha256) DO UPDATE SET reason = excluded.reason, errors = excluded.errors,"
+    " config_hash = excluded.config_hash, last_seen_at = excluded.last_seen_at,"
+    " resolved_at = NULL, resolved_by_input = NULL RETURNING seq)"
+    " SELECT seq FROM seen UNION ALL SELECT seq FROM new")
+
+# -- rows a write transaction sends in bulk ---------------------------------------------------------
+# Rows that nothing reads back at once (route history, actions, the outbox, the input log, facts
+# whose seq the batch reserved, route fixes) wait in the store and go to the server as one INSERT
+# per table: a column of values per array, unnested in order. They are sent before any read that
+# could see them, before a savepoint and before the commit; statements per event, the cost on
+# both sides of the socket, fall from about 9 to about 2 in a batch.
+
+_T, _B, _I = "text", "bigint", "integer"
+_BULK: dict[str, tuple[tuple[str, str], ...]] = {
+    "facts": (("seq", _B), ("source", _T), ("id", _T), ("type", _T), ("route_key", _T), ("identity", _T),
+              ("data", _T), ("derived", _I), ("rule_id", _T), ("cause_seq", _B), ("evaluation_seq", _B),
+              ("config_hash", _T), ("recorded_at", _T)),
+    "inputs": (("seq", _B), ("origin", _T), ("line", _B), ("status", _T), ("reason", _T), ("source", _T),
+               ("id", _T), ("type", _T), ("fact_seq", _B), ("rejection_seq", _B), ("config_hash", _T),
+               ("recorded_at", _T)),
+    "route_history": (("route_key", _T), ("from_state", _T), ("to_state", _T), ("event_source", _T),
+                      ("event_id", _T), ("event_type", _T), ("fact_seq", _B), ("config_hash", _T), ("at", _T)),
+    "actions": (("route_key", _T), ("fact_seq", _B), ("position", _I), ("type", _T), ("body", _T),
+                ("applied", _I), ("config_hash", _T), ("created_at", _T)),
+    "outbox": (("route_key", _T), ("id", _T), ("type", _T), ("body", _T), ("recorded_at", _T)),
+}
+assert tuple(c for c, _ in _BULK["facts"][1:]) == FACT_COLUMNS
+assert tuple(c for c, _ in _BULK["inputs"][1:]) == INPUT_COLUMNS
+_ROUTE_COLUMNS = (("route_key", _T), ("state", _T), ("screen", _T), ("version", _I), ("config_hash", _T),
+                  ("created_at", _T), ("updated_at", _T))
+
+
+def _bulk_insert(table: str, columns: tuple[tuple[str, str], ...], tail: str = "") -> str:
+    """INSERT of many rows given as one array per column; rows keep their order (an identity
+    column numbers them in it). The arrays travel in binary (%b): psycopg writes a text array by
+    escaping every quote of every JSON body, some 20 times the cost."""
+    names = ", ".join(c for c, _ in columns)
+    arrays = ", ".join(f"%b::{t}[]" for _, t in columns)
+    return (f"INSERT INTO {table} ({names}) SELECT {names} FROM unnest({arrays}) WITH ORDINALITY"
+            f" AS x({names}, o) ORDER BY o{tail}")
+
+
+_BULK_INSERT = {table: _bulk_insert(table, columns) for table, columns in _BULK.items()}
+# A batch's route writes, one row per key: `version` holds how many fixes it made (0 for a new
+# route with none), so a route that existed is version + that many, one made now that many.
+_CREATE_ROUTES = _bulk_insert("routes", _ROUTE_COLUMNS)
+_FIX_ROUTES = _bulk_insert("routes AS r", _ROUTE_COLUMNS, (
+    " ON CONFLICT (route_key) DO UPDATE SET state = excluded.state, screen = excluded.screen,"
+    " version = r.version + excluded.version, config_hash = excluded.config_hash, updated_at = excluded.updated_at"))
+# Seqs for a batch's facts and inputs, drawn after its key locks: numbers drawn before a key's lock
+# could sort a fact before those of the transaction that held the key first.
+_RESERVE = ("SELECT ARRAY(SELECT nextval(s.f) FROM generate_series(1, %s)),"
+            " ARRAY(SELECT nextval(s.i) FROM generate_series(1, %s))"
+            " FROM (SELECT pg_get_serial_sequence('facts', 'seq')::regclass AS f,"
+            " pg_get_serial_sequence('inputs', 'seq')::regclass AS i) AS s")
+FACT_SEQS_MORE = 64  # seqs reserved at once when a batch's run out (unused ones leave a gap)
 _REJECTION_COLUMNS = ("seq, reason, errors, source, id, type, raw_size, raw_sha256, truncated, first_seen_at,"
                       " last_seen_at, config_hash, resolved_at, resolved_by_input")
 
@@ -257,6 +338,7 @@ class PostgresStore(Store, HistoryReader):
         self._locked: set[str] = set()
         self._depth = 0
         self._pipe: psycopg.Pipeline | None = None  # the write transaction's pipeline, while one is open
+        self._reset_batch()
         self.conn: psycopg.Connection | None = None
         self._connect()
         try:
@@ -392,6 +474,7 @@ class PostgresStore(Store, HistoryReader):
                 raise _translate(exc, self.path, self.conn) from None
             try:
                 yield
+                self._flush()
                 self.cur.execute("COMMIT")
                 self._end_pipeline(pipeline)  # the last sync: the COMMIT's (or any queued statement's) error is raised here
             except BaseException as exc:
@@ -404,6 +487,83 @@ class PostgresStore(Store, HistoryReader):
             self._pipe = None
             self._in_tx = False
             self._locked = set()
+            self._reset_batch()
+
+    # -- what a write transaction holds back ------------------------------------------------------
+    # Buffered rows (`_rows`, `_route_rows`), the route states of its locked keys (`_routes`: read
+    # once after the locks, then kept up to date by its own writes; None for no route), and seqs
+    # reserved for its facts and inputs. A lookup still on its way (`_pending`) is read at first use,
+    # so that it shares a round trip with the first answer the batch waits for anyway.
+
+    def _reset_batch(self) -> None:
+        self._rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _BULK}
+        self._fact_marks: set[Any] = set()  # route keys and (type, identity) of buffered facts
+        self._route_rows: dict[str, list[Any]] = {}  # key -> [created, state, screen, fixes, hash, created_at, at]
+        self._routes: dict[str, tuple[str, str | None] | None] = {}
+        self._seqs: dict[str, deque[int]] = {"facts": deque(), "inputs": deque()}
+        self._pending: list[tuple[str, psycopg.Cursor, Any]] = []
+        self._more_facts = False  # whether a batch that ran out of fact seqs reserves more
+
+    def _flush(self, *tables: str) -> None:
+        """Send the buffered rows of `tables` (all of them by default), one statement per table."""
+        for table in tables or (*_BULK, "routes"):
+            if table == "routes":
+                self._flush_routes()
+            elif self._rows[table]:
+                rows, self._rows[table] = self._rows[table], []
+                if table == "facts":
+                    self._fact_marks = set()
+                self.cur.execute(_BULK_INSERT[table], [list(column) for column in zip(*rows, strict=True)])
+
+    def _flush_routes(self) -> None:
+        if not self._route_rows:
+            return
+        made: list[tuple[Any, ...]] = []
+        fixed: list[tuple[Any, ...]] = []
+        for key, (created, *values) in self._route_rows.items():
+            (made if created else fixed).append((key, *values))
+        self._route_rows = {}
+        for sql, rows in ((_CREATE_ROUTES, made), (_FIX_ROUTES, fixed)):
+            if rows:
+                self.cur.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+
+    def _discard(self) -> None:
+        """Forget what a rolled-back savepoint buffered (everything before it was sent at its start)."""
+        self._rows = {table: [] for table in _BULK}
+        self._fact_marks = set()
+        self._route_rows = {}
+        self._routes = {}
+
+    def _reserve(self, facts: int, inputs: int) -> None:
+        """Draw seqs for the batch's facts and inputs, to be read with the next answer."""
+        cur = self.conn.cursor()  # type: ignore[union-attr]
+        cur.execute(_RESERVE, (facts, inputs))
+        self._pending.append(("seqs", cur, None))
+
+    def _settle(self) -> None:
+        """Read the lookups still on their way: reserved seqs, the locked keys' route states."""
+        pending, self._pending = self._pending, []
+        for kind, cur, keys in pending:
+            if kind == "seqs":
+                facts, inputs = cur.fetchone()
+                self._seqs["facts"].extend(sorted(facts))
+                self._seqs["inputs"].extend(sorted(inputs))
+            else:
+                found = {k: (state, screen) for k, state, screen in cur.fetchall()}
+                for key in keys:
+                    self._routes.setdefault(key, found.get(key))
+
+    def _take(self, table: str) -> int | None:
+        """A reserved seq for a row of `table`, or None: the row then draws its own."""
+        if self._pipe is None:
+            return None
+        if self._pending:
+            self._settle()
+        pool = self._seqs[table]
+        if not pool and table == "facts" and self._more_facts:
+            self._reserve(min(FACT_SEQS_MORE, max(1, len(self._seqs["inputs"]))), 0)
+            self._settle()
+        return pool.popleft() if pool else None
 
     def _end_pipeline(self, pipeline: Any, *, quietly: bool = False) -> None:
         """Leave pipeline mode: send what is queued, sync, and read every answer (the first error of
@@ -439,16 +599,38 @@ class PostgresStore(Store, HistoryReader):
 
     def lock_keys(self, route_keys: Iterable[str | None]) -> None:
         """Lock a batch's route keys in one statement, in the order of their lock numbers: every
-        process takes any two keys in the same order, so two batches never deadlock on them."""
-        wanted = {k for k in route_keys if k is not None} - self._locked
-        if wanted and self._in_tx:
+        process takes any two keys in the same order, so two batches never deadlock on them.
+
+        In a write transaction, behind the locks and without waiting: the keys' route states, and a
+        seq for each event's input row and for each keyed event's fact (one entry per event)."""
+        keys = list(route_keys)
+        wanted = {k for k in keys if k is not None} - self._locked
+        if not self._in_tx:
+            return
+        if wanted:
             self.cur.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k",
                              (sorted({key_lock(k) for k in wanted}),))
             self._locked |= wanted
+        if self._pipe is None:
+            return
+        if self._pending:
+            self._settle()
+        self._seqs["facts"].clear()  # drawn before these locks
+        if wanted:
+            cur = self.conn.cursor()  # type: ignore[union-attr]
+            cur.execute("SELECT route_key, state, screen FROM routes WHERE route_key = ANY(%b::text[])",
+                        (sorted(wanted),))
+            self._pending.append(("routes", cur, wanted))
+        self._reserve(len(keys) - keys.count(None), len(keys))
+        self._more_facts = True
 
     def _lock(self, route_key: str | None) -> None:
         """Inside a transaction: hold the key's lock before reading or writing what is under it."""
         if route_key is not None and self._in_tx and route_key not in self._locked:
+            if self._pipe is not None:
+                if self._pending:
+                    self._settle()
+                self._seqs["facts"].clear()  # drawn before this lock: the key's facts get later ones
             self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (key_lock(route_key),))
             self._locked.add(route_key)
 
@@ -456,10 +638,17 @@ class PostgresStore(Store, HistoryReader):
     def savepoint(self) -> Iterator[None]:
         self._depth += 1
         name = f"sp{self._depth}"
+        if self._pipe is not None:
+            self._flush()  # what came before stays whatever happens inside
+        locked = set(self._locked)
         self.cur.execute(f"SAVEPOINT {name}")
         try:
             yield
+            if self._pipe is not None:
+                self._flush()
         except BaseException as exc:
+            self._discard()
+            self._locked = locked  # a rollback to the savepoint releases the locks taken inside it
             # A database error in a pipeline dooms the whole transaction (it rolls back): what
             # would follow is skipped by the aborted pipeline and must not hide the error.
             if self._usable() and not (self._pipe is not None and isinstance(exc, (psycopg.Error, StoreError))):
@@ -496,6 +685,8 @@ class PostgresStore(Store, HistoryReader):
             except StoreError:
                 raise
         try:
+            if self._pipe is not None:
+                self._flush()  # a read inside a write transaction sees everything it wrote
             return self.conn.execute(sql, params)  # type: ignore[union-attr]
         except psycopg.Error as exc:
             raise _translate(exc, self.path, self.conn) from None
@@ -510,6 +701,8 @@ class PostgresStore(Store, HistoryReader):
         if not self._in_tx and not self._usable():
             self._reconnect()
         try:
+            if self._pipe is not None:
+                self._flush()
             with self.conn.cursor(row_factory=dict_row) as cur:  # type: ignore[union-attr]
                 cur.execute(sql, params)
                 return list(cur.fetchall())
@@ -707,46 +900,104 @@ class PostgresStore(Store, HistoryReader):
                           ).fetchone() is not None
 
     def forget(self, fact_seq: int | None, source: str, event_id: str) -> None:
-        if fact_seq is not None:
+        if fact_seq is not None and not self._unbuffer_fact(fact_seq):
             self._exec("DELETE FROM facts WHERE seq = %s", (fact_seq,))
         self._exec("DELETE FROM envelopes WHERE source = %s AND id = %s", (source, event_id))
 
+    def _unbuffer_fact(self, seq: int) -> bool:
+        """Drop a fact still waiting to be sent; whether it was one."""
+        rows = self._rows["facts"]
+        for i in range(len(rows) - 1, -1, -1):
+            if rows[i][0] == seq:
+                del rows[i]
+                return True
+        return False
+
+    def _buffer_fact(self, seq: int, row: tuple[Any, ...]) -> int:
+        self._rows["facts"].append((seq, *row))
+        self._fact_marks.add(row[3])
+        if row[4] is not None:
+            self._fact_marks.add((row[2], row[4]))
+        return seq
+
+    def _flush_facts_for(self, mark: Any) -> None:
+        """Send the buffered facts before a read that could see one (by its key or its identity)."""
+        if mark in self._fact_marks:
+            self._flush("facts")
+
     def has_identity(self, event_type: str, identity: str) -> bool:
+        self._flush_facts_for((event_type, identity))
         return self._exec("SELECT 1 FROM facts WHERE type = %s AND identity = %s",
                           (event_type, identity)).fetchone() is not None
 
     def add_fact(self, row: tuple[Any, ...]) -> int | None:
         self._lock(row[3])
-        found = self._exec(_ADD_FACT, (*row, row[4], row[2], row[4])).fetchone()
+        seq = self._take("facts")
+        if seq is not None and row[4] is None:  # no identity: nothing to be a duplicate of
+            return self._buffer_fact(seq, row)
+        self._flush_facts_for((row[2], row[4]))  # the identity check sees every fact of the transaction
+        if seq is None:
+            found = self._exec(_ADD_FACT, (*row, row[4], row[2], row[4])).fetchone()
+        else:
+            found = self._exec(_ADD_FACT_AT, (seq, *row, row[4], row[2], row[4])).fetchone()
+            if found is None:
+                self._seqs["facts"].appendleft(seq)  # a duplicate: the next fact takes its number
         return found[0] if found else None
 
     def insert_fact(self, row: tuple[Any, ...]) -> int:
         self._lock(row[3])
-        return self._exec(_INSERT_FACT, row).fetchone()[0]
+        seq = self._take("facts")
+        if seq is None:
+            return self._exec(_INSERT_FACT, row).fetchone()[0]
+        return self._buffer_fact(seq, row)
 
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
         self._lock(route_key)
+        self._flush_facts_for(route_key)
         rows = self._exec("SELECT type, data FROM facts WHERE route_key = %s ORDER BY seq", (route_key,)).fetchall()
         return [(t, orjson.loads(d)) for t, d in rows]
 
     def facts_with_identity(self, route_key: str) -> list[tuple[str, dict[str, Any], str | None]]:
         self._lock(route_key)
+        self._flush_facts_for(route_key)
         rows = self._exec("SELECT type, data, identity FROM facts WHERE route_key = %s ORDER BY seq",
                           (route_key,)).fetchall()
         return [(t, orjson.loads(d), i) for t, d, i in rows]
 
     def route_state(self, route_key: str) -> tuple[str, str | None] | None:
         self._lock(route_key)
+        if self._pipe is not None:
+            if self._pending:
+                self._settle()
+            if route_key in self._routes:
+                return self._routes[route_key]
         row = self._exec("SELECT state, screen FROM routes WHERE route_key = %s", (route_key,)).fetchone()
-        return (row[0], row[1]) if row else None
+        found = (row[0], row[1]) if row else None
+        if self._pipe is not None:
+            self._routes[route_key] = found  # the key is locked: only this transaction changes it now
+        return found
 
     def create_route(self, route_key: str, state: str, config_hash: str, at: str) -> None:
         self._lock(route_key)
+        if self._pipe is not None:
+            if route_key in self._route_rows:
+                self._flush_routes()  # written already: the insert fails at the next flush, as it would now
+            self._route_rows[route_key] = [True, state, None, 0, config_hash, at, at]
+            self._routes[route_key] = (state, None)
+            return
         self._exec("INSERT INTO routes (route_key, state, screen, version, config_hash, created_at, updated_at)"
                    " VALUES (%s, %s, NULL, 0, %s, %s, %s)", (route_key, state, config_hash, at, at))
 
     def fix_route(self, route_key: str, state: str, screen: str | None, config_hash: str, at: str) -> None:
         self._lock(route_key)
+        if self._pipe is not None:
+            pending = self._route_rows.get(route_key)
+            if pending is None:
+                self._route_rows[route_key] = [False, state, screen, 1, config_hash, at, at]
+            else:
+                pending[1:] = [state, screen, pending[3] + 1, config_hash, pending[5], at]
+            self._routes[route_key] = (state, screen)
+            return
         self._exec(
             "INSERT INTO routes AS r (route_key, state, screen, version, config_hash, created_at, updated_at)"
             " VALUES (%s, %s, %s, 1, %s, %s, %s) ON CONFLICT (route_key) DO UPDATE SET state = excluded.state,"
@@ -755,6 +1006,10 @@ class PostgresStore(Store, HistoryReader):
 
     def append_history(self, route_key: str, before: str, after: str, cause: dict[str, Any], fact_seq: int,
                        config_hash: str, at: str) -> None:
+        if self._pipe is not None:
+            self._rows["route_history"].append((route_key, before, after, cause["source"], cause["id"], cause["type"],
+                                                fact_seq, config_hash, at))
+            return
         self._exec(
             "INSERT INTO route_history (route_key, from_state, to_state, event_source, event_id, event_type,"
             " fact_seq, config_hash, at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -766,30 +1021,14 @@ class PostgresStore(Store, HistoryReader):
             return
         rows = [(route_key, fact_seq, i, a["type"], orjson.dumps(a, option=orjson.OPT_SORT_KEYS).decode(),
                  int(a["type"] in consumed), config_hash, at) for i, a in enumerate(actions)]
-        sql = ("INSERT INTO actions (route_key, fact_seq, position, type, body, applied, config_hash, created_at)"
-               " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
-        if self._in_tx:
-            self.cur.executemany(sql, rows)
+        if self._pipe is not None:
+            self._rows["actions"].extend(rows)
         else:
             with self.transaction():
-                self.cur.executemany(sql, rows)
+                self._rows["actions"].extend(rows)
 
     def record_rejection(self, row: dict[str, Any]) -> int:
-        # An update first: a rejection seen again draws no number from the sequence.
-        found = self._exec(
-            "UPDATE rejections SET reason = %(reason)s, errors = %(errors)s, config_hash = %(config_hash)s,"
-            " last_seen_at = %(at)s, resolved_at = NULL, resolved_by_input = NULL"
-            " WHERE raw_sha256 = %(raw_sha256)s RETURNING seq", row).fetchone()
-        if found:
-            return found[0]
-        return self._exec(
-            "INSERT INTO rejections AS r (raw_sha256, raw, raw_size, truncated, reason, errors, source, id, type,"
-            " config_hash, first_seen_at, last_seen_at) VALUES (%(raw_sha256)s, %(raw)s, %(raw_size)s,"
-            " %(truncated)s, %(reason)s, %(errors)s, %(source)s, %(id)s, %(type)s, %(config_hash)s, %(at)s, %(at)s)"
-            " ON CONFLICT (raw_sha256) DO UPDATE SET reason = excluded.reason, errors = excluded.errors,"
-            " config_hash = excluded.config_hash, last_seen_at = excluded.last_seen_at,"
-            " resolved_at = NULL, resolved_by_input = NULL RETURNING seq", {**row, "raw": bytes(row["raw"])}
-        ).fetchone()[0]
+        return self._exec(_RECORD_REJECTION, {**row, "raw": bytes(row["raw"])}).fetchone()[0]
 
     def resolve_rejection(self, seq: int, input_seq: int, at: str) -> None:
         self._exec("UPDATE rejections SET resolved_at = %s, resolved_by_input = %s WHERE seq = %s",
@@ -801,15 +1040,18 @@ class PostgresStore(Store, HistoryReader):
         return self._rowcount(self._exec("DELETE FROM rejections WHERE seq = ANY(%s)", (list(seqs),)))
 
     def record_input(self, row: tuple[Any, ...]) -> int:
-        return self._exec(_INSERT_INPUT, row).fetchone()[0]
+        seq = self._take("inputs")
+        if seq is None:
+            return self._exec(_INSERT_INPUT, row).fetchone()[0]
+        self._rows["inputs"].append((seq, *row))
+        return seq
 
     def add_outbox(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
-        sql = "INSERT INTO outbox (route_key, id, type, body, recorded_at) VALUES (%s, %s, %s, %s, %s)"
-        if self._in_tx:
-            self.cur.executemany(sql, list(rows))
+        if self._pipe is not None:
+            self._rows["outbox"].extend(rows)
         else:
             with self.transaction():
-                self.cur.executemany(sql, list(rows))
+                self._rows["outbox"].extend(rows)
 
     def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
         _outbox_cursor(cursor)

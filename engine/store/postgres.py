@@ -297,13 +297,23 @@ def _bulk_insert(table: str, columns: tuple[tuple[str, str], ...], tail: str = "
             f" AS x({names}, o) ORDER BY o{tail}")
 
 
-_BULK_INSERT = {table: _bulk_insert(table, columns) for table, columns in _BULK.items()}
+def _row_insert(table: str, columns: tuple[tuple[str, str], ...], tail: str = "") -> str:
+    """The same INSERT for one row: what a few rows go as (see BULK_FROM)."""
+    return f"INSERT INTO {table} ({', '.join(c for c, _ in columns)}) VALUES ({', '.join(['%s'] * len(columns))}){tail}"
+
+
+# Rows from which one statement of arrays costs less than a pipelined statement per row: psycopg
+# adapts each array for about 5 us, a row for about 10 (a commit per event sends one or two rows).
+BULK_FROM = 8
+_INSERTS = {table: (_bulk_insert(table, columns), _row_insert(table, columns)) for table, columns in _BULK.items()}
 # A batch's route writes, one row per key: `version` holds how many fixes it made (0 for a new
 # route with none), so a route that existed is version + that many, one made now that many.
-_CREATE_ROUTES = _bulk_insert("routes", _ROUTE_COLUMNS)
-_FIX_ROUTES = _bulk_insert("routes AS r", _ROUTE_COLUMNS, (
-    " ON CONFLICT (route_key) DO UPDATE SET state = excluded.state, screen = excluded.screen,"
-    " version = r.version + excluded.version, config_hash = excluded.config_hash, updated_at = excluded.updated_at"))
+_FIX_TAIL = (" ON CONFLICT (route_key) DO UPDATE SET state = excluded.state, screen = excluded.screen,"
+             " version = r.version + excluded.version, config_hash = excluded.config_hash,"
+             " updated_at = excluded.updated_at")
+_CREATE_ROUTES = (_bulk_insert("routes", _ROUTE_COLUMNS), _row_insert("routes", _ROUTE_COLUMNS))
+_FIX_ROUTES = (_bulk_insert("routes AS r", _ROUTE_COLUMNS, _FIX_TAIL), _row_insert("routes AS r", _ROUTE_COLUMNS,
+                                                                                   _FIX_TAIL))
 # Seqs for a batch's facts and inputs, drawn after its key locks: numbers drawn before a key's lock
 # could sort a fact before those of the transaction that held the key first.
 _RESERVE = ("SELECT ARRAY(SELECT nextval(s.f) FROM generate_series(1, %s)),"
@@ -513,7 +523,14 @@ class PostgresStore(Store, HistoryReader):
                 rows, self._rows[table] = self._rows[table], []
                 if table == "facts":
                     self._fact_marks = set()
-                self.cur.execute(_BULK_INSERT[table], [list(column) for column in zip(*rows, strict=True)])
+                self._send(_INSERTS[table], rows)
+
+    def _send(self, inserts: tuple[str, str], rows: list[tuple[Any, ...]]) -> None:
+        """Queue rows as one INSERT of arrays, or as a statement each when they are few."""
+        if len(rows) >= BULK_FROM:
+            self.cur.execute(inserts[0], [list(column) for column in zip(*rows, strict=True)])
+        else:
+            self.cur.executemany(inserts[1], rows)
 
     def _flush_routes(self) -> None:
         if not self._route_rows:
@@ -523,9 +540,9 @@ class PostgresStore(Store, HistoryReader):
         for key, (created, *values) in self._route_rows.items():
             (made if created else fixed).append((key, *values))
         self._route_rows = {}
-        for sql, rows in ((_CREATE_ROUTES, made), (_FIX_ROUTES, fixed)):
+        for inserts, rows in ((_CREATE_ROUTES, made), (_FIX_ROUTES, fixed)):
             if rows:
-                self.cur.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+                self._send(inserts, rows)
 
     def _discard(self) -> None:
         """Forget what a rolled-back savepoint buffered (everything before it was sent at its start)."""
@@ -601,8 +618,9 @@ class PostgresStore(Store, HistoryReader):
         """Lock a batch's route keys in one statement, in the order of their lock numbers: every
         process takes any two keys in the same order, so two batches never deadlock on them.
 
-        In a write transaction, behind the locks and without waiting: the keys' route states, and a
-        seq for each event's input row and for each keyed event's fact (one entry per event)."""
+        In a write transaction of BULK_FROM events or more, behind the locks and without waiting:
+        the keys' route states, and a seq for each event's input row and for each keyed event's
+        fact (one entry per event)."""
         keys = list(route_keys)
         wanted = {k for k in keys if k is not None} - self._locked
         if not self._in_tx:
@@ -611,8 +629,8 @@ class PostgresStore(Store, HistoryReader):
             self.cur.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k",
                              (sorted({key_lock(k) for k in wanted}),))
             self._locked |= wanted
-        if self._pipe is None:
-            return
+        if self._pipe is None or len(keys) < BULK_FROM:
+            return  # a few events: a lookup each costs less than the batch's (a commit per event)
         if self._pending:
             self._settle()
         self._seqs["facts"].clear()  # drawn before these locks

@@ -581,10 +581,14 @@ How to read it:
   group commit saves per event even when the machine is shared.
 - Under `NORMAL` a commit does not fsync in WAL mode, so one commit costs little and group
   commit buys less than under `FULL`, where each commit is an fsync.
-- "loop thread + other threads": the server's event loop thread does the HTTP work (parsing,
-  signature, body, hand-off to the writer, the answer, the log line, the metrics); the other threads are
-  chiefly the writer, which runs the engine. Both share one GIL, so the process runs at most one core's
-  worth of Python and its rate is about 1 / (the two added up) per event.
+- "loop thread + writer process + other threads": the server's event loop thread does the HTTP work
+  (parsing, signature, body, hand-off to the writer, the answer, the log line, the metrics); the
+  writer process (`serve --writer process`, the default) runs the engine: validation, rules, SQL,
+  the commit; the other threads are chiefly the server's writer thread, which takes the queue and
+  passes each transaction to the writer process. With `--writer thread` the engine runs on that
+  thread, in the server process: the writer process column is 0, and as one GIL serves both, the
+  process runs at most one core's worth of Python and its rate is about 1 / (the columns added
+  up) per event.
 
 ## Where a request's time goes, and what was changed (December 2026)
 
@@ -617,13 +621,13 @@ against 1,398, 4.1×), because without an fsync a commit costs little. Group com
 is outside the engine: one wake-up of the event loop per transaction instead of one per request,
 which the loop thread's CPU per event under `--commit-events 1` shows.
 
-Several worker processes (`serve --workers N`) were considered and not built yet. One process is
-bound by its GIL to about one core, so on a quiet 2-core machine a second worker would have most of
-the other core for its HTTP work. But each worker would have its own writer; the writers would take
-turns on SQLite's write lock (BEGIN IMMEDIATE, whose busy handler sleeps in steps of milliseconds
-while the other holds it), each transaction would hold fewer events, and SIGTERM draining and the
-exit status would go through uvicorn's process supervisor rather than `service/server.py`. It needs
-its own tests (every 200 committed under kills with two writers) before it can be offered.
+Several server processes (`serve --workers N`) were considered and not built: each would have
+its own writer, the writers would take turns on SQLite's write lock (BEGIN IMMEDIATE, whose busy
+handler sleeps in steps of milliseconds while the other holds it) and each transaction would hold
+fewer events. What was built instead keeps one writer and moves only its engine out of the server
+process (`service/engine_process.py`): the event loop keeps a core for HTTP and the engine gets
+the other, while the queue, the group commit, the metrics and the rate buckets stay where they
+were. The row "writer in a thread" above is the arrangement before it (`--writer thread`).
 """
 
 

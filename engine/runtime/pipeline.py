@@ -203,33 +203,55 @@ class Pipeline:
         what a reprocess admitted).
         """
         batch: list[Item] = []
+        size = max(1, batch_size)
         for item in items:
             batch.append(item)
-            if len(batch) >= max(1, batch_size):
+            if len(batch) >= size:
                 yield self._commit_batch(batch, settle)
                 batch = []
         if batch:
             yield self._commit_batch(batch, settle)
 
     def _commit_batch(self, batch: list[Item], settle: Settle | None = None) -> list[dict[str, Any]]:
-        with _collector_paused():
-            prepared = [self._prepare(event) for event, _, _ in batch]
-            # each envelope's route key, computed once: it is locked, then stored under
-            keys = [self.contract.route_key(p[1].data) if isinstance(p[1], Envelope) else None for p in prepared]
-            retry = _Retry(self.outage_wait)
-            while True:
-                results = []
-                try:
-                    with self.store.transaction():
-                        self.store.lock_keys(keys)  # None (no envelope, or no key) is skipped
-                        for prep, item, key in zip(prepared, batch, keys, strict=True):
-                            results.append(self._apply(prep, item[1], item[2], key))
-                            if settle is not None:
-                                settle(item, results[-1], self._input_seq)
-                    break
-                except (StoreConflict, StoreUnavailable) as exc:  # rolled back whole: run the batch again
-                    retry.wait(exc)
-            del prepared, keys  # gone before the collector runs again: it then walks only what outlives the batch
+        """One batch in one transaction, with the cycle collector held (see `_collector_paused`).
+
+        The collector is held inline rather than by the context manager: with a commit per
+        event this runs once per event, and `_run_batch`'s frame, which holds the batch's
+        prepared envelopes, is gone before the collector may run again.
+        """
+        if not gc.isenabled():
+            return self._run_batch(batch, settle)
+        gc.disable()
+        try:
+            return self._run_batch(batch, settle)
+        finally:
+            gc.enable()
+
+    def _run_batch(self, batch: list[Item], settle: Settle | None) -> list[dict[str, Any]]:
+        prepared = [self._prepare(event) for event, _, _ in batch]
+        # each envelope's route key, computed once: it is locked, then stored under
+        keys = [self.contract.route_key(p[1].data) if isinstance(p[1], Envelope) else None for p in prepared]
+        retry = None  # made on the first rollback only
+        while True:
+            try:
+                return self._apply_batch(batch, prepared, keys, settle)
+            except (StoreConflict, StoreUnavailable) as exc:  # rolled back whole: run the batch again
+                if retry is None:
+                    retry = _Retry(self.outage_wait)
+                retry.wait(exc)
+
+    def _apply_batch(self, batch: list[Item], prepared: list[tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]],
+                     keys: list[str | None], settle: Settle | None) -> list[dict[str, Any]]:
+        results = []
+        outcome_of = self._outcome_of
+        with self.store.transaction():
+            self.store.lock_keys(keys)  # None (no envelope, or no key) is skipped
+            for prep, item, key in zip(prepared, batch, keys, strict=True):
+                result = outcome_of(prep, item[1], item[2], key)
+                result["line"] = item[2]
+                results.append(result)
+                if settle is not None:
+                    settle(item, result, self._input_seq)
         return results
 
     def _prepare(self, event: EventInput, emitter: str | None = None
@@ -274,12 +296,6 @@ class Pipeline:
         if received.raw is not None and isinstance(outcome, Rejected):
             raw = received.raw
         return raw, outcome, partial
-
-    def _apply(self, prepared: tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]],
-               origin: str | None, line: int | None, route_key: str | None) -> dict[str, Any]:
-        result = self._outcome_of(prepared, origin, line, route_key)
-        result["line"] = line
-        return result
 
     def _outcome_of(self, prepared: tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]],
                     origin: str | None, line: int | None, route_key: str | None) -> dict[str, Any]:

@@ -327,6 +327,24 @@ def _refusal(conn: sqlite3.Connection, path: str) -> StoreError | None:
 
 # -- the store ---------------------------------------------------------------------------------------
 
+class _Transaction:
+    """`SQLiteStore.transaction()`: a plain context manager made once per store. A generator
+    one (`contextlib.contextmanager`) built a generator and two wrappers for every transaction,
+    about 2 µs of a one-event transaction's Python."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SQLiteStore):
+        self._store = store
+
+    def __enter__(self) -> None:
+        self._store._begin()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        self._store._end(exc)
+        return False  # an exception from the block goes on (as a StoreError when it was the driver's)
+
+
 class SQLiteStore(_SQLiteReads, Store):
     """The SQLite store; one connection, used by one thread."""
 
@@ -342,6 +360,7 @@ class SQLiteStore(_SQLiteReads, Store):
         # is written with the input row that claimed it (or, if none does, apart at commit).
         self._claims: dict[tuple[str, str], tuple[str, str]] = {}
         self._apart = False  # whether `stored_envelopes` holds envelopes no input row holds
+        self._transaction = _Transaction(self)
         try:
             self._open(synchronous)
         except sqlite3.Error as exc:
@@ -376,6 +395,13 @@ class SQLiteStore(_SQLiteReads, Store):
                 raise DatabaseMissing(f"{self.path}: cannot open the database: directory {parent} does not exist")
         self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                     check_same_thread=False)
+        # One cursor for the write path: `conn.execute` makes and frees a cursor per statement
+        # (about 0.3 µs, some ten statements per event). Every statement on it runs to its end
+        # (a one-row read by fetchall, which steps past the row whatever a Python version's
+        # fetchone does), so it never holds a read open: a statement left unfinished would keep
+        # its snapshot for every later read of the connection.
+        self._cursor = self.conn.cursor()
+        self._execute, self._executemany = self._cursor.execute, self._cursor.executemany
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         refusal = _refusal(self.conn, self.path)
         if refusal is not None:
@@ -412,30 +438,43 @@ class SQLiteStore(_SQLiteReads, Store):
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> _Transaction:
         """One write transaction; the lock is taken up front (BEGIN IMMEDIATE)."""
+        return self._transaction
+
+    def _begin(self) -> None:
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
+
+    def _end(self, exc: BaseException | None) -> None:
+        """COMMIT after a clean block, else ROLLBACK; a driver error leaves as a StoreError."""
         try:
-            yield
-            if self._claims:
-                self._keep_claims_apart()
-            self.conn.execute("COMMIT")
-            self._new_configs.clear()
-        except BaseException as exc:
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the original error matters more than a failed rollback
-            self._forget_new_configs()
+            if exc is None:
+                try:
+                    if self._claims:
+                        self._keep_claims_apart()
+                    self._execute("COMMIT")
+                except BaseException as failed:
+                    self._rollback()
+                    if isinstance(failed, sqlite3.Error):
+                        raise _translate(failed, self.path) from failed
+                    raise
+                self._new_configs.clear()
+                return
+            self._rollback()
             if isinstance(exc, sqlite3.Error):
                 raise _translate(exc, self.path) from exc
-            raise
         finally:
             self._claims.clear()
+
+    def _rollback(self) -> None:
+        try:
+            self._execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the original error matters more than a failed rollback
+        self._forget_new_configs()
 
     def _keep_claims_apart(self) -> None:
         """Claimed envelopes no input row took (a caller that claims without logging an input)."""
@@ -469,13 +508,13 @@ class SQLiteStore(_SQLiteReads, Store):
     def savepoint(self) -> Iterator[None]:
         self._depth += 1
         name = f"sp{self._depth}"
-        self.conn.execute(f"SAVEPOINT {name}")
+        self._execute(f"SAVEPOINT {name}")
         claims, configs = dict(self._claims), len(self._new_configs)
         try:
             yield
         except BaseException:
-            self.conn.execute(f"ROLLBACK TO {name}")
-            self.conn.execute(f"RELEASE {name}")
+            self._execute(f"ROLLBACK TO {name}")
+            self._execute(f"RELEASE {name}")
             self._claims = claims
             for config_hash in self._new_configs[configs:]:
                 self._configs.pop(config_hash, None)
@@ -483,7 +522,7 @@ class SQLiteStore(_SQLiteReads, Store):
             self._config_hash, self._config_id = "", 0
             raise
         else:
-            self.conn.execute(f"RELEASE {name}")
+            self._execute(f"RELEASE {name}")
         finally:
             self._depth -= 1
 
@@ -498,10 +537,10 @@ class SQLiteStore(_SQLiteReads, Store):
         claim = self._claims.get((source, event_id))
         if claim is not None:
             return claim[0]
-        row = self.conn.execute(_CLAIMED, (source, event_id)).fetchone()
-        if row is None and self._apart:
-            row = self.conn.execute(_CLAIMED_APART, (source, event_id)).fetchone()
-        return row[0] if row else None
+        rows = self._execute(_CLAIMED, (source, event_id)).fetchall()
+        if not rows and self._apart:
+            rows = self._execute(_CLAIMED_APART, (source, event_id)).fetchall()
+        return rows[0][0] if rows else None
 
     def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool:
         """Remember an envelope; False when its (source, id) was already seen."""
@@ -513,48 +552,48 @@ class SQLiteStore(_SQLiteReads, Store):
     def forget(self, fact_seq: int | None, source: str, event_id: str) -> None:
         """Undo `claim_envelope` and `add_fact` for an event whose rules failed."""
         if fact_seq is not None:
-            self.conn.execute("DELETE FROM stored_facts WHERE seq = ?", (fact_seq,))
+            self._execute("DELETE FROM stored_facts WHERE seq = ?", (fact_seq,))
         if self._claims.pop((source, event_id), None) is None:  # its input row was written already
-            self.conn.execute("UPDATE stored_inputs SET body = NULL WHERE source = ? AND id = ? AND body IS NOT NULL",
+            self._execute("UPDATE stored_inputs SET body = NULL WHERE source = ? AND id = ? AND body IS NOT NULL",
                               (source, event_id))
 
     def has_identity(self, event_type: str, identity: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM stored_facts WHERE type = ? AND identity = ?",
-                                 (event_type, identity)).fetchone() is not None
+        return bool(self._execute("SELECT 1 FROM stored_facts WHERE type = ? AND identity = ?",
+                                  (event_type, identity)).fetchall())
 
     def add_fact(self, row: tuple[Any, ...]) -> int | None:
         """Store a fact (a row in FACT_COLUMNS order); None when a fact with its identity already
         exists (a same-fact duplicate)."""
-        cur = self.conn.execute(_ADD_FACT, (*row[:10], self._config(row[10]), pack_time(row[11])))
+        cur = self._execute(_ADD_FACT, (*row[:10], self._config(row[10]), pack_time(row[11])))
         return cur.lastrowid if cur.rowcount == 1 else None
 
     def insert_fact(self, row: tuple[Any, ...]) -> int:
-        return self.conn.execute(_INSERT_FACT,  # type: ignore[return-value]
+        return self._execute(_INSERT_FACT,  # type: ignore[return-value]
                                  (*row[:10], self._config(row[10]), pack_time(row[11]))).lastrowid
 
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
-        rows = self.conn.execute("SELECT type, data FROM stored_facts WHERE route_key = ? ORDER BY seq", (route_key,))
+        rows = self._execute("SELECT type, data FROM stored_facts WHERE route_key = ? ORDER BY seq", (route_key,))
         return [(t, orjson.loads(d)) for t, d in rows]
 
     def facts_with_identity(self, route_key: str) -> list[tuple[str, dict[str, Any], str | None]]:
-        rows = self.conn.execute("SELECT type, data, identity FROM stored_facts WHERE route_key = ? ORDER BY seq",
+        rows = self._execute("SELECT type, data, identity FROM stored_facts WHERE route_key = ? ORDER BY seq",
                                  (route_key,))
         return [(t, orjson.loads(d), i) for t, d, i in rows]
 
     def route_state(self, route_key: str) -> tuple[str, str | None] | None:
-        row = self.conn.execute("SELECT state, screen FROM stored_routes WHERE route_key = ?", (route_key,)).fetchone()
-        return (row[0], row[1]) if row else None
+        rows = self._execute("SELECT state, screen FROM stored_routes WHERE route_key = ?", (route_key,)).fetchall()
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def create_route(self, route_key: str, state: str, config_hash: str, at: str) -> None:
         stored_at = pack_time(at)
-        self.conn.execute("INSERT INTO stored_routes (route_key, state, screen, version, config, created_at, updated_at)"
+        self._execute("INSERT INTO stored_routes (route_key, state, screen, version, config, created_at, updated_at)"
                           " VALUES (?, ?, NULL, 0, ?, ?, ?)", (route_key, state, self._config(config_hash), stored_at,
                                                                stored_at))
 
     def fix_route(self, route_key: str, state: str, screen: str | None, config_hash: str, at: str) -> None:
         """Record a route's new state (route fixation), creating the row if the key is new."""
         stored_at = pack_time(at)
-        self.conn.execute(
+        self._execute(
             "INSERT INTO stored_routes (route_key, state, screen, version, config, created_at, updated_at)"
             " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (route_key) DO UPDATE SET state = excluded.state,"
             " screen = excluded.screen, version = version + 1, config = excluded.config,"
@@ -563,7 +602,7 @@ class SQLiteStore(_SQLiteReads, Store):
 
     def append_history(self, route_key: str, before: str, after: str, cause: dict[str, Any], fact_seq: int,
                        config_hash: str, at: str) -> None:
-        self.conn.execute(
+        self._execute(
             "INSERT INTO stored_history (route_key, from_state, to_state, event_source, event_id, event_type,"
             " fact_seq, config, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (route_key, before, after, cause["source"], cause["id"], cause["type"], fact_seq,
@@ -572,7 +611,7 @@ class SQLiteStore(_SQLiteReads, Store):
     def add_actions(self, route_key: str, fact_seq: int, actions: list[dict[str, Any]], consumed: frozenset[str],
                     config_hash: str, at: str) -> None:
         config, stored_at = self._config(config_hash), pack_time(at)
-        self.conn.executemany(
+        self._executemany(
             "INSERT INTO stored_actions (route_key, fact_seq, position, type, body, applied, config, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(route_key, fact_seq, i, a["type"], orjson.dumps(a, option=orjson.OPT_SORT_KEYS).decode(),
@@ -590,7 +629,7 @@ class SQLiteStore(_SQLiteReads, Store):
 
     def resolve_rejection(self, seq: int, input_seq: int, at: str) -> None:
         """Take a rejection out of the quarantine: the input `input_seq` admitted its bytes."""
-        self.conn.execute("UPDATE rejections SET resolved_at = ?, resolved_by_input = ? WHERE seq = ?",
+        self._execute("UPDATE rejections SET resolved_at = ?, resolved_by_input = ? WHERE seq = ?",
                           (at, input_seq, seq))
 
     def purge_rejections(self, seqs: list[int]) -> int:
@@ -599,18 +638,18 @@ class SQLiteStore(_SQLiteReads, Store):
         for start in range(0, len(seqs), 500):
             chunk = seqs[start:start + 500]
             marks = ", ".join("?" * len(chunk))
-            removed += self.conn.execute(f"DELETE FROM rejections WHERE seq IN ({marks})", chunk).rowcount
+            removed += self._execute(f"DELETE FROM rejections WHERE seq IN ({marks})", chunk).rowcount
         return removed
 
     def record_input(self, row: tuple[Any, ...]) -> int:
         """Log one input (a row in INPUT_COLUMNS order), with the envelope it claimed."""
         claim = self._claims.pop((row[4], row[5]), None) if self._claims else None
         body = claim[0] if claim is not None else None
-        return self.conn.execute(_INSERT_INPUT,  # type: ignore[return-value]
+        return self._execute(_INSERT_INPUT,  # type: ignore[return-value]
                                  (*row[:9], self._config(row[9]), pack_time(row[10]), body)).lastrowid
 
     def add_outbox(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
-        self.conn.executemany("INSERT INTO stored_outbox (route_key, id, type, body, recorded_at) VALUES (?, ?, ?, ?, ?)",
+        self._executemany("INSERT INTO stored_outbox (route_key, id, type, body, recorded_at) VALUES (?, ?, ?, ?, ?)",
                               [(k, i, t, b, pack_time(at)) for k, i, t, b, at in rows])
 
     def set_cursor(self, consumer: str, cursor: str, at: str) -> None:

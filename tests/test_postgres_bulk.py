@@ -141,6 +141,26 @@ def test_a_savepoints_rollback_forgets_its_rows_and_the_locks_it_took(pg_url: st
         store.close()
 
 
+def test_a_savepoints_rollback_in_a_batch_keeps_the_route_states_written_before_it(pg_url: str) -> None:
+    """A batch reads its keys' route states behind the locks without waiting; a savepoint's
+    rollback forgets the states written inside it, and must not bring back the batch's first
+    reading of those written before it."""
+    keys = [f'["k{i}","w"]' for i in range(10)]
+    store = PostgresStore(pg_url)
+    try:
+        with store.transaction():
+            store.lock_keys(keys)  # a batch: route states read behind the locks
+            store.fix_route(keys[0], "one", None, "h", "2026-02-01T10:00:00Z")
+            with pytest.raises(Boom), store.savepoint():
+                store.fix_route(keys[0], "two", None, "h", "2026-02-01T10:00:01Z")
+                raise Boom
+            assert store.route_state(keys[0]) == ("one", None)
+            assert store.route_state(keys[1]) is None
+        assert store.route_row(keys[0])["version"] == 1
+    finally:
+        store.close()
+
+
 def test_a_batch_sends_about_two_statements_per_event(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The envelope claim and the fact's insert per event; everything else once per table and
     batch. Nine per event before the bulk writes (docs/PERFORMANCE-postgres.md)."""

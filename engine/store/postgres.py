@@ -657,6 +657,8 @@ class PostgresStore(Store, HistoryReader):
         self._depth += 1
         name = f"sp{self._depth}"
         if self._pipe is not None:
+            if self._pending:
+                self._settle()  # read now: after a rollback inside, it would restore states from before the batch
             self._flush()  # what came before stays whatever happens inside
         locked = set(self._locked)
         self.cur.execute(f"SAVEPOINT {name}")

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import entered
+from conftest import completed, entered, registered
 from serverkit import (  # noqa: F401  (serve_factory is a fixture)
     Server,
+    batched,
     post,
     serve_factory,
     stored_exactly_once,
@@ -149,6 +150,28 @@ def test_writer_thread_keeps_the_engine_in_the_server_process(serve_factory) -> 
     assert post(server, "site-b", *request).status_code == 200
     assert server.stop() == 0
     assert stored_exactly_once(server.db, [request[1]])
+
+
+def test_answers_are_the_same_bytes_with_the_engine_in_a_process_or_a_thread(serve_factory) -> None:
+    """The writer process makes each result's JSON itself; the answers must not change by it."""
+    servers = [serve_factory("in-process"), serve_factory("in-thread", args=("--writer", "thread"))]
+    someone = lead()
+    first = structured(entered(lead=someone, id="e1"))
+    requests = [first, first,
+                batched([registered(lead=someone, id="r1"), completed(lead=someone, id="c1"),
+                         {**entered(lead=someone, id="bad"), "type": "no_such_type"}]),
+                ({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0", "id": '),
+                structured({**entered(lead=someone, id="bad-data"), "data": {"lead_id": 5}})]
+    answers = [[post(server, "site-a", *request) for request in requests] for server in servers]
+    assert answers[0][-1].json() != answers[0][0].json()
+    for process, thread in zip(*answers, strict=True):
+        assert (process.status_code, process.content) == (thread.status_code, thread.content)
+    assert [a.status_code for a in answers[0]] == [200, 200, 200, 400, 200]
+    batch = [(r["status"], r["reason"]) for r in answers[0][2].json()["results"]]
+    assert batch == [("rejected", "unauthorized_emitter"), ("accepted", None), ("rejected", "unknown_event")]
+    assert answers[0][2].json()["results"][1]["emitted"]  # derived events, reminders: the whole result
+    assert answers[0][1].json()["results"][0]["reason"] == "same_envelope"
+    assert answers[0][3].json()["reason"] == "malformed_json" and answers[0][3].json()["errors"]
 
 
 # -- the process itself, in-process --------------------------------------------------------------

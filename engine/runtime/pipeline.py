@@ -58,6 +58,8 @@ class Received:
 EventInput = dict[str, Any] | str | bytes | Oversized | Received
 Item = tuple[EventInput, str | None, int | None]  # (event, origin, line)
 Settle = Callable[[Item, dict[str, Any], int], None]
+Prepared = tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]
+Claims = tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]
 
 
 def _result(status: str, *, envelope: Envelope | None = None, partial: dict[str, Any] | None = None,
@@ -170,6 +172,9 @@ class Pipeline:
             name for name, spec in config.events.items()
             if set(config.route.key) <= set(spec.identity) and not set(config.route.key) & spec.datetime_fields)
         self._input_seq = 0  # the input-log row of the event applied last
+        # Whether the store wants a batch's claims up front: the lists cost a little per event,
+        # for nothing when its claims are local calls (SQLite, memory).
+        self._prefetches = type(store).prefetch_claims is not Store.prefetch_claims
 
     def close(self) -> None:
         self.store.close()
@@ -229,33 +234,49 @@ class Pipeline:
 
     def _run_batch(self, batch: list[Item], settle: Settle | None) -> list[dict[str, Any]]:
         prepared = [self._prepare(event) for event, _, _ in batch]
-        # each envelope's route key, computed once: it is locked, then stored under
+        # each envelope's route key and fact identity, computed once: the key is locked, the
+        # identity claimed, and both stored with its fact (also when the batch runs again)
         keys = [self.contract.route_key(p[1].data) if isinstance(p[1], Envelope) else None for p in prepared]
+        identities = [self.contract.identity_of(p[1].type, p[1].data) if isinstance(p[1], Envelope) else None
+                      for p in prepared]
+        claims = self._claims(prepared, identities) if self._prefetches else None
         retry = None  # made on the first rollback only
         while True:
             try:
-                return self._apply_batch(batch, prepared, keys, settle)
+                return self._apply_batch(batch, prepared, keys, identities, claims, settle)
             except (StoreConflict, StoreUnavailable) as exc:  # rolled back whole: run the batch again
                 if retry is None:
                     retry = _Retry(self.outage_wait)
                 retry.wait(exc)
 
-    def _apply_batch(self, batch: list[Item], prepared: list[tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]],
-                     keys: list[str | None], settle: Settle | None) -> list[dict[str, Any]]:
+    def _claims(self, prepared: list[Prepared], identities: list[str | None]) -> Claims:
+        """What `Store.prefetch_claims` takes: the batch's (source, id) pairs, its facts' (type,
+        identity), and the sha256 of each input already rejected (those rejected inside the
+        transaction, an id_conflict or a failed rule, claim on their own)."""
+        envelopes = [(p[1].source, p[1].id) for p in prepared if isinstance(p[1], Envelope)]
+        facts = [(p[1].type, identity) for p, identity in zip(prepared, identities, strict=True)
+                 if identity is not None and isinstance(p[1], Envelope)]
+        digests = [fingerprint(p[0], self.max_event_bytes)[2] for p in prepared if not isinstance(p[1], Envelope)]
+        return envelopes, facts, digests
+
+    def _apply_batch(self, batch: list[Item], prepared: list[Prepared], keys: list[str | None],
+                     identities: list[str | None], claims: Claims | None, settle: Settle | None
+                     ) -> list[dict[str, Any]]:
         results = []
         outcome_of = self._outcome_of
         with self.store.transaction():
             self.store.lock_keys(keys)  # None (no envelope, or no key) is skipped
-            for prep, item, key in zip(prepared, batch, keys, strict=True):
-                result = outcome_of(prep, item[1], item[2], key)
+            if claims is not None:
+                self.store.prefetch_claims(*claims)
+            for prep, item, key, identity in zip(prepared, batch, keys, identities, strict=True):
+                result = outcome_of(prep, item[1], item[2], key, identity)
                 result["line"] = item[2]
                 results.append(result)
                 if settle is not None:
                     settle(item, result, self._input_seq)
         return results
 
-    def _prepare(self, event: EventInput, emitter: str | None = None
-                 ) -> tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]:
+    def _prepare(self, event: EventInput, emitter: str | None = None) -> Prepared:
         """Steps 1-6, which need no lock: the input's bytes, and its envelope or its rejection.
 
         The third item is what id, type and source of the result come from: the parsed event
@@ -282,7 +303,7 @@ class Pipeline:
             partial = envelope.event if envelope is not None else rejected.partial
             return raw, rejected.kept(), partial or {}
 
-    def _prepare_received(self, received: Received) -> tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]]:
+    def _prepare_received(self, received: Received) -> Prepared:
         if received.refusal is None:
             raw, outcome, partial = self._prepare(received.event, received.emitter)
         else:
@@ -297,13 +318,13 @@ class Pipeline:
             raw = received.raw
         return raw, outcome, partial
 
-    def _outcome_of(self, prepared: tuple[bytes | Oversized, Envelope | Rejected, dict[str, Any]],
-                    origin: str | None, line: int | None, route_key: str | None) -> dict[str, Any]:
+    def _outcome_of(self, prepared: Prepared, origin: str | None, line: int | None, route_key: str | None,
+                    identity: str | None) -> dict[str, Any]:
         raw, outcome, partial = prepared
         at = self.clock()
         if isinstance(outcome, Envelope):
             try:
-                result, fact_seq = self._accept(outcome, route_key, at)
+                result, fact_seq = self._accept(outcome, route_key, identity, at)
                 self._log(result, origin, line, at, fact_seq=fact_seq, source=outcome.source)
                 return result
             except Rejected as rejected:
@@ -312,8 +333,10 @@ class Pipeline:
         self._reject(raw, result, partial, origin, line, at)
         return result
 
-    def _accept(self, env: Envelope, route_key: str | None, at: str) -> tuple[dict[str, Any], int | None]:
-        """Steps 7-8 for one envelope-valid event (`route_key`: its payload's), inside the caller's transaction.
+    def _accept(self, env: Envelope, route_key: str | None, identity: str | None, at: str
+                ) -> tuple[dict[str, Any], int | None]:
+        """Steps 7-8 for one envelope-valid event (`route_key`, `identity`: its payload's), inside the
+        caller's transaction.
 
         Writes come in an order that needs no savepoint: the envelope and the fact (each
         claim doubling as the dedupe check), then the rules, which only read and validate,
@@ -324,7 +347,6 @@ class Pipeline:
                 return _result(DUPLICATE, envelope=env, reason="same_envelope"), None
             raise Rejected("id_conflict", [error("/id", "id_conflict",
                                                  f"({env.source}, {env.id}) was seen before with a different body")])
-        identity = self.contract.identity_of(env.type, env.data)
         fact_seq = self.store.add_fact(self._fact_row(env.event, env.floats, route_key, identity, at))
         if fact_seq is None:
             # The envelope stays remembered: a resend of it is same_envelope, its id with

@@ -181,6 +181,20 @@ class Store(RouteReads):
         are already serialised (SQLite's BEGIN IMMEDIATE, the memory store) does nothing and
         never iterates `route_keys`."""
 
+    def prefetch_claims(self, envelopes: Sequence[tuple[str, str]], identities: Sequence[tuple[str, str]],
+                        digests: Sequence[str]) -> None:
+        """Inside a transaction, right after `lock_keys`: the claims its events may make, so that
+        a backend can learn at once which exist already. `envelopes` are the (source, id) of the
+        batch's envelopes, `identities` the (type, identity) of their facts, `digests` the
+        sha256 of each input rejected before the transaction.
+
+        Each claim (`claim_envelope`, `add_fact`, `record_rejection`) otherwise answers with
+        its own statement; for a backend across a socket (PostgreSQL) that is a round trip per
+        event, which one lookup per batch saves. It changes no answer: a backend that answers
+        later from what it read here must make sure at its commit that nobody claimed the same
+        meanwhile, and raise `StoreConflict` if somebody did (the batch then runs again). One
+        whose claims are local calls already (SQLite, the memory store) does nothing here."""
+
     @abstractmethod
     def savepoint(self) -> AbstractContextManager[None]:
         """Inside a transaction: undo only this block's writes on an exception (which propagates)."""

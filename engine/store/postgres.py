@@ -32,6 +32,12 @@ Through psycopg 3, one connection per store, in autocommit mode with explicit tr
   keys are read once, behind their locks. A batch then costs about two statements per event
   (the envelope claim and the fact's) instead of nine; a failed bulk row fails the transaction
   at that read or at the commit, as a pipelined statement does.
+- **Claims from one lookup.** A batch (`prefetch_claims`, right behind its key locks) reads in one
+  round trip which of its envelopes, fact identities and rejected inputs exist; the claims answer
+  from that, their rows wait with the others and go with a check that each was new. One taken by
+  another writer meanwhile (under another key, so no lock kept it out) is a `StoreConflict`: the
+  batch runs again and then sees it. A key's facts are read as the server's merged with those
+  still waiting, in seq order, so a read sends nothing.
 
 Driver errors become StoreError subclasses chosen by SQLSTATE (or, for a failed connection,
 which carries none, by the connection's state): deadlocks, serialisation failures and lock
@@ -321,6 +327,34 @@ _RESERVE = ("SELECT ARRAY(SELECT nextval(s.f) FROM generate_series(1, %s)),"
             " FROM (SELECT pg_get_serial_sequence('facts', 'seq')::regclass AS f,"
             " pg_get_serial_sequence('inputs', 'seq')::regclass AS i) AS s")
 FACT_SEQS_MORE = 64  # seqs reserved at once when a batch's run out (unused ones leave a gap)
+# -- claims a batch answers from one lookup (`prefetch_claims`) ------------------------------------
+# Which of a batch's envelopes, fact identities and rejected inputs exist, read in one round trip
+# behind its key locks (the rejections' numbers for new digests drawn in the same statement).
+# The claims then answer from it and their rows wait with the others; they go with a check that
+# each was new (RETURNING one row per row sent): another writer, under another key, may have
+# taken one meanwhile, and the batch then runs again (StoreConflict).
+_ENVELOPES_SEEN = ("SELECT e.source, e.id, e.body FROM unnest(%b::text[], %b::text[]) AS x(source, id)"
+                   " JOIN envelopes e ON e.source = x.source AND e.id = x.id")
+_IDENTITIES_SEEN = ("SELECT f.type, f.identity FROM unnest(%b::text[], %b::text[]) AS x(type, identity)"
+                    " JOIN facts f ON f.type = x.type AND f.identity = x.identity WHERE f.identity IS NOT NULL")
+_REJECTIONS_SEEN = (
+    "WITH d AS (SELECT DISTINCT x FROM unnest(%b::text[]) AS x),"
+    " seen AS (SELECT r.raw_sha256, r.seq FROM d JOIN rejections r ON r.raw_sha256 = d.x)"
+    " SELECT ARRAY(SELECT raw_sha256 FROM seen), ARRAY(SELECT seq FROM seen),"
+    " ARRAY(SELECT nextval(pg_get_serial_sequence('rejections', 'seq')::regclass) FROM d"
+    " WHERE d.x NOT IN (SELECT raw_sha256 FROM seen))")
+_CHECKED = " ON CONFLICT DO NOTHING RETURNING 1"
+_CLAIM_ENVELOPES = _bulk_insert("envelopes", (("source", _T), ("id", _T), ("body", _T), ("config_hash", _T)),
+                                _CHECKED)
+_CLAIM_FACTS = _bulk_insert("facts", _BULK["facts"], _CHECKED)
+_CLAIM_REJECTIONS = _bulk_insert(
+    "rejections", (("seq", _B), ("raw_sha256", _T), ("raw", "bytea"), ("raw_size", _B), ("truncated", _I),
+                   ("reason", _T), ("errors", _T), ("source", _T), ("id", _T), ("type", _T), ("config_hash", _T),
+                   ("first_seen_at", _T), ("last_seen_at", _T)), _CHECKED)
+_SEEN_AGAIN = ("UPDATE rejections AS r SET reason = x.reason, errors = x.errors, config_hash = x.config_hash,"
+               " last_seen_at = x.at, resolved_at = NULL, resolved_by_input = NULL"
+               " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])"
+               " AS x(seq, reason, errors, config_hash, at) WHERE r.seq = x.seq RETURNING 1")
 _REJECTION_COLUMNS = ("seq, reason, errors, source, id, type, raw_size, raw_sha256, truncated, first_seen_at,"
                       " last_seen_at, config_hash, resolved_at, resolved_by_input")
 
@@ -513,9 +547,28 @@ class PostgresStore(Store, HistoryReader):
         self._seqs: dict[str, deque[int]] = {"facts": deque(), "inputs": deque()}
         self._pending: list[tuple[str, psycopg.Cursor, Any]] = []
         self._more_facts = False  # whether a batch that ran out of fact seqs reserves more
+        self._forget_claims()
+        self._claiming = False  # whether buffered facts go with a check (a prefetch answered claims)
+
+    def _forget_claims(self) -> None:
+        """Drop what a prefetch read and the claims buffered on it (a savepoint's rollback, the end)."""
+        # (source, id) -> the stored body, None when free; (type, identity) -> whether a fact holds
+        # it; sha256 -> the rejection's seq, None when new. A key absent was not prefetched.
+        self._envelopes: dict[tuple[str, str], str | None] = {}
+        self._identities: dict[tuple[str, str], bool] = {}
+        self._rejected: dict[str, int | None] = {}
+        self._claim_rows: list[tuple[str, str, str, str]] = []
+        self._fact_claims: dict[int, tuple[str, str]] = {}  # seq of a buffered claimed fact -> its identity
+        self._rejection_rows: list[tuple[Any, ...]] = []
+        self._seen_again: dict[int, tuple[Any, ...]] = {}  # seq -> the rejection's new reason, errors, ...
+        self._rejection_seqs: deque[int] = deque()
 
     def _flush(self, *tables: str) -> None:
-        """Send the buffered rows of `tables` (all of them by default), one statement per table."""
+        """Send the buffered rows of `tables` (all of them and the claims by default), one statement
+        per table; claimed rows are checked before it returns."""
+        checks: list[tuple[psycopg.Cursor, int]] = []
+        if not tables:
+            self._flush_claims(checks)
         for table in tables or (*_BULK, "routes"):
             if table == "routes":
                 self._flush_routes()
@@ -523,7 +576,37 @@ class PostgresStore(Store, HistoryReader):
                 rows, self._rows[table] = self._rows[table], []
                 if table == "facts":
                     self._fact_marks = set()
+                    if self._claiming:
+                        checks.append(self._send_checked(_CLAIM_FACTS, rows))
+                        continue
                 self._send(_INSERTS[table], rows)
+        self._check(checks)
+
+    def _flush_claims(self, checks: list[tuple[psycopg.Cursor, int]]) -> None:
+        """Queue the buffered envelope and rejection claims (see `_check`)."""
+        if self._claim_rows:
+            rows, self._claim_rows = self._claim_rows, []
+            checks.append(self._send_checked(_CLAIM_ENVELOPES, rows))
+        if self._rejection_rows:
+            rows, self._rejection_rows = self._rejection_rows, []
+            checks.append(self._send_checked(_CLAIM_REJECTIONS, rows))
+        if self._seen_again:
+            rows, self._seen_again = list(self._seen_again.values()), {}
+            checks.append(self._send_checked(_SEEN_AGAIN, rows))
+
+    def _send_checked(self, sql: str, rows: list[tuple[Any, ...]]) -> tuple[psycopg.Cursor, int]:
+        """Queue rows as one statement that returns a row for each one it wrote; read by `_check`."""
+        cur = self.conn.cursor()  # type: ignore[union-attr]
+        cur.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+        return cur, len(rows)
+
+    def _check(self, checks: list[tuple[psycopg.Cursor, int]]) -> None:
+        """Every claimed row was written (one wait for all): a claim answered from the prefetch that
+        another writer took meanwhile is a conflict, and the batch runs again."""
+        for cur, sent in checks:
+            if len(cur.fetchall()) != sent:
+                raise StoreConflict(f"{self.path}: another writer claimed an envelope, fact or rejection this "
+                                    "batch had found free; the batch runs again")
 
     def _send(self, inserts: tuple[str, str], rows: list[tuple[Any, ...]]) -> None:
         """Queue rows as one INSERT of arrays, or as a statement each when they are few."""
@@ -550,6 +633,7 @@ class PostgresStore(Store, HistoryReader):
         self._fact_marks = set()
         self._route_rows = {}
         self._routes = {}
+        self._forget_claims()  # everything before the savepoint was sent: its claims are the server's
 
     def _reserve(self, facts: int, inputs: int) -> None:
         """Draw seqs for the batch's facts and inputs, to be read with the next answer."""
@@ -904,7 +988,42 @@ class PostgresStore(Store, HistoryReader):
     # These run inside `transaction()`, which translates their driver errors; they use the
     # connection's cursor directly.
 
+    def prefetch_claims(self, envelopes: Sequence[tuple[str, str]], identities: Sequence[tuple[str, str]],
+                        digests: Sequence[str]) -> None:
+        """Read which of these exist, in one round trip with the batch's seqs and route states (see
+        "Claims from one lookup"). Only in a batch `lock_keys` reserved seqs for: a transaction of a
+        few events claims with a statement each, which costs less than a lookup and a check."""
+        if self._pipe is None or not self._more_facts:
+            return
+        self._flush()  # the lookups see every row sent before
+        reads = []
+        for sql, pairs in ((_ENVELOPES_SEEN, envelopes), (_IDENTITIES_SEEN, identities)):
+            if pairs:
+                cur = self.conn.cursor()  # type: ignore[union-attr]
+                cur.execute(sql, ([a for a, _ in pairs], [b for _, b in pairs]))
+                reads.append(cur)
+        if digests:
+            rejected = self.conn.cursor()  # type: ignore[union-attr]
+            rejected.execute(_REJECTIONS_SEEN, (list(digests),))
+        if self._pending:
+            self._settle()
+        self._claiming = True
+        if envelopes:
+            self._envelopes.update(dict.fromkeys(envelopes))
+            self._envelopes.update({(source, id_): body for source, id_, body in reads.pop(0).fetchall()})
+        if identities:
+            self._identities.update(dict.fromkeys(identities, False))
+            self._identities.update({(type_, identity): True for type_, identity in reads.pop(0).fetchall()})
+        if digests:
+            found, seqs, new = rejected.fetchone()
+            self._rejected.update(dict.fromkeys(digests))
+            self._rejected.update(zip(found, seqs, strict=True))
+            self._rejection_seqs.extend(sorted(new))
+
     def find_envelope(self, source: str, event_id: str) -> str | None:
+        claim = (source, event_id)
+        if claim in self._envelopes:
+            return self._envelopes[claim]
         row = self._exec("SELECT body FROM envelopes WHERE source = %s AND id = %s", (source, event_id)).fetchone()
         return row[0] if row else None
 
@@ -914,15 +1033,40 @@ class PostgresStore(Store, HistoryReader):
         return self._run(sql, params)
 
     def claim_envelope(self, source: str, event_id: str, body: str, config_hash: str) -> bool:
+        claim = (source, event_id)
+        if claim in self._envelopes:
+            if self._envelopes[claim] is not None:
+                return False
+            self._envelopes[claim] = body
+            self._claim_rows.append((source, event_id, body, config_hash))
+            return True
         # RETURNING, not rowcount: in a pipeline a fetch reads the answer, a rowcount would need a sync
         return self._exec("INSERT INTO envelopes (source, id, body, config_hash) VALUES (%s, %s, %s, %s)"
                           " ON CONFLICT DO NOTHING RETURNING true", (source, event_id, body, config_hash)
                           ).fetchone() is not None
 
     def forget(self, fact_seq: int | None, source: str, event_id: str) -> None:
-        if fact_seq is not None and not self._unbuffer_fact(fact_seq):
-            self._exec("DELETE FROM facts WHERE seq = %s", (fact_seq,))
+        if fact_seq is not None:
+            identity = self._fact_claims.pop(fact_seq, None)
+            if identity is not None:
+                self._identities[identity] = False
+            if not self._unbuffer_fact(fact_seq):
+                self._exec("DELETE FROM facts WHERE seq = %s", (fact_seq,))
+        claim = (source, event_id)
+        if claim in self._envelopes:
+            self._envelopes[claim] = None
+            if self._unbuffer_claim(claim):
+                return
         self._exec("DELETE FROM envelopes WHERE source = %s AND id = %s", (source, event_id))
+
+    def _unbuffer_claim(self, claim: tuple[str, str]) -> bool:
+        """Drop an envelope claim still waiting to be sent; whether it was one."""
+        rows = self._claim_rows
+        for i in range(len(rows) - 1, -1, -1):
+            if rows[i][:2] == claim:
+                del rows[i]
+                return True
+        return False
 
     def _unbuffer_fact(self, seq: int) -> bool:
         """Drop a fact still waiting to be sent; whether it was one."""
@@ -946,13 +1090,24 @@ class PostgresStore(Store, HistoryReader):
             self._flush("facts")
 
     def has_identity(self, event_type: str, identity: str) -> bool:
+        known = self._identities.get((event_type, identity))
+        if known is not None:
+            return known
         self._flush_facts_for((event_type, identity))
         return self._exec("SELECT 1 FROM facts WHERE type = %s AND identity = %s",
                           (event_type, identity)).fetchone() is not None
 
     def add_fact(self, row: tuple[Any, ...]) -> int | None:
         self._lock(row[3])
+        claim = (row[2], row[4])
+        known = self._identities.get(claim) if row[4] is not None else None
+        if known:
+            return None
         seq = self._take("facts")
+        if known is False and seq is not None:  # prefetched, and free
+            self._identities[claim] = True
+            self._fact_claims[seq] = claim
+            return self._buffer_fact(seq, row)
         if seq is not None and row[4] is None:  # no identity: nothing to be a duplicate of
             return self._buffer_fact(seq, row)
         self._flush_facts_for((row[2], row[4]))  # the identity check sees every fact of the transaction
@@ -962,27 +1117,35 @@ class PostgresStore(Store, HistoryReader):
             found = self._exec(_ADD_FACT_AT, (seq, *row, row[4], row[2], row[4])).fetchone()
             if found is None:
                 self._seqs["facts"].appendleft(seq)  # a duplicate: the next fact takes its number
+        if known is not None:
+            self._identities[claim] = True  # stored now, or found stored
         return found[0] if found else None
 
     def insert_fact(self, row: tuple[Any, ...]) -> int:
         self._lock(row[3])
+        if row[4] is not None and (row[2], row[4]) in self._identities:
+            self._identities[(row[2], row[4])] = True
         seq = self._take("facts")
         if seq is None:
             return self._exec(_INSERT_FACT, row).fetchone()[0]
         return self._buffer_fact(seq, row)
 
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
-        self._lock(route_key)
-        self._flush_facts_for(route_key)
-        rows = self._exec("SELECT type, data FROM facts WHERE route_key = %s ORDER BY seq", (route_key,)).fetchall()
-        return [(t, orjson.loads(d)) for t, d in rows]
+        return [(t, orjson.loads(d)) for _, t, d, _ in self._key_facts(route_key)]
 
     def facts_with_identity(self, route_key: str) -> list[tuple[str, dict[str, Any], str | None]]:
+        return [(t, orjson.loads(d), i) for _, t, d, i in self._key_facts(route_key)]
+
+    def _key_facts(self, route_key: str) -> list[tuple[int, str, str, str | None]]:
+        """(seq, type, data, identity) of the key's facts in seq order: the server's, merged with
+        those still buffered. Read so rather than after a flush: a flush of claimed facts waits for
+        its check, and a batch reads a key's facts for every event its rules run on."""
         self._lock(route_key)
-        self._flush_facts_for(route_key)
-        rows = self._exec("SELECT type, data, identity FROM facts WHERE route_key = %s ORDER BY seq",
+        rows = self._exec("SELECT seq, type, data, identity FROM facts WHERE route_key = %s ORDER BY seq",
                           (route_key,)).fetchall()
-        return [(t, orjson.loads(d), i) for t, d, i in rows]
+        if route_key in self._fact_marks:
+            rows = sorted([*rows, *((r[0], r[3], r[6], r[5]) for r in self._rows["facts"] if r[4] == route_key)])
+        return rows
 
     def route_state(self, route_key: str) -> tuple[str, str | None] | None:
         self._lock(route_key)
@@ -1048,15 +1211,41 @@ class PostgresStore(Store, HistoryReader):
                 self._rows["actions"].extend(rows)
 
     def record_rejection(self, row: dict[str, Any]) -> int:
+        digest = row["raw_sha256"]
+        if digest in self._rejected:
+            return self._claim_rejection(digest, row)
         return self._exec(_RECORD_REJECTION, {**row, "raw": bytes(row["raw"])}).fetchone()[0]
 
+    def _claim_rejection(self, digest: str, row: dict[str, Any]) -> int:
+        """A prefetched rejection: seen before, its update waits; new, it takes a reserved seq and waits."""
+        seq = self._rejected[digest]
+        if seq is not None:
+            self._seen_again[seq] = (seq, row["reason"], row["errors"], row["config_hash"], row["at"])
+            return seq
+        seq = self._rejection_seqs.popleft()  # one was drawn for each new digest
+        self._rejected[digest] = seq
+        self._rejection_rows.append((seq, digest, bytes(row["raw"]), row["raw_size"], row["truncated"], row["reason"],
+                                     row["errors"], row["source"], row["id"], row["type"], row["config_hash"],
+                                     row["at"], row["at"]))
+        return seq
+
+    def _flush_rejections(self, seqs: Iterable[int]) -> None:
+        """Send the buffered rejection claims before a statement that changes one of them by seq."""
+        if (self._rejection_rows or self._seen_again) and not set(seqs).isdisjoint(
+                {*self._seen_again, *(row[0] for row in self._rejection_rows)}):
+            checks: list[tuple[psycopg.Cursor, int]] = []
+            self._flush_claims(checks)
+            self._check(checks)
+
     def resolve_rejection(self, seq: int, input_seq: int, at: str) -> None:
+        self._flush_rejections((seq,))
         self._exec("UPDATE rejections SET resolved_at = %s, resolved_by_input = %s WHERE seq = %s",
                    (at, input_seq, seq))
 
     def purge_rejections(self, seqs: list[int]) -> int:
         if not seqs:
             return 0
+        self._flush_rejections(seqs)
         return self._rowcount(self._exec("DELETE FROM rejections WHERE seq = ANY(%s)", (list(seqs),)))
 
     def record_input(self, row: tuple[Any, ...]) -> int:

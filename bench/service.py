@@ -203,8 +203,14 @@ def _cpu_ticks(pid: int | None = None) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / hz
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return (sum(values) - idle) / hz
+    return sum(values[i] for i in (0, 1, 2, 5, 6)) / hz  # user, nice, system, irq, softirq
+
+
+def _steal_ticks() -> float:
+    """Seconds the machine's virtual CPUs were ready but the host ran something else (steal):
+    not any process's, so it is neither the server's nor "other processes"."""
+    values = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return (int(values[7]) if len(values) > 7 else 0) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -286,11 +292,13 @@ def run_config(workdir: Path, name: str, lines: list[bytes], *, connections: int
             time.sleep(0.001)
         loop_cpu = _loop_thread_ticks(proc.pid)
         (server_cpu, child_cpu), machine_cpu, wall = _server_ticks(proc.pid), _cpu_ticks(), time.perf_counter()
+        steal = _steal_ticks()
         load_before = os.getloadavg()[0]
         parts = [out.get(timeout=seconds + 120) for _ in workers]
         wall = time.perf_counter() - wall
         server_after, child_after = _server_ticks(proc.pid)
         server_cpu, child_cpu, machine_cpu = server_after - server_cpu, child_after - child_cpu, _cpu_ticks() - machine_cpu
+        steal = _steal_ticks() - steal
         loop_cpu = _loop_thread_ticks(proc.pid) - loop_cpu
         server_cpu += child_cpu
         for w in workers:
@@ -330,6 +338,7 @@ def run_config(workdir: Path, name: str, lines: list[bytes], *, connections: int
         "other_threads_cpu_us_per_event": round(1e6 * (server_cpu - child_cpu - loop_cpu) / max(1, events), 1),
         "client_cpu_pct": round(100 * client_cpu / wall, 1),
         "foreign_cpu_pct_of_machine": round(100 * foreign / wall / cores, 1),
+        "steal_pct_of_machine": round(100 * steal / wall / cores, 1),
         "machine_busy_pct": round(100 * machine_cpu / wall / cores, 1), "load_avg_1m_before": round(load_before, 2),
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
     }
@@ -355,8 +364,9 @@ def median_run(results: list[dict]) -> dict:
             for k, v in r["statuses"].items():
                 statuses[k] = statuses.get(k, 0) + v
         out["statuses"] = statuses
-    if "foreign_cpu_pct_of_machine" in out:
-        out["foreign_cpu_pct_of_machine"] = max(r["foreign_cpu_pct_of_machine"] for r in results)
+    for worst in ("foreign_cpu_pct_of_machine", "steal_pct_of_machine"):
+        if worst in out:
+            out[worst] = max(r.get(worst, 0.0) for r in results)
     out["reps"] = len(results)
     return out
 
@@ -514,6 +524,9 @@ def render(machine: dict, runs: list[dict], engine: list[dict]) -> str:
                f"contaminated.** The per-event server CPU column and the ratios within one run are the more "
                f"reliable figures; rerun on a quiet machine for absolute ones." if worst > 10 else
                f"Other processes took at most {worst}% of the machine during these runs (a quiet machine).")
+    steal = max((r.get("steal_pct_of_machine", 0.0) for r in runs), default=0.0)
+    verdict += (f" The host took up to {steal}% of the machine as steal (its virtual CPUs waiting for the host: "
+                f"counted neither as the server's nor as other processes').")
     return f"""# Service performance: `webinar-flows serve`
 
 Figures from `python bench/service.py` (`bench/service.py` says how it measures). Each row is one

@@ -213,8 +213,8 @@ def _steal_ticks() -> float:
     return (int(values[7]) if len(values) > 7 else 0) / os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid: int) -> list[int]:
-    """A process's child processes (the writer process of `serve`), from /proc."""
+def child_pids(pid: int) -> list[int]:
+    """A process's child processes (the writer process of `serve`), from /proc; the tests use it too."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -227,7 +227,7 @@ def _children(pid: int) -> list[int]:
 def _server_ticks(pid: int) -> tuple[float, float]:
     """Seconds of CPU of the server: its own process, and its child processes (the writer's)."""
     children = 0.0
-    for child in _children(pid):
+    for child in child_pids(pid):
         try:
             children += _cpu_ticks(child)
         except OSError:  # it exited between the listing and the read

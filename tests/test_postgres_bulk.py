@@ -166,14 +166,20 @@ def test_a_batch_sends_about_two_statements_per_event(pg_url: str, monkeypatch: 
     batch. Nine per event before the bulk writes (docs/PERFORMANCE-postgres.md)."""
     events = stream(100, seed=5)
     with Engine.open(db=pg_url) as eng:
-        statements = 0
-        execute = psycopg.Cursor.execute
+        per_event = statements_per_event(monkeypatch, eng, events)
+    assert per_event < 2.5, per_event
 
-        def counting(self: psycopg.Cursor, *args: Any, **kwargs: Any) -> Any:
-            nonlocal statements
-            statements += 1
-            return execute(self, *args, **kwargs)
 
-        monkeypatch.setattr(psycopg.Cursor, "execute", counting)
-        eng.process_many(events, batch_size=500)
-    assert statements / len(events) < 2.5, statements / len(events)
+def statements_per_event(patch: pytest.MonkeyPatch, eng: Engine, events: list[Any], batch_size: int = 500) -> float:
+    """`events` through `eng.process_many`, counting the statements psycopg executes."""
+    statements = 0
+    execute = psycopg.Cursor.execute
+
+    def counting(self: psycopg.Cursor, *args: Any, **kwargs: Any) -> Any:
+        nonlocal statements
+        statements += 1
+        return execute(self, *args, **kwargs)
+
+    patch.setattr(psycopg.Cursor, "execute", counting)
+    eng.process_many(events, batch_size=batch_size)
+    return statements / len(events)

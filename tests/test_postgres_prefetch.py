@@ -17,7 +17,7 @@ import pytest
 from conftest import completed, entered
 from pg_proof import stream
 from test_pipeline import add_broken_rule
-from test_postgres_bulk import second_pg, stored  # noqa: F401 (a fixture)
+from test_postgres_bulk import second_pg, statements_per_event, stored  # noqa: F401 (a fixture)
 
 from engine import Engine
 from engine.runtime.envelope import DEFAULT_MAX_EVENT_BYTES, read_envelope
@@ -122,22 +122,12 @@ def test_prefetched_claims_send_fewer_statements_per_event(pg_url: str, second_p
     events = stream(100, seed=5)
     events[7:7] = [b"{not json", {"specversion": "1.0"}]
     counts = {}
-    execute = psycopg.Cursor.execute
     for url, prefetching in ((second_pg, False), (pg_url, True)):
         with monkeypatch.context() as patch:
             if not prefetching:
                 patch.setattr(PostgresStore, "prefetch_claims", Store.prefetch_claims)
             with Engine.open(db=url) as eng:
-                statements = 0
-
-                def counting(self: psycopg.Cursor, *args: Any, **kwargs: Any) -> Any:
-                    nonlocal statements
-                    statements += 1
-                    return execute(self, *args, **kwargs)
-
-                patch.setattr(psycopg.Cursor, "execute", counting)
-                eng.process_many(events, batch_size=500)
-                counts[prefetching] = statements / len(events)
+                counts[prefetching] = statements_per_event(patch, eng, events)
     assert stored(pg_url) == stored(second_pg)
     assert counts[True] < 0.3 * counts[False], counts  # 0.25 against 1.94 when written
     assert counts[True] < 0.5, counts

@@ -25,6 +25,7 @@ from serverkit import (  # noqa: F401  (serve_factory is a fixture)
     structured,
 )
 
+from bench.service import child_pids
 from engine import Engine, StoreBusy, StoreError, bundled_config, load_config
 from service.engine_process import EngineProcess, _portable
 
@@ -33,21 +34,11 @@ def lead() -> str:
     return f"lead-{uuid.uuid4().hex[:12]}"
 
 
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
 def writer_pids(server: Server) -> list[int]:
     """The server's live writer processes (a killed one not yet reaped is a zombie: left out)."""
     assert server.proc is not None
     found = []
-    for pid in children(server.proc.pid):
+    for pid in child_pids(server.proc.pid):
         try:
             if b"service.engine_process" in Path(f"/proc/{pid}/cmdline").read_bytes() and running(pid):
                 found.append(pid)
@@ -145,7 +136,7 @@ def test_killing_the_writer_process_under_load_loses_nothing_answered_200(serve_
 
 def test_writer_thread_keeps_the_engine_in_the_server_process(serve_factory) -> None:
     server: Server = serve_factory("thread", args=("--writer", "thread"))
-    assert server.proc is not None and children(server.proc.pid) == []
+    assert server.proc is not None and child_pids(server.proc.pid) == []
     request = structured(entered(lead=lead()))
     assert post(server, "site-b", *request).status_code == 200
     assert server.stop() == 0

@@ -4,12 +4,13 @@ One Python process runs one thread at a time (the GIL). With the writer as a thr
 the event loop, every request's HTTP work (parsing, signature, the answer) and every event's
 engine work (validation, rules, SQL) took turns on one core: the service reached about a
 third of what the engine alone does on the same events, whatever the machine had to spare
-(docs/service-performance.md). Here the writer thread of service/writer.py hands each
-transaction's events to a child process that owns the only write connection; the thread only
-waits on a pipe, which lets go of the GIL, while the loop answers other requests.
+(docs/service-performance.md). Here a child process owns the only write connection; a thread
+of the server sends it each request's events as they are queued, and the child, when it starts
+a transaction, takes every message already waiting in its pipe (service/writer.py settles the
+answers). The server's threads only wait on the pipe, which lets go of the GIL, while the loop
+answers other requests.
 
-Everything else stays in the server process: the queue, the group commit (the thread takes
-whatever is queued as soon as the previous transaction returns), the metrics, the rate
+Everything else stays in the server process: the queue and its bound, the metrics, the rate
 buckets, the readers. The child is not a second writer: it is the writer's hands.
 
 The child is started with the interpreter that runs the server (`python -m
@@ -40,6 +41,7 @@ from engine import Config, Engine, Received, StoreError
 from .jsonbytes import dumps as json_bytes
 
 START_SECONDS = 60.0  # opening the engine includes migrating an old database
+CLOSE = pickle.dumps(("close", None, 0))  # finish what was sent before, then exit
 
 
 class WriterProcessDied(StoreError):
@@ -127,20 +129,42 @@ class EngineProcess:
         """The engine's `process_many` on `items`, in the child, in one transaction of up to
         `batch_size`. Items that are all `Received` (what the service sends) travel as plain
         tuples and come back as `Answered`; anything else travels and comes back as it is."""
-        if all(type(item) is Received for item in items):
-            sent = [(i.event, i.emitter, i.refusal, i.raw) for i in items]
-            return [Answered(*answer) for answer in self._ask(("received", sent, batch_size))]
-        return self._ask(("many", items, batch_size))
+        kind, payload = _message(items)
+        answer = self._ask((kind, payload, batch_size))
+        return [Answered(*a) for a in answer[0]] if kind == "received" else answer
 
     def run(self, job: Callable[[Engine], Any]) -> Any:
         """`job(engine)` in the child; `job` travels by pickle (a module-level function or a partial of one)."""
         return self._ask(("run", job, 0))
 
+    # -- pipelined use (service/writer.py): one thread sends, another receives ------------------
+
+    def send(self, data: bytes) -> None:
+        """Send one message made by `encode`, without waiting for its answer. The child answers
+        messages in order; consecutive messages of received events that it finds waiting when a
+        transaction starts go into that one transaction, and one answer covers them all."""
+        if self._conn is None:
+            raise WriterProcessDied("the writer process is not running")
+        self._conn.send_bytes(data)
+
+    def receive(self) -> tuple[str, Any, int]:
+        """The next answer: ("ok", value, n) or ("error", exception, n), for the next n messages
+        sent. For received events `value` holds one list per message of `Answered`'s fields."""
+        if self._conn is None:
+            raise EOFError
+        status, value, n = pickle.loads(self._conn.recv_bytes())
+        return status, value, n
+
+    def restart(self) -> None:
+        """A new child in place of this one, whatever became of it (the last one died)."""
+        self._lost()
+        self._start()
+
     def close(self) -> None:
         """Let the child finish and close its engine; a child that does not is killed."""
         if self._conn is not None:
             try:
-                self._conn.send_bytes(pickle.dumps(("close", None, 0)))
+                self._conn.send_bytes(CLOSE)
                 self._conn.poll(10.0)
             except OSError:
                 pass
@@ -167,7 +191,7 @@ class EngineProcess:
 
     def _answer(self) -> Any:
         assert self._conn is not None
-        status, value = pickle.loads(self._conn.recv_bytes())
+        status, value, _ = pickle.loads(self._conn.recv_bytes())
         if status == "error":
             raise value
         return value
@@ -183,6 +207,29 @@ class EngineProcess:
             self._child.kill()
             self._child.wait()
         self._child = None
+
+
+def encode(items: list[Any], max_batch: int) -> tuple[str, bytes]:
+    """A message of `items` for `EngineProcess.send`, to be processed in a transaction of at most
+    `max_batch` events together with the messages queued behind it; and its kind."""
+    kind, payload = _message(items)
+    return kind, pickle.dumps((kind, payload, max_batch), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def encode_job(job: Callable[[Engine], Any]) -> bytes:
+    """A message that runs `job(engine)` in the child, alone; pickling errors are the caller's."""
+    return pickle.dumps(("run", job, 0), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def answered(value: list[tuple[Any, ...]]) -> list[Answered]:
+    return [Answered(*fields) for fields in value]
+
+
+def _message(items: list[Any]) -> tuple[str, Any]:
+    """Received events as plain tuples (cheaper to pickle than the objects); anything else as it is."""
+    if all(type(item) is Received for item in items):
+        return "received", [(i.event, i.emitter, i.refusal, i.raw) for i in items]
+    return "many", items
 
 
 def _child_environment() -> dict[str, str]:
@@ -237,35 +284,72 @@ def main(fd: int) -> int:
     except EOFError:
         return 1
     except BaseException as exc:  # noqa: BLE001 - the server re-raises it
-        conn.send_bytes(pickle.dumps(("error", _portable(exc))))
+        conn.send_bytes(pickle.dumps(("error", _portable(exc), 1)))
         return 1
-    conn.send_bytes(pickle.dumps(("ok", None)))
-    dumps, loads, highest = pickle.dumps, pickle.loads, pickle.HIGHEST_PROTOCOL
+    conn.send_bytes(pickle.dumps(("ok", None, 1)))
     try:
-        while True:
-            try:
-                kind, payload, size = loads(conn.recv_bytes())
-            except EOFError:
-                return 0
-            if kind == "close":
-                return 0
-            try:
-                if kind == "received":
-                    answer: tuple[str, Any] = ("ok", _answers(engine.process_many(
-                        [Received(*fields) for fields in payload], batch_size=size)))
-                elif kind == "many":
-                    answer = ("ok", engine.process_many(payload, batch_size=size))
-                else:
-                    answer = ("ok", payload(engine))
-            except Exception as exc:  # noqa: BLE001 - the server answers it (a StoreError is a 503)
-                answer = ("error", _portable(exc))
-            try:
-                conn.send_bytes(dumps(answer, protocol=highest))
-            except Exception as exc:  # noqa: BLE001 - a result or exception that does not pickle
-                conn.send_bytes(dumps(("error", RuntimeError(f"an answer that cannot be sent back: {exc}"))))
+        return _serve(conn, engine)
     finally:
         engine.close()
         conn.close()
+
+
+def _serve(conn: Connection, engine: Engine) -> int:
+    """Answer messages in order until the pipe closes. A transaction of received events takes,
+    besides its own message, every such message already waiting (up to its size in events):
+    what queued while the last one committed goes into the next one, as the writer's group
+    commit wants, without waiting for the server to send it."""
+    dumps, loads, highest = pickle.dumps, pickle.loads, pickle.HIGHEST_PROTOCOL
+    held: tuple[str, Any, int] | None = None
+    while True:
+        if held is not None:
+            message, held = held, None
+        else:
+            try:
+                message = loads(conn.recv_bytes())
+            except EOFError:
+                return 0
+        kind, payload, size = message
+        if kind == "close":
+            return 0
+        parts = [payload]
+        if kind == "received":
+            count = len(payload)
+            while count < size and conn.poll(0):
+                try:
+                    following = loads(conn.recv_bytes())
+                except EOFError:
+                    held = ("close", None, 0)
+                    break
+                if following[0] == "received" and count + len(following[1]) <= size:
+                    parts.append(following[1])
+                    count += len(following[1])
+                else:
+                    held = following
+                    break
+        try:
+            if kind == "received":
+                answers = _answers(engine.process_many([Received(*f) for part in parts for f in part],
+                                                       batch_size=max(1, count)))
+                value, start = [], 0
+                for part in parts:
+                    value.append(answers[start:start + len(part)])
+                    start += len(part)
+                answer: tuple[str, Any, int] = ("ok", value, len(parts))
+            elif kind == "many":
+                answer = ("ok", engine.process_many(payload, batch_size=size), 1)
+            else:
+                answer = ("ok", payload(engine), 1)
+        except Exception as exc:  # noqa: BLE001 - the server answers it (a StoreError is a 503)
+            answer = ("error", _portable(exc), len(parts))
+        try:
+            try:
+                data = dumps(answer, protocol=highest)
+            except Exception as exc:  # noqa: BLE001 - a result or exception that does not pickle
+                data = dumps(("error", RuntimeError(f"an answer that cannot be sent back: {exc}"), len(parts)))
+            conn.send_bytes(data)
+        except OSError:  # the server is gone
+            return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ whatever is queued (up to `max_batch` events, whole requests only) as soon as it
 commit ends, with no fixed wait, processes it in one transaction, and only then settles each
 request's future, so a 200 always follows its commit. The queue is bounded in events: when
 it is full a request is refused at once rather than held in memory.
+
+With the engine in a writer process (service/engine_process.py) the thread sends instead of
+committing, and the process's pipe holds the queue's head: the process takes what waits there
+when its previous commit ends, and a second thread settles the answers.
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ from typing import Any
 
 from engine import Engine
 
-from .engine_process import EngineProcess
+from .engine_process import (
+    CLOSE,
+    EngineProcess,
+    WriterProcessDied,
+    answered,
+    encode,
+    encode_job,
+)
 
 Results = list[dict[str, Any]]
 IDLE_SECONDS = 1.0  # how often an idle writer checks that its process is alive
@@ -43,6 +54,15 @@ class _Job:
     loop: asyncio.AbstractEventLoop | None = None  # set when `future` is an asyncio future of this loop
 
 
+@dataclass
+class _Sent:
+    """A message on its way to the writer process, or in its transaction: its jobs, in order."""
+    jobs: list[_Job]
+    events: int
+    kind: str  # "received", "many" or "run", as service/engine_process.py encoded it
+    at: float  # monotonic time it was sent
+
+
 class Writer:
     """The writer thread and its bounded queue. `submit` from any thread; `stop` drains."""
 
@@ -58,20 +78,36 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="webinar-flows-writer", daemon=True)
         self._started = threading.Event()
         self._failure: BaseException | None = None
-        self.busy_since: float | None = None  # monotonic start of the transaction under way
+        self._busy_since: float | None = None  # monotonic start of the transaction under way
         self.last_error: tuple[str, float] | None = None  # why the last transaction failed, and when
         self._engine: Any = None
+        self._inflight: deque[_Sent] = deque()  # sent to the writer process, not yet answered
+        self._receiving = False  # a receiver thread reads the writer process's answers
+        self._receiver: threading.Thread | None = None
 
     @property
     def depth(self) -> int:
-        return self._depth
+        """Events waiting for a transaction. With a writer process, those sent to it wait there
+        too, all but the oldest message's, which its transaction under way holds."""
+        try:
+            return self._depth - self._inflight[0].events
+        except IndexError:
+            return self._depth
+
+    @property
+    def busy_since(self) -> float | None:
+        """When the oldest transaction not yet answered began (or was sent to the writer process)."""
+        try:
+            return self._inflight[0].at
+        except IndexError:
+            return self._busy_since
 
     @property
     def alive(self) -> bool:
         """The thread runs, is not stopping, and its engine's process (when it has one) too."""
         engine = self._engine
         return (self._thread.is_alive() and not self._closing
-                and not (isinstance(engine, EngineProcess) and not engine.alive))
+                and not (isinstance(engine, EngineProcess) and not (engine.alive and self._receiving)))
 
     def start(self) -> None:
         """Start the thread and wait until it holds its engine; re-raise what opening it raised."""
@@ -96,7 +132,7 @@ class Writer:
         with self._lock:
             if self._closing or not self._thread.is_alive():
                 raise WriterClosed()
-            if self._depth + len(items) > self.capacity:
+            if self.depth + len(items) > self.capacity:
                 raise QueueFull()
             self._jobs.append(job)
             self._depth += len(items)
@@ -130,27 +166,144 @@ class Writer:
             self._started.set()
             return
         self._engine = engine
+        if isinstance(engine, EngineProcess):
+            self._listen(engine)
         self._started.set()
+        if isinstance(engine, EngineProcess):
+            self._run_piped(engine)
+            return
         try:
             while (jobs := self._take()) is not None:
                 if jobs:
                     self._commit(engine, jobs)
-                elif isinstance(engine, EngineProcess):
-                    self._revive(engine)
         finally:
             engine.close()
 
-    def _revive(self, engine: EngineProcess) -> None:
-        """A writer process that died while idle is replaced now, not at the next request:
-        /readyz says "not ready" meanwhile, and a server that gets no traffic would never
-        send one."""
-        try:
-            engine.revive()
-        except Exception as exc:  # noqa: BLE001 - /readyz reports it; the next idle turn tries again
-            self.last_error = (f"the writer process cannot start: {type(exc).__name__}: {exc}", time.monotonic())
+    # -- with a writer process: this thread sends, a receiver thread settles -------------------
 
-    def _take(self) -> list[_Job] | None:
-        """Whole requests up to `max_batch` events; [] after an idle second; None when stopping."""
+    def _run_piped(self, engine: EngineProcess) -> None:
+        """Send whatever is queued to the writer process at once, without waiting for the
+        transaction under way to end: the process takes what waits in its pipe when it starts
+        the next one, so it never idles while the server hands it over (a thread hand-off that
+        waits for the GIL, a pickle, a system call). A receiver thread settles the answers."""
+        try:
+            while (jobs := self._take(keep_depth=True)) is not None:
+                if jobs:
+                    self._send(engine, jobs)
+                elif not self._receiving or not engine.alive:
+                    self._reconnect(engine)
+            with self._lock:  # stopping: everything is sent; wait for its answers
+                while self._inflight and self._receiving:
+                    self._lock.wait(IDLE_SECONDS)
+        finally:
+            try:
+                engine.send(CLOSE)  # the process ends; its receiver meets the end of the pipe
+            except (OSError, WriterProcessDied):
+                pass
+            if self._receiver is not None:
+                self._receiver.join(10.0)
+            engine.close()
+
+    def _send(self, engine: EngineProcess, jobs: list[_Job]) -> None:
+        count = sum(len(job.items) for job in jobs)
+        try:
+            if jobs[0].call is not None:
+                kind, data = "run", encode_job(jobs[0].call)
+            else:
+                kind, data = encode([item for job in jobs for item in job.items], self.max_batch)
+        except Exception as exc:  # noqa: BLE001 - a job that cannot travel (a closure): its caller answers it
+            self._forget(count)
+            _settle_all([(job, None, exc) for job in jobs])
+            return
+        if not self._receiving or not engine.alive:
+            self._reconnect(engine)
+        with self._lock:
+            if self._receiving:
+                self._inflight.append(_Sent(jobs, count, kind, time.monotonic()))
+                failure = None
+            else:
+                self._depth -= count
+                failure = self.last_error
+        if failure is not None:
+            _settle_all([(job, None, WriterProcessDied(failure[0])) for job in jobs])
+            return
+        try:
+            engine.send(data)
+        except OSError:
+            pass  # the receiver meets the end of the pipe and fails what is in flight, this included
+
+    def _reconnect(self, engine: EngineProcess) -> None:
+        """A writer process that died is replaced: at once when idle (/readyz says "not ready"
+        meanwhile, and a server that gets no traffic would never send a request), else before
+        the next message goes."""
+        if self._receiver is not None:
+            self._receiver.join(10.0)  # it has met the end of the pipe, or is about to
+        try:
+            engine.restart()
+        except Exception as exc:  # noqa: BLE001 - /readyz reports it; the next turn tries again
+            self.last_error = (f"the writer process cannot start: {type(exc).__name__}: {exc}", time.monotonic())
+            return
+        self._listen(engine)
+
+    def _listen(self, engine: EngineProcess) -> None:
+        self._receiving = True
+        self._receiver = threading.Thread(target=self._receive, args=(engine,), name="webinar-flows-writer-answers",
+                                          daemon=True)
+        self._receiver.start()
+
+    def _receive(self, engine: EngineProcess) -> None:
+        """Settle each answer's messages, in order, until the pipe ends; then fail what is left
+        (the process died: outcome unknown, so 503, and resends are deduped)."""
+        while True:
+            try:
+                status, value, n = engine.receive()
+            except (EOFError, OSError):
+                with self._lock:
+                    self._receiving = False
+                    lost = list(self._inflight)
+                    self._inflight.clear()
+                    self._depth -= sum(sent.events for sent in lost)
+                    self._lock.notify_all()
+                if lost:
+                    died = WriterProcessDied("the writer process died during a transaction; "
+                                             "what was sent again is deduped")
+                    self.last_error = (f"the last transaction failed: {died}", time.monotonic())
+                    _settle_all([(job, None, died) for sent in lost for job in sent.jobs])
+                return
+            with self._lock:
+                answered_now = [self._inflight.popleft() for _ in range(n)]
+                self._depth -= sum(sent.events for sent in answered_now)
+                self._lock.notify_all()
+            self._settle_answer(status, value, answered_now)
+
+    def _settle_answer(self, status: str, value: Any, sents: list[_Sent]) -> None:
+        first = sents[0].jobs[0]
+        if first.call is not None:  # a job runs alone; what it raises is its caller's
+            _settle_all([(first, None, value) if status == "error" else (first, value, None)])
+            return
+        if status == "error":
+            self.last_error = (f"the last transaction failed: {type(value).__name__}: {value}", time.monotonic())
+            _settle_all([(job, None, value) for sent in sents for job in sent.jobs])
+            return
+        self.last_error = None
+        if self._on_commit is not None:
+            self._on_commit(sum(sent.events for sent in sents))
+        settled: list[tuple[_Job, Results | None, BaseException | None]] = []
+        for sent, results in zip(sents, value if sents[0].kind == "received" else [value], strict=True):
+            start = 0
+            for job in sent.jobs:
+                part = results[start:start + len(job.items)]
+                settled.append((job, answered(part) if sent.kind == "received" else part, None))
+                start += len(job.items)
+        _settle_all(settled)
+
+    def _forget(self, count: int) -> None:
+        with self._lock:
+            self._depth -= count
+
+    def _take(self, keep_depth: bool = False) -> list[_Job] | None:
+        """Whole requests up to `max_batch` events; [] after an idle second; None when stopping.
+        Their events stay counted in `depth` with `keep_depth` (until their answer comes)."""
         with self._lock:
             if not self._jobs and not self._closing:
                 self._lock.wait(IDLE_SECONDS)
@@ -162,21 +315,22 @@ class Writer:
                    and count + len(self._jobs[0].items) <= self.max_batch):
                 count += len(self._jobs[0].items)
                 jobs.append(self._jobs.popleft())
-            self._depth -= count
+            if not keep_depth:
+                self._depth -= count
             return jobs
 
     def _commit(self, engine: Engine, jobs: list[_Job]) -> None:
         if jobs[0].call is not None:
-            self.busy_since = time.monotonic()
+            self._busy_since = time.monotonic()
             try:
-                _settle(jobs[0].future, result=_run(engine, jobs[0].call))
+                _settle(jobs[0].future, result=jobs[0].call(engine))
             except Exception as exc:  # noqa: BLE001 - the caller answers it
                 _settle(jobs[0].future, exception=exc)
             finally:
-                self.busy_since = None
+                self._busy_since = None
             return
         items = [item for job in jobs for item in job.items]
-        self.busy_since = time.monotonic()
+        self._busy_since = time.monotonic()
         try:
             results = engine.process_many(items, batch_size=max(1, len(items)))
         except Exception as exc:  # noqa: BLE001 - each waiting request answers it (503 for a StoreError)
@@ -184,7 +338,7 @@ class Writer:
             _settle_all([(job, None, exc) for job in jobs])
             return
         finally:
-            self.busy_since = None
+            self._busy_since = None
         self.last_error = None
         if self._on_commit is not None:
             self._on_commit(len(items))
@@ -193,11 +347,6 @@ class Writer:
             settled.append((job, results[start:start + len(job.items)], None))
             start += len(job.items)
         _settle_all(settled)
-
-
-def _run(engine: Any, job: Callable[[Engine], Any]) -> Any:
-    """`job(engine)`, where the engine is: in the writer process when there is one."""
-    return engine.run(job) if isinstance(engine, EngineProcess) else job(engine)
 
 
 def _settle_all(settled: list[tuple[_Job, Results | None, BaseException | None]]) -> None:

@@ -8,17 +8,20 @@ import concurrent.futures as cf
 import os
 import pickle
 import signal
+import threading
 import time
 import uuid
 from functools import partial
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from conftest import completed, entered, registered
 from serverkit import (  # noqa: F401  (serve_factory is a fixture)
     Server,
     batched,
+    hold_write_lock,
     post,
     serve_factory,
     stored_exactly_once,
@@ -26,8 +29,16 @@ from serverkit import (  # noqa: F401  (serve_factory is a fixture)
 )
 
 from bench.service import child_pids
-from engine import Engine, StoreBusy, StoreError, bundled_config, load_config
-from service.engine_process import EngineProcess, _portable
+from engine import Engine, Received, StoreBusy, StoreError, bundled_config, load_config
+from service.engine_process import (
+    EngineProcess,
+    WriterProcessDied,
+    _portable,
+    answered,
+    encode,
+    encode_job,
+)
+from service.writer import Writer
 
 
 def lead() -> str:
@@ -109,28 +120,33 @@ def test_a_killed_writer_process_is_replaced_while_idle(serve_factory) -> None:
 
 def test_killing_the_writer_process_under_load_loses_nothing_answered_200(serve_factory) -> None:
     server: Server = serve_factory("load")
-    requests = [structured(entered(lead=lead())) for _ in range(300)]
+    requests = [structured(entered(lead=lead())) for _ in range(5000)]
     statuses: dict[int, int] = {}
     killed: list[int] = []
+    next_index, stop = iter(range(len(requests))), threading.Event()
 
-    def send(i: int) -> None:
-        statuses[i] = post(server, "site-b", *requests[i]).status_code
+    def send() -> None:  # until the kills are over (bounded by the list): a writer is always busy
+        while not stop.is_set() and (i := next(next_index, None)) is not None:
+            statuses[i] = post(server, "site-b", *requests[i]).status_code
 
     with cf.ThreadPoolExecutor(16) as pool:
-        futures = [pool.submit(send, i) for i in range(len(requests))]
+        futures = [pool.submit(send) for _ in range(16)]
         for _ in range(3):  # three kills, each of whichever writer process runs then
             time.sleep(0.3)
             pid = writer_pid(server)
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             wait_for(lambda pid=pid: not running(pid) and len(writer_pids(server)) == 1, 10.0)
+        time.sleep(0.3)
+        stop.set()
         cf.wait(futures, timeout=120)
+    assert len(statuses) < len(requests), "the load ended before the kills did"
     assert set(statuses.values()) <= {200, 503}, statuses
     refused = [i for i, status in statuses.items() if status == 503]
     for i in refused:  # what got no 200 is sent again, as an emitter would
         assert wait_for(lambda i=i: post(server, "site-b", *requests[i]).status_code == 200, 20.0)
     server.stop()
-    assert stored_exactly_once(server.db, [body for _, body in requests])
+    assert stored_exactly_once(server.db, [requests[i][1] for i in statuses])
     assert "WriterProcessDied" in server.output() or refused, "no request met a killed writer"
 
 
@@ -208,3 +224,89 @@ def test_an_error_that_cannot_travel_keeps_its_kind_and_message() -> None:
     assert type(exc) is StoreError and "_Unpicklable: disk gone" in str(exc)
     same = StoreBusy("busy")
     assert _portable(same) is same
+
+
+# -- the pipe: messages sent while a transaction runs go into the next one ----------------------
+
+TRACKER = "client-webinar-tracker-v2"
+
+
+def _received(n: int) -> list[Received]:
+    return [Received(body, emitter=TRACKER) for _, body in (structured(entered(lead=lead())) for _ in range(n))]
+
+
+def test_messages_waiting_when_a_transaction_starts_go_into_it_in_order(tmp_path: Path) -> None:
+    """Group commit in the writer process: while one transaction waits (here on a lock held
+    elsewhere), what the server sends queues in the pipe, and the next transaction takes all
+    of it that fits its size, in order; one answer covers the messages it took."""
+    config = load_config(bundled_config())
+    db = tmp_path / "piped.db"
+    remote = EngineProcess(config, db, max_event_bytes=65536, synchronous="NORMAL")
+    try:
+        first, queued = _received(1), [_received(2) for _ in range(4)]
+        with hold_write_lock(db):
+            remote.send(encode(first, 5)[1])
+            time.sleep(0.3)  # the transaction of `first` has begun and waits on the lock
+            for items in queued:
+                remote.send(encode(items, 5)[1])
+            remote.send(encode_job(partial(_config_hash)))
+            remote.send(encode(_received(1), 5)[1])
+        answers = [remote.receive() for _ in range(5)]
+    finally:
+        remote.close()
+    assert [(status, n) for status, _, n in answers] == [("ok", 1), ("ok", 2), ("ok", 2), ("ok", 1), ("ok", 1)]
+    # 2 + 2 events fit a transaction of 5; the third message would make 6; the job runs alone
+    assert [len(part) for part in answers[1][1]] == [2, 2]
+    assert answers[3][1] == config.hash
+    sent = [r.raw or r.event for items in queued for r in items]
+    got = [a for _, value, n in answers[1:3] for part in value for a in answered(part)]
+    assert [a.status for a in got] == ["accepted"] * 8
+    with Engine.open(config=config, db=db) as engine:
+        assert [r["status"] for r in engine.process_many(sent)] == ["duplicate"] * 8
+
+
+def test_a_writer_settles_each_request_of_a_merged_transaction_with_its_own_results(tmp_path: Path) -> None:
+    config = load_config(bundled_config())
+    db = tmp_path / "writer.db"
+    sizes: list[int] = []
+    writer = Writer(lambda: EngineProcess(config, db, max_event_bytes=65536, synchronous="NORMAL"),
+                    capacity=100, max_batch=10, on_commit=sizes.append)
+    writer.start()
+    try:
+        with hold_write_lock(db):
+            held = writer.submit(_received(1))
+            assert wait_for(lambda: writer.busy_since is not None and writer.depth == 0)
+            requests = [_received(3) for _ in range(4)]
+            futures = [writer.submit(items) for items in requests]
+            assert wait_for(lambda: writer.depth == 12)  # sent to the process, waiting for its transaction
+        assert [a.status for a in held.result(timeout=30)] == ["accepted"]
+        for items, future in zip(requests, futures, strict=True):
+            results = future.result(timeout=30)
+            assert [(a.status, orjson.loads(a.body)["route"]["lead_id"]) for a in results] == [
+                ("accepted", orjson.loads(r.event)["data"]["lead_id"]) for r in items]
+        assert sizes[0] == 1 and sum(sizes) == 13 and len(sizes) <= 3  # 12 events: transactions of up to 10
+        assert writer.depth == 0 and writer.busy_since is None
+    finally:
+        writer.stop(timeout=10)
+
+
+def test_a_killed_writer_process_fails_every_message_in_flight_and_the_next_one_works(tmp_path: Path) -> None:
+    config = load_config(bundled_config())
+    db = tmp_path / "killed.db"
+    writer = Writer(lambda: EngineProcess(config, db, max_event_bytes=65536, synchronous="NORMAL"),
+                    capacity=100, max_batch=10)
+    writer.start()
+    try:
+        with hold_write_lock(db):
+            futures = [writer.submit(_received(2)) for _ in range(3)]
+            assert wait_for(lambda: writer.busy_since is not None)
+            os.kill(writer._engine.pid, signal.SIGKILL)
+            for future in futures:
+                with pytest.raises(WriterProcessDied):
+                    future.result(timeout=30)
+        assert writer.depth == 0
+        again = _received(2)
+        assert [a.status for a in writer.submit(again).result(timeout=30)] == ["accepted", "accepted"]
+        assert writer.alive
+    finally:
+        writer.stop(timeout=10)

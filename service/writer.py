@@ -84,6 +84,7 @@ class Writer:
         self._inflight: deque[_Sent] = deque()  # sent to the writer process, not yet answered
         self._receiving = False  # a receiver thread reads the writer process's answers
         self._receiver: threading.Thread | None = None
+        self._answered_at = 0.0  # monotonic time the writer process's last answer came
 
     @property
     def depth(self) -> int:
@@ -96,9 +97,11 @@ class Writer:
 
     @property
     def busy_since(self) -> float | None:
-        """When the oldest transaction not yet answered began (or was sent to the writer process)."""
+        """When the transaction under way began. With a writer process: when its oldest message
+        was sent or, if that waited in the pipe, when the last answer came (the process starts
+        its next transaction as it sends one), whichever is later."""
         try:
-            return self._inflight[0].at
+            return max(self._inflight[0].at, self._answered_at)
         except IndexError:
             return self._busy_since
 
@@ -270,6 +273,7 @@ class Writer:
                     self.last_error = (f"the last transaction failed: {died}", time.monotonic())
                     _settle_all([(job, None, died) for sent in lost for job in sent.jobs])
                 return
+            self._answered_at = time.monotonic()
             with self._lock:
                 answered_now = [self._inflight.popleft() for _ in range(n)]
                 self._depth -= sum(sent.events for sent in answered_now)

@@ -310,3 +310,32 @@ def test_a_killed_writer_process_fails_every_message_in_flight_and_the_next_one_
         assert writer.alive
     finally:
         writer.stop(timeout=10)
+
+
+def _nap(seconds: float, engine: Engine) -> str:
+    time.sleep(seconds)
+    return "rested"
+
+
+def test_busy_since_is_when_the_transaction_began_not_when_its_request_was_sent(tmp_path: Path) -> None:
+    """/readyz calls a transaction stuck after 2 s; a request that waited in the pipe behind a
+    long one must not count its wait as its transaction's."""
+    config = load_config(bundled_config())
+    db = tmp_path / "since.db"
+    writer = Writer(lambda: EngineProcess(config, db, max_event_bytes=65536, synchronous="NORMAL"),
+                    capacity=100, max_batch=10)
+    writer.start()
+    try:
+        with hold_write_lock(db):
+            nap = writer.submit_call(partial(_nap, 1.0))
+            time.sleep(0.1)
+            sent_at = time.monotonic()
+            waiting = writer.submit(_received(1))  # waits in the pipe behind the nap, then on the lock
+            assert nap.result(timeout=30) == "rested"
+            answered_at = time.monotonic()
+            assert wait_for(lambda: writer.busy_since is not None)
+            assert writer.busy_since > sent_at + 0.5 and writer.busy_since <= answered_at
+        assert [a.status for a in waiting.result(timeout=30)] == ["accepted"]
+        assert writer.busy_since is None
+    finally:
+        writer.stop(timeout=10)

@@ -36,8 +36,12 @@ Through psycopg 3, one connection per store, in autocommit mode with explicit tr
   round trip which of its envelopes, fact identities and rejected inputs exist; the claims answer
   from that, their rows wait with the others and go with a check that each was new. One taken by
   another writer meanwhile (under another key, so no lock kept it out) is a `StoreConflict`: the
-  batch runs again and then sees it. A key's facts are read as the server's merged with those
-  still waiting, in seq order, so a read sends nothing.
+  batch runs again and then sees it.
+- **Key facts from the batch's lookup.** Behind its key locks a batch also reads the facts of
+  every key it locked (in the same round trip); a key's facts, when its rules read them, come from
+  that reading, kept up to date by the batch's own writes and forgets (only a holder of the key
+  writes its facts) and dropped at a savepoint's rollback. A key the batch did not lock up front
+  is read from the server, merged with its facts still waiting, in seq order.
 
 Driver errors become StoreError subclasses chosen by SQLSTATE (or, for a failed connection,
 which carries none, by the connection's state): deadlocks, serialisation failures and lock
@@ -49,6 +53,7 @@ transaction-level advisory lock, so processes starting together on an empty data
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -544,6 +549,9 @@ class PostgresStore(Store, HistoryReader):
         self._fact_marks: set[Any] = set()  # route keys and (type, identity) of buffered facts
         self._route_rows: dict[str, list[Any]] = {}  # key -> [created, state, screen, fixes, hash, created_at, at]
         self._routes: dict[str, tuple[str, str | None] | None] = {}
+        # key -> its facts as (seq, type, data, identity) in seq order, read behind the batch's locks
+        # and kept up to date by the batch's own writes (only a holder of the key writes its facts)
+        self._key_facts_of: dict[str, list[tuple[int, str, str, str | None]]] = {}
         self._seqs: dict[str, deque[int]] = {"facts": deque(), "inputs": deque()}
         self._pending: list[tuple[str, psycopg.Cursor, Any]] = []
         self._more_facts = False  # whether a batch that ran out of fact seqs reserves more
@@ -633,6 +641,7 @@ class PostgresStore(Store, HistoryReader):
         self._fact_marks = set()
         self._route_rows = {}
         self._routes = {}
+        self._key_facts_of = {}  # read again: the savepoint's facts are gone
         self._forget_claims()  # everything before the savepoint was sent: its claims are the server's
 
     def _reserve(self, facts: int, inputs: int) -> None:
@@ -649,6 +658,12 @@ class PostgresStore(Store, HistoryReader):
                 facts, inputs = cur.fetchone()
                 self._seqs["facts"].extend(sorted(facts))
                 self._seqs["inputs"].extend(sorted(inputs))
+            elif kind == "facts":
+                facts: dict[str, list[tuple[int, str, str, str | None]]] = {key: [] for key in keys}
+                for key, *fact in cur.fetchall():
+                    facts[key].append(tuple(fact))  # type: ignore[arg-type]
+                for key, rows in facts.items():
+                    self._key_facts_of.setdefault(key, rows)
             else:
                 found = {k: (state, screen) for k, state, screen in cur.fetchall()}
                 for key in keys:
@@ -723,6 +738,10 @@ class PostgresStore(Store, HistoryReader):
             cur.execute("SELECT route_key, state, screen FROM routes WHERE route_key = ANY(%b::text[])",
                         (sorted(wanted),))
             self._pending.append(("routes", cur, wanted))
+            cur = self.conn.cursor()  # type: ignore[union-attr]
+            cur.execute("SELECT route_key, seq, type, data, identity FROM facts WHERE route_key = ANY(%b::text[])"
+                        " ORDER BY route_key, seq", (sorted(wanted),))
+            self._pending.append(("facts", cur, wanted))
         self._reserve(len(keys) - keys.count(None), len(keys))
         self._more_facts = True
 
@@ -1050,6 +1069,7 @@ class PostgresStore(Store, HistoryReader):
             identity = self._fact_claims.pop(fact_seq, None)
             if identity is not None:
                 self._identities[identity] = False
+            self._uncache_fact(fact_seq)
             if not self._unbuffer_fact(fact_seq):
                 self._exec("DELETE FROM facts WHERE seq = %s", (fact_seq,))
         claim = (source, event_id)
@@ -1077,7 +1097,26 @@ class PostgresStore(Store, HistoryReader):
                 return True
         return False
 
+    def _cache_fact(self, seq: int, row: tuple[Any, ...]) -> None:
+        """A fact this transaction stored, into its key's facts when the batch read those."""
+        facts = self._key_facts_of.get(row[3])
+        if facts is not None:
+            fact = (seq, row[2], row[5], row[4])
+            if not facts or facts[-1][0] < seq:
+                facts.append(fact)
+            else:
+                bisect.insort(facts, fact)
+
+    def _uncache_fact(self, seq: int) -> None:
+        """Drop a forgotten fact from its key's facts (a rule failed: rare, so searched for)."""
+        for facts in self._key_facts_of.values():
+            for i, fact in enumerate(facts):
+                if fact[0] == seq:
+                    del facts[i]
+                    return
+
     def _buffer_fact(self, seq: int, row: tuple[Any, ...]) -> int:
+        self._cache_fact(seq, row)
         self._rows["facts"].append((seq, *row))
         self._fact_marks.add(row[3])
         if row[4] is not None:
@@ -1119,7 +1158,10 @@ class PostgresStore(Store, HistoryReader):
                 self._seqs["facts"].appendleft(seq)  # a duplicate: the next fact takes its number
         if known is not None:
             self._identities[claim] = True  # stored now, or found stored
-        return found[0] if found else None
+        if found is None:
+            return None
+        self._cache_fact(found[0], row)
+        return found[0]
 
     def insert_fact(self, row: tuple[Any, ...]) -> int:
         self._lock(row[3])
@@ -1127,7 +1169,9 @@ class PostgresStore(Store, HistoryReader):
             self._identities[(row[2], row[4])] = True
         seq = self._take("facts")
         if seq is None:
-            return self._exec(_INSERT_FACT, row).fetchone()[0]
+            seq = self._exec(_INSERT_FACT, row).fetchone()[0]
+            self._cache_fact(seq, row)
+            return seq
         return self._buffer_fact(seq, row)
 
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
@@ -1139,8 +1183,14 @@ class PostgresStore(Store, HistoryReader):
     def _key_facts(self, route_key: str) -> list[tuple[int, str, str, str | None]]:
         """(seq, type, data, identity) of the key's facts in seq order: the server's, merged with
         those still buffered. Read so rather than after a flush: a flush of claimed facts waits for
-        its check, and a batch reads a key's facts for every event its rules run on."""
+        its check, and a batch reads a key's facts for every event its rules run on. A key the batch
+        locked up front answers from the facts read behind its lock, with no round trip."""
         self._lock(route_key)
+        if self._pending:
+            self._settle()
+        cached = self._key_facts_of.get(route_key)
+        if cached is not None:
+            return cached
         rows = self._exec("SELECT seq, type, data, identity FROM facts WHERE route_key = %s ORDER BY seq",
                           (route_key,)).fetchall()
         if route_key in self._fact_marks:

@@ -183,3 +183,22 @@ def statements_per_event(patch: pytest.MonkeyPatch, eng: Engine, events: list[An
     patch.setattr(psycopg.Cursor, "execute", counting)
     eng.process_many(events, batch_size=batch_size)
     return statements / len(events)
+
+
+def test_a_batch_reserves_its_fact_seqs_in_about_one_round_trip(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seqs for a batch's facts come behind its key locks, with room for the facts its rules derive:
+    a batch that runs out waits for more. About four more per batch of 500 before (one per event
+    with a key, then no more than the inputs left), at most one now."""
+    events = stream(100, seed=5)
+    reserves = 0
+    execute = psycopg.Cursor.execute
+
+    def counting(self: psycopg.Cursor, query: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reserves
+        reserves += "generate_series" in str(query)
+        return execute(self, query, *args, **kwargs)
+
+    with Engine.open(db=pg_url) as eng:
+        monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+        eng.process_many(events, batch_size=500)
+    assert len(events) <= 500 and reserves <= 2, reserves

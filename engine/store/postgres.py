@@ -332,6 +332,9 @@ _RESERVE = ("SELECT ARRAY(SELECT nextval(s.f) FROM generate_series(1, %s)),"
             " FROM (SELECT pg_get_serial_sequence('facts', 'seq')::regclass AS f,"
             " pg_get_serial_sequence('inputs', 'seq')::regclass AS i) AS s")
 FACT_SEQS_MORE = 64  # seqs reserved at once when a batch's run out (unused ones leave a gap)
+# Fact seqs a batch reserves beyond one per event, for the facts its rules derive: a batch that runs
+# out waits for more (a round trip), one left over costs a gap and about 1 us of server time.
+FACT_SEQS_EXTRA = 4  # one more per this many events
 # -- claims a batch answers from one lookup (`prefetch_claims`) ------------------------------------
 # Which of a batch's envelopes, fact identities and rejected inputs exist, read in one round trip
 # behind its key locks (the rejections' numbers for new digests drawn in the same statement).
@@ -677,7 +680,7 @@ class PostgresStore(Store, HistoryReader):
             self._settle()
         pool = self._seqs[table]
         if not pool and table == "facts" and self._more_facts:
-            self._reserve(min(FACT_SEQS_MORE, max(1, len(self._seqs["inputs"]))), 0)
+            self._reserve(FACT_SEQS_MORE, 0)
             self._settle()
         return pool.popleft() if pool else None
 
@@ -742,7 +745,7 @@ class PostgresStore(Store, HistoryReader):
             cur.execute("SELECT route_key, seq, type, data, identity FROM facts WHERE route_key = ANY(%b::text[])"
                         " ORDER BY route_key, seq", (sorted(wanted),))
             self._pending.append(("facts", cur, wanted))
-        self._reserve(len(keys) - keys.count(None), len(keys))
+        self._reserve(len(keys) + len(keys) // FACT_SEQS_EXTRA, len(keys))  # an event without a key has a fact too
         self._more_facts = True
 
     def _lock(self, route_key: str | None) -> None:

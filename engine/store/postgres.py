@@ -31,7 +31,9 @@ Through psycopg 3, one connection per store, in autocommit mode with explicit tr
   table before a read that could see it, a savepoint, or the commit; route states of a batch's
   keys are read once, behind their locks. A batch then costs about two statements per event
   (the envelope claim and the fact's) instead of nine; a failed bulk row fails the transaction
-  at that read or at the commit, as a pipelined statement does.
+  at that read or at the commit, as a pipelined statement does. At the commit, the rows that ask
+  for no answer (the input log, history, actions, the outbox) go by binary COPY instead, once the
+  pipeline is left.
 - **Claims from one lookup.** A batch (`prefetch_claims`, right behind its key locks) reads in one
   round trip which of its envelopes, fact identities and rejected inputs exist; the claims answer
   from that, their rows wait with the others and go with a check that each was new. One taken by
@@ -410,6 +412,11 @@ class _Bulk:
         cur.execute(self.sql[True], params)
 
 
+# Tables whose rows a batch sends at its commit by binary COPY, where nothing asks for an answer
+# (no conflict, nothing returned): psycopg formats a row in C, and the server stores it without an
+# executor. COPY does not run in a pipeline, so the commit leaves it first (one wait more, and one
+# per table, for a batch: a few events send their rows as before).
+_COPIED = ("inputs", "route_history", "actions", "outbox")
 # Rows from which one statement of arrays costs less than a pipelined statement per row: psycopg
 # adapts each array for about 5 us, a row for about 10 (a commit per event sends one or two rows).
 BULK_FROM = 8
@@ -624,7 +631,11 @@ class PostgresStore(Store, HistoryReader):
                 raise _translate(exc, self.path, self.conn) from None
             try:
                 yield
+                copied = self._take_copied()
                 self._flush()
+                if copied:
+                    self._end_pipeline(pipeline)  # COPY runs outside a pipeline: a queued statement's error is raised here
+                    self._copy(copied)
                 self.cur.execute("COMMIT")
                 self._end_pipeline(pipeline)  # the last sync: the COMMIT's (or any queued statement's) error is raised here
             except BaseException as exc:
@@ -690,6 +701,22 @@ class PostgresStore(Store, HistoryReader):
                         continue
                 self._send(_INSERTS[table], rows)
         self._check(checks)
+
+    def _take_copied(self) -> dict[str, list[tuple[Any, ...]]]:
+        """At the commit: the buffered rows of the tables that take them by COPY (see `_COPIED`)."""
+        copied = {}
+        for table in _COPIED:
+            if len(self._rows[table]) >= BULK_FROM:
+                copied[table], self._rows[table] = self._rows[table], []
+        return copied
+
+    def _copy(self, copied: dict[str, list[tuple[Any, ...]]]) -> None:
+        for table, rows in copied.items():
+            columns = _BULK[table]
+            with self.cur.copy(f"COPY {table} ({', '.join(c for c, _ in columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([t for _, t in columns])
+                for row in rows:
+                    copy.write_row(row)
 
     def _flush_claims(self, checks: list[tuple[psycopg.Cursor, int]]) -> None:
         """Queue the buffered envelope and rejection claims (see `_check`)."""

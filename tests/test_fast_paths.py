@@ -432,3 +432,35 @@ def test_the_orjson_shortcut_is_taken_for_ordinary_events() -> None:
                                        "data": {"lead_id": "l1", "n": 3, "ok": True}}
     assert intake._parse_fast(b'{"a":1,"a":2}') is None
     assert intake._parse_fast(b'{"a" :1,"b":2,"b":3}') is None
+
+
+_STORED_COLUMNS = ("a", "b", "c", "d", "e")
+_sql_values = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=4), st.binary(max_size=3),
+                        st.floats(allow_nan=False))
+
+
+@given(st.lists(st.tuples(*[_sql_values] * len(_STORED_COLUMNS)), max_size=12),
+       st.sampled_from(["INSERT", "INSERT OR IGNORE"]))
+def test_an_insert_with_its_nulls_in_the_sql_stores_what_binding_none_stores(rows: list[tuple[Any, ...]],
+                                                                           verb: str) -> None:
+    import sqlite3
+
+    from engine.store.sqlite import _NullsInline
+
+    insert = _NullsInline(verb, "t", _STORED_COLUMNS, (0, 2, 3))
+    plain = f"{verb} INTO t (a, b, c, d, e) VALUES (?, ?, ?, ?, ?)"
+    stored = []
+    for fast in (False, True):
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, a, b TEXT, c INTEGER, d, e, UNIQUE (a, b))")
+        seqs = []
+        for row in rows:
+            try:
+                cur = conn.execute(*insert(row) if fast else (plain, row))
+                seqs.append((cur.lastrowid, cur.rowcount))
+            except sqlite3.IntegrityError as exc:  # a repeated (a, b): refused alike
+                seqs.append(str(exc))
+        stored.append((seqs, conn.execute("SELECT seq, a, typeof(a), b, typeof(b), c, typeof(c), d, typeof(d), e,"
+                                          " typeof(e) FROM t ORDER BY seq").fetchall()))
+        conn.close()
+    assert stored[0] == stored[1]

@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import is_, itemgetter
 from pathlib import Path
 from typing import Any, Self
 
@@ -59,16 +60,48 @@ CACHE_KIB = 16_384  # the page cache: the dedupe indexes' hot pages; a million-e
 CHECKPOINT_PAGES = 10_000  # WAL frames (about 40 MiB) before a checkpoint copies them into the file
 
 
-def _insert(table: str, columns: tuple[str, ...], verb: str = "INSERT") -> str:
-    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-
-
 # Schema 6 stores a config hash as its id in `configs` and a time as timepack packs it; rows
 # arrive in FACT_COLUMNS / INPUT_COLUMNS order, with those two last.
+class _NullsInline:
+    """An INSERT whose None arguments at some positions are written into its SQL as NULL.
+
+    sqlite3 binds None through its adaptation protocol (an adapter looked up, then an attribute
+    looked up on the protocol and not found, its error message formatted and thrown away):
+    about 0.5 µs a value, where an int or a str costs next to nothing. The input log's and an
+    input fact's rows hold three to five of them. Each pattern of None at the `nullable`
+    positions gets its statement once (a handful occur), and a call answers (sql, arguments);
+    a None elsewhere is bound as before. tests/test_fast_paths.py holds the rows equal.
+    """
+
+    def __init__(self, verb: str, table: str, columns: tuple[str, ...], nullable: tuple[int, ...]):
+        if len(columns) - len(nullable) < 2:  # itemgetter of one position answers a value, not a tuple
+            raise ValueError("an INSERT needs two arguments that are always bound")
+        self._head, self._columns = f"{verb} INTO {table} ({', '.join(columns)}) VALUES (", columns
+        self._nullable, self._pick, self._nones = nullable, itemgetter(*nullable), (None,) * len(nullable)
+        self._forms: dict[tuple[bool, ...], tuple[str, Any]] = {}
+
+    def __call__(self, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+        nulls = tuple(map(is_, self._pick(args), self._nones))
+        form = self._forms.get(nulls)
+        if form is None:
+            form = self._forms[nulls] = self._form(nulls)
+        return form[0], form[1](args)
+
+    def _form(self, nulls: tuple[bool, ...]) -> tuple[str, Any]:
+        null = {i for i, is_null in zip(self._nullable, nulls, strict=True) if is_null}
+        marks = ", ".join("NULL" if i in null else "?" for i in range(len(self._columns)))
+        return self._head + marks + ")", itemgetter(*(i for i in range(len(self._columns)) if i not in null))
+
+
 _STORED_FACT = (*FACT_COLUMNS[:-2], "config", "recorded_at")
-_ADD_FACT = _insert("stored_facts", _STORED_FACT, "INSERT OR IGNORE")
-_INSERT_FACT = _insert("stored_facts", _STORED_FACT)
-_INSERT_INPUT = _insert("stored_inputs", (*INPUT_COLUMNS[:-2], "config", "recorded_at", "body"))
+# route_key, identity, rule_id, cause_seq, evaluation_seq
+_FACT_NULLABLE = tuple(FACT_COLUMNS.index(c) for c in ("route_key", "identity", "rule_id", "cause_seq",
+                                                        "evaluation_seq"))
+_ADD_FACT = _NullsInline("INSERT OR IGNORE", "stored_facts", _STORED_FACT, _FACT_NULLABLE)
+_INSERT_FACT = _NullsInline("INSERT", "stored_facts", _STORED_FACT, _FACT_NULLABLE)
+_STORED_INPUT = (*INPUT_COLUMNS[:-2], "config", "recorded_at", "body")
+_INSERT_INPUT = _NullsInline("INSERT", "stored_inputs", _STORED_INPUT, tuple(
+    _STORED_INPUT.index(c) for c in ("origin", "line", "reason", "source", "fact_seq", "rejection_seq", "body")))
 _CLAIMED = "SELECT body FROM stored_inputs WHERE source = ? AND id = ? AND body IS NOT NULL"
 _CLAIMED_APART = "SELECT body FROM stored_envelopes WHERE source = ? AND id = ?"
 _REJECTION_COLUMNS = ("seq, reason, errors, source, id, type, raw_size, raw_sha256, truncated, first_seen_at,"
@@ -564,12 +597,12 @@ class SQLiteStore(_SQLiteReads, Store):
     def add_fact(self, row: tuple[Any, ...]) -> int | None:
         """Store a fact (a row in FACT_COLUMNS order); None when a fact with its identity already
         exists (a same-fact duplicate)."""
-        cur = self._execute(_ADD_FACT, (*row[:10], self._config(row[10]), pack_time(row[11])))
+        cur = self._execute(*_ADD_FACT((*row[:10], self._config(row[10]), pack_time(row[11]))))
         return cur.lastrowid if cur.rowcount == 1 else None
 
     def insert_fact(self, row: tuple[Any, ...]) -> int:
-        return self._execute(_INSERT_FACT,  # type: ignore[return-value]
-                                 (*row[:10], self._config(row[10]), pack_time(row[11]))).lastrowid
+        return self._execute(  # type: ignore[return-value]
+            *_INSERT_FACT((*row[:10], self._config(row[10]), pack_time(row[11])))).lastrowid
 
     def facts_for_key(self, route_key: str) -> list[tuple[str, dict[str, Any]]]:
         rows = self._execute("SELECT type, data FROM stored_facts WHERE route_key = ? ORDER BY seq", (route_key,))
@@ -645,8 +678,8 @@ class SQLiteStore(_SQLiteReads, Store):
         """Log one input (a row in INPUT_COLUMNS order), with the envelope it claimed."""
         claim = self._claims.pop((row[4], row[5]), None) if self._claims else None
         body = claim[0] if claim is not None else None
-        return self._execute(_INSERT_INPUT,  # type: ignore[return-value]
-                                 (*row[:9], self._config(row[9]), pack_time(row[10]), body)).lastrowid
+        return self._execute(  # type: ignore[return-value]
+            *_INSERT_INPUT((*row[:9], self._config(row[9]), pack_time(row[10]), body))).lastrowid
 
     def add_outbox(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
         self._executemany("INSERT INTO stored_outbox (route_key, id, type, body, recorded_at) VALUES (?, ?, ?, ?, ?)",

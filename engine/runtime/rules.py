@@ -20,6 +20,12 @@ from .contract import Contract
 from ..model import Config, FactRef, FieldMap, RuleSpec
 from ..reasons import Rejected, error
 
+try:  # CPython's own SHA-1: the same digest without the setup OpenSSL does for every new hash
+    from _sha1 import sha1 as _sha1
+except ImportError:  # an interpreter built without its own hashes
+    def _sha1(data: bytes) -> Any:  # type: ignore[misc]
+        return hashlib.sha1(data, usedforsecurity=False)
+
 NAMESPACE = uuid.UUID("6f1c2e0a-4b5d-5e6f-8a9b-0c1d2e3f4a5b")
 _NAMESPACE_BYTES = NAMESPACE.bytes
 MAX_CASCADE = 64
@@ -165,7 +171,7 @@ def derived_id(rule_id: str, cause: tuple[str, str]) -> str:
     what it would. The version and variant are written into the hex text, not into bytes.
     """
     name = _name(rule_id, cause)
-    h = hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).hexdigest()
+    h = _sha1(_NAMESPACE_BYTES + name).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 

@@ -467,3 +467,58 @@ def test_an_insert_with_its_nulls_in_the_sql_stores_what_binding_none_stores(row
                                           " typeof(e) FROM t ORDER BY seq").fetchall()))
         conn.close()
     assert stored[0] == stored[1]
+
+
+def test_the_plain_payload_check_agrees_with_jsonschema() -> None:
+    drawn: Counter[tuple[str, bool]] = Counter()
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(payloads())
+    def agree(case: tuple[str, dict[str, Any]]) -> None:
+        name, data = case
+        plain = CONTRACT._plain[name]
+        if plain is None:
+            return
+        valid = CONTRACT._validators[name].is_valid(data)
+        assert plain(data) == valid  # exact for JSON values; only its True is relied on
+        drawn[name, valid] += 1
+
+    agree()
+    checked = {name for name, ok in drawn}
+    assert checked == {name for name, plain in CONTRACT._plain.items() if plain is not None}, checked
+    assert sum(n for (_, ok), n in drawn.items() if ok) >= 60 and sum(n for (_, ok), n in drawn.items() if not ok) >= 60
+
+
+_field_schemas = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["string", "boolean", "object", "integer", "number"])},
+                          optional={"description": st.just("d")}),
+    st.fixed_dictionaries({"type": st.just("string")}, optional={
+        "minLength": st.integers(0, 3), "enum": st.lists(st.sampled_from(["a", "b", "", "ab"]), min_size=1, max_size=3),
+        "format": st.sampled_from(["date-time", "email"]), "maxLength": st.just(2)}),
+    st.fixed_dictionaries({"enum": st.lists(st.one_of(st.sampled_from(["a", "b"]), st.integers(0, 1), st.booleans()),
+                                            min_size=1, max_size=3)}, optional={"minLength": st.just(1)}),
+)
+
+
+@st.composite
+def plain_schemas(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A payload schema of named fields (some beyond the plain kind), and data near it."""
+    properties = draw(st.dictionaries(st.sampled_from(["f", "g", "h"]), _field_schemas, max_size=3))
+    schema: dict[str, Any] = {"type": "object", "properties": properties,
+                              "required": draw(st.lists(st.sampled_from(sorted(properties) or ["f"]), unique=True))}
+    schema["additionalProperties"] = draw(st.sampled_from([False, False, True]))
+    values = st.one_of(st.sampled_from(["a", "b", "", "ab", "2026-01-31T18:00:00Z", "2026-02-30T18:00:00Z"]),
+                       st.integers(0, 1), st.booleans(), st.none(), st.just({}), st.just([]), st.just(1.0))
+    data = draw(st.dictionaries(st.sampled_from(["f", "g", "h", "x"]), values, max_size=4))
+    return schema, data
+
+
+@settings(max_examples=600, deadline=None)
+@given(plain_schemas())
+def test_the_plain_payload_check_of_a_drawn_schema_agrees_with_jsonschema(case: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    from engine.runtime.contract import _plain_check
+
+    schema, data = case
+    plain = _plain_check(schema)
+    if plain is not None:
+        assert plain(data) == Draft202012Validator(schema, format_checker=FORMATS).is_valid(data)

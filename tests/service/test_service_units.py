@@ -211,3 +211,33 @@ def test_a_database_that_cannot_be_written_is_503_with_retry_after(tmp_path: Pat
     assert response.status_code == 503 and response.headers["retry-after"].isdigit()
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["status"] == 503
+
+
+def test_the_writer_is_woken_once_for_the_requests_of_one_turn_of_the_loop() -> None:
+    """A wake-up of the writer thread is a system call and, on another core, a thread switch:
+    the requests one turn of the event loop queues share one."""
+    import asyncio
+
+    engine = _SlowEngine()
+    engine.release.set()
+    writer = Writer(lambda: engine, capacity=50, max_batch=500)  # type: ignore[arg-type, return-value]
+    writer.start()
+    wakes: list[int] = []
+    notify = writer._lock.notify
+
+    def counting(n: int = 1) -> None:
+        wakes.append(n)
+        notify(n)
+
+    writer._lock.notify = counting  # type: ignore[method-assign]
+
+    async def main() -> list[Any]:
+        futures = [writer.submit_async([i]) for i in range(5)]  # one turn: nothing awaited in between
+        assert wakes == []
+        results = await asyncio.gather(*futures)
+        return results
+
+    results = asyncio.run(main())
+    assert results == [[{"item": i}] for i in range(5)]
+    assert wakes == [1] and engine.batches == [5]
+    writer.stop(5)

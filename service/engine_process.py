@@ -27,6 +27,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from engine import Config, Engine, Received, StoreError
 from .jsonbytes import dumps as json_bytes
 
 START_SECONDS = 60.0  # opening the engine includes migrating an old database
+DIRECT_BYTES = 32 * 1024  # a Unix socket takes a message this small whole or not at all
 CLOSE = pickle.dumps(("close", None, 0))  # finish what was sent before, then exit
 
 
@@ -88,6 +90,7 @@ class EngineProcess:
         self._args = (config, db, max_event_bytes, synchronous)
         self._child: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._sock: socket.socket | None = None
         self._start()
 
     def _start(self) -> None:
@@ -98,7 +101,8 @@ class EngineProcess:
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=_child_environment())
         finally:
             theirs.close()
-        self._conn = Connection(ours.detach())
+        self._conn = Connection(os.dup(ours.fileno()))
+        self._sock = ours  # the same pipe, for sends that must not block (try_send)
         try:
             self._conn.send_bytes(pickle.dumps(self._args, protocol=pickle.HIGHEST_PROTOCOL))
             if not self._conn.poll(START_SECONDS):
@@ -147,6 +151,17 @@ class EngineProcess:
             raise WriterProcessDied("the writer process is not running")
         self._conn.send_bytes(data)
 
+    def try_send(self, data: bytes) -> bool:
+        """`send` if the pipe takes the whole message at once, else nothing (False): for the event
+        loop's thread, which must not wait. A small message goes whole or not at all."""
+        if self._sock is None or len(data) > DIRECT_BYTES:
+            return False
+        try:
+            self._sock.send(struct.pack("!i", len(data)) + data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        return True
+
     def receive(self) -> tuple[str, Any, int]:
         """The next answer: ("ok", value, n) or ("error", exception, n), for the next n messages
         sent. For received events `value` holds one list per message of `Answered`'s fields."""
@@ -170,6 +185,7 @@ class EngineProcess:
                 pass
             self._conn.close()
             self._conn = None
+        self._close_sock()
         if self._child is not None:
             try:
                 self._child.wait(10.0)
@@ -200,7 +216,13 @@ class EngineProcess:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._close_sock()
         self._kill()
+
+    def _close_sock(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _kill(self) -> None:
         if self._child is not None and self._child.poll() is None:

@@ -76,6 +76,7 @@ class Writer:
         self._lock = threading.Condition()
         self._closing = False
         self._wake_due = False  # a wake-up of the writer is on the event loop's list
+        self._send_lock = threading.Lock()  # one sender at a time on the writer process's pipe
         self._thread = threading.Thread(target=self._run, name="webinar-flows-writer", daemon=True)
         self._started = threading.Event()
         self._failure: BaseException | None = None
@@ -138,9 +139,51 @@ class Writer:
         return job.future  # type: ignore[return-value]
 
     def _wake(self) -> None:
+        """At the end of a turn of the loop: send what it queued to the writer process from
+        here when the pipe takes it at once (the writer thread, woken, would first wait for the
+        GIL this thread holds: about a millisecond under load, with the process idle); wake
+        the writer thread for whatever is left."""
+        self._wake_due = False
+        engine = self._engine
+        if (isinstance(engine, EngineProcess) and self._receiving and engine.alive
+                and self._send_lock.acquire(blocking=False)):
+            try:
+                while self._send_now(engine):
+                    pass
+            finally:
+                self._send_lock.release()
         with self._lock:
-            self._wake_due = False
-            self._lock.notify()
+            if self._jobs or self._closing:
+                self._lock.notify()
+
+    def _send_now(self, engine: EngineProcess) -> bool:
+        """Send the queue's head (events only) without waiting; False when there is nothing
+        to send so, or the pipe would not take it (the head is then back where it was)."""
+        with self._lock:
+            if not self._jobs or self._jobs[0].call is not None:
+                return False
+            jobs = [self._jobs.popleft()]
+            count = len(jobs[0].items)
+            while self._jobs and self._jobs[0].call is None and count + len(self._jobs[0].items) <= self.max_batch:
+                count += len(self._jobs[0].items)
+                jobs.append(self._jobs.popleft())
+        try:
+            kind, data = encode([item for job in jobs for item in job.items], self.max_batch)
+        except Exception:  # noqa: BLE001 - the writer thread meets it again and answers it
+            data = None
+        with self._lock:
+            sent = data is not None and self._receiving
+            if sent:
+                self._inflight.append(_Sent(jobs, count, kind, time.monotonic()))
+                try:
+                    sent = engine.try_send(data)
+                except OSError:
+                    return False  # the receiver meets the end of the pipe and fails it with the rest
+                if not sent:
+                    self._inflight.pop()
+            if not sent:
+                self._jobs.extendleft(reversed(jobs))
+            return sent
 
     def _queue(self, job: _Job, wake: bool = True) -> _Job:
         items = job.items
@@ -233,6 +276,7 @@ class Writer:
             return
         if not self._receiving or not engine.alive:
             self._reconnect(engine)
+        self._send_lock.acquire()  # the loop's thread may be sending; messages go whole, in order
         with self._lock:
             if self._receiving:
                 self._inflight.append(_Sent(jobs, count, kind, time.monotonic()))
@@ -241,12 +285,15 @@ class Writer:
                 self._depth -= count
                 failure = self.last_error
         if failure is not None:
+            self._send_lock.release()
             _settle_all([(job, None, WriterProcessDied(failure[0])) for job in jobs])
             return
         try:
             engine.send(data)
         except OSError:
             pass  # the receiver meets the end of the pipe and fails what is in flight, this included
+        finally:
+            self._send_lock.release()
 
     def _reconnect(self, engine: EngineProcess) -> None:
         """A writer process that died is replaced: at once when idle (/readyz says "not ready"
@@ -290,7 +337,8 @@ class Writer:
             with self._lock:
                 answered_now = [self._inflight.popleft() for _ in range(n)]
                 self._depth -= sum(sent.events for sent in answered_now)
-                self._lock.notify_all()
+                if self._closing:  # stop() waits for the last answers; otherwise nobody does
+                    self._lock.notify_all()
             self._settle_answer(status, value, answered_now)
 
     def _settle_answer(self, status: str, value: Any, sents: list[_Sent]) -> None:

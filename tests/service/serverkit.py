@@ -366,3 +366,16 @@ def hold_write_lock(db: Path) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
     finally:
         conn.close()
+
+
+def count_wakes(writer: Any) -> list[int]:
+    """The wake-ups of `writer`'s thread from now on (each a `notify` of its condition)."""
+    wakes: list[int] = []
+    notify = writer._lock.notify
+
+    def counting(n: int = 1) -> None:
+        wakes.append(n)
+        notify(n)
+
+    writer._lock.notify = counting
+    return wakes

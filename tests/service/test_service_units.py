@@ -19,7 +19,7 @@ with warnings.catch_warnings():  # Starlette 1.x asks for `httpx2`; the httpx th
     from starlette.testclient import TestClient
 
 from conftest import entered
-from serverkit import signed, structured, write_keys
+from serverkit import count_wakes, signed, structured, write_keys
 
 from engine import bundled_config, load_config
 from service.app import create_app
@@ -222,14 +222,7 @@ def test_the_writer_is_woken_once_for_the_requests_of_one_turn_of_the_loop() -> 
     engine.release.set()
     writer = Writer(lambda: engine, capacity=50, max_batch=500)  # type: ignore[arg-type, return-value]
     writer.start()
-    wakes: list[int] = []
-    notify = writer._lock.notify
-
-    def counting(n: int = 1) -> None:
-        wakes.append(n)
-        notify(n)
-
-    writer._lock.notify = counting  # type: ignore[method-assign]
+    wakes = count_wakes(writer)
 
     async def main() -> list[Any]:
         futures = [writer.submit_async([i]) for i in range(5)]  # one turn: nothing awaited in between

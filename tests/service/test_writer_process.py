@@ -13,6 +13,7 @@ import time
 import uuid
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -21,6 +22,7 @@ from conftest import completed, entered, registered
 from serverkit import (  # noqa: F401  (serve_factory is a fixture)
     Server,
     batched,
+    count_wakes,
     hold_write_lock,
     post,
     serve_factory,
@@ -337,5 +339,30 @@ def test_busy_since_is_when_the_transaction_began_not_when_its_request_was_sent(
             assert writer.busy_since > sent_at + 0.5 and writer.busy_since <= answered_at
         assert [a.status for a in waiting.result(timeout=30)] == ["accepted"]
         assert writer.busy_since is None
+    finally:
+        writer.stop(timeout=10)
+
+
+def test_the_loop_sends_its_requests_to_the_writer_process_itself_when_the_pipe_takes_them(tmp_path: Path) -> None:
+    """The writer thread, woken for a turn's requests, would first wait for the GIL the loop
+    holds; the loop's own non-blocking send leaves it asleep. A job still goes by the thread."""
+    import asyncio
+
+    config = load_config(bundled_config())
+    writer = Writer(lambda: EngineProcess(config, tmp_path / "direct.db", max_event_bytes=65536,
+                                          synchronous="NORMAL"), capacity=100, max_batch=10)
+    writer.start()
+    wakes = count_wakes(writer)
+
+    async def main() -> list[Any]:
+        futures = [writer.submit_async(_received(2)) for _ in range(3)]
+        return await asyncio.gather(*futures)
+
+    try:
+        results = asyncio.run(main())
+        assert [[a.status for a in r] for r in results] == [["accepted"] * 2] * 3
+        assert wakes == []  # sent by the loop's thread: the writer thread slept through it
+        assert writer.submit_call(partial(_config_hash)).result(timeout=30) == config.hash
+        assert wakes == [1]
     finally:
         writer.stop(timeout=10)

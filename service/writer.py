@@ -145,8 +145,7 @@ class Writer:
         the writer thread for whatever is left."""
         self._wake_due = False
         engine = self._engine
-        if (isinstance(engine, EngineProcess) and self._receiving and engine.alive
-                and self._send_lock.acquire(blocking=False)):
+        if isinstance(engine, EngineProcess) and self._receiving and self._send_lock.acquire(blocking=False):
             try:
                 while self._send_now(engine):
                     pass
@@ -162,11 +161,7 @@ class Writer:
         with self._lock:
             if not self._jobs or self._jobs[0].call is not None:
                 return False
-            jobs = [self._jobs.popleft()]
-            count = len(jobs[0].items)
-            while self._jobs and self._jobs[0].call is None and count + len(self._jobs[0].items) <= self.max_batch:
-                count += len(self._jobs[0].items)
-                jobs.append(self._jobs.popleft())
+            jobs, count = self._pop_head()
         try:
             kind, data = encode([item for job in jobs for item in job.items], self.max_batch)
         except Exception:  # noqa: BLE001 - the writer thread meets it again and answers it
@@ -374,15 +369,20 @@ class Writer:
                 self._lock.wait(IDLE_SECONDS)
             if not self._jobs:
                 return None if self._closing else []
-            jobs, count = [self._jobs.popleft()], 0
-            count = len(jobs[0].items)
-            while (jobs[0].call is None and self._jobs and self._jobs[0].call is None
-                   and count + len(self._jobs[0].items) <= self.max_batch):
-                count += len(self._jobs[0].items)
-                jobs.append(self._jobs.popleft())
+            jobs, count = self._pop_head()
             if not keep_depth:
                 self._depth -= count
             return jobs
+
+    def _pop_head(self) -> tuple[list[_Job], int]:
+        """Under the lock: a job alone, or whole requests up to `max_batch` events, and their count."""
+        jobs = [self._jobs.popleft()]
+        count = len(jobs[0].items)
+        while (jobs[0].call is None and self._jobs and self._jobs[0].call is None
+               and count + len(self._jobs[0].items) <= self.max_batch):
+            count += len(self._jobs[0].items)
+            jobs.append(self._jobs.popleft())
+        return jobs, count
 
     def _commit(self, engine: Engine, jobs: list[_Job]) -> None:
         if jobs[0].call is not None:

@@ -267,12 +267,17 @@ def test_messages_waiting_when_a_transaction_starts_go_into_it_in_order(tmp_path
         assert [r["status"] for r in engine.process_many(sent)] == ["duplicate"] * 8
 
 
-def test_a_writer_settles_each_request_of_a_merged_transaction_with_its_own_results(tmp_path: Path) -> None:
+def _process_writer(db: Path, **kwargs: Any) -> Writer:
+    """A writer whose engine runs in a writer process, on `db`, in transactions of up to 10 events."""
     config = load_config(bundled_config())
+    return Writer(lambda: EngineProcess(config, db, max_event_bytes=65536, synchronous="NORMAL"),
+                  capacity=100, max_batch=10, **kwargs)
+
+
+def test_a_writer_settles_each_request_of_a_merged_transaction_with_its_own_results(tmp_path: Path) -> None:
     db = tmp_path / "writer.db"
     sizes: list[int] = []
-    writer = Writer(lambda: EngineProcess(config, db, max_event_bytes=65536, synchronous="NORMAL"),
-                    capacity=100, max_batch=10, on_commit=sizes.append)
+    writer = _process_writer(db, on_commit=sizes.append)
     writer.start()
     try:
         with hold_write_lock(db):
@@ -293,10 +298,8 @@ def test_a_writer_settles_each_request_of_a_merged_transaction_with_its_own_resu
 
 
 def test_a_killed_writer_process_fails_every_message_in_flight_and_the_next_one_works(tmp_path: Path) -> None:
-    config = load_config(bundled_config())
     db = tmp_path / "killed.db"
-    writer = Writer(lambda: EngineProcess(config, db, max_event_bytes=65536, synchronous="NORMAL"),
-                    capacity=100, max_batch=10)
+    writer = _process_writer(db)
     writer.start()
     try:
         with hold_write_lock(db):
@@ -322,10 +325,8 @@ def _nap(seconds: float, engine: Engine) -> str:
 def test_busy_since_is_when_the_transaction_began_not_when_its_request_was_sent(tmp_path: Path) -> None:
     """/readyz calls a transaction stuck after 2 s; a request that waited in the pipe behind a
     long one must not count its wait as its transaction's."""
-    config = load_config(bundled_config())
     db = tmp_path / "since.db"
-    writer = Writer(lambda: EngineProcess(config, db, max_event_bytes=65536, synchronous="NORMAL"),
-                    capacity=100, max_batch=10)
+    writer = _process_writer(db)
     writer.start()
     try:
         with hold_write_lock(db):
@@ -349,8 +350,7 @@ def test_the_loop_sends_its_requests_to_the_writer_process_itself_when_the_pipe_
     import asyncio
 
     config = load_config(bundled_config())
-    writer = Writer(lambda: EngineProcess(config, tmp_path / "direct.db", max_event_bytes=65536,
-                                          synchronous="NORMAL"), capacity=100, max_batch=10)
+    writer = _process_writer(tmp_path / "direct.db")
     writer.start()
     wakes = count_wakes(writer)
 

@@ -81,3 +81,19 @@ def fresh_database() -> Iterator[str]:
         yield url
     finally:
         drop_database(url, admin)
+
+
+def record_sql(patch: pytest.MonkeyPatch, method: str = "execute") -> list[str]:
+    """The SQL of every call of psycopg's `Cursor.<method>` (execute, copy) from now on, in order:
+    what the tests of one-round-trip paths count."""
+    import psycopg
+
+    seen: list[str] = []
+    original = getattr(psycopg.Cursor, method)
+
+    def recording(self: psycopg.Cursor, statement: object, *args: object, **kwargs: object) -> object:
+        seen.append(str(statement))
+        return original(self, statement, *args, **kwargs)
+
+    patch.setattr(psycopg.Cursor, method, recording)
+    return seen

@@ -7,10 +7,8 @@ serves the next transaction."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
 import pytest
+from pg import record_sql
 from pg_proof import stream
 from test_postgres_bulk import second_pg, stored  # noqa: F401 (a fixture)
 
@@ -21,24 +19,12 @@ from engine.store.postgres import BULK_FROM, PostgresStore
 KEY = '["a","w"]'
 
 
-def _count_copies(patch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    copy = psycopg.Cursor.copy
-
-    def counting(self: psycopg.Cursor, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(str(statement))
-        return copy(self, statement, *args, **kwargs)
-
-    patch.setattr(psycopg.Cursor, "copy", counting)
-    return seen
-
-
 def test_a_batch_copies_its_plain_rows_and_stores_what_one_event_per_transaction_stores(
         pg_url: str, second_pg: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     events = stream(60, seed=11)
     with Engine.open(db=second_pg) as one_by_one:
         expected = [one_by_one.process(e) for e in events]
-    copies = _count_copies(monkeypatch)
+    copies = record_sql(monkeypatch, "copy")
     assert copies == []  # one event per transaction: a few rows, no COPY
     with Engine.open(db=pg_url) as batched:
         assert batched.process_many(events, batch_size=500) == expected

@@ -7,10 +7,8 @@ whole stream stores what one event per transaction stores."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
 import pytest
+from pg import record_sql
 from pg_proof import stream
 from test_postgres_bulk import Boom, _fact, second_pg, stored  # noqa: F401 (a fixture)
 
@@ -19,19 +17,6 @@ from engine.store.postgres import PostgresStore
 
 KEYS = [f'["k{i}","w"]' for i in range(10)]
 KEY_READ = "FROM facts WHERE route_key = %s"  # the read of one key's facts
-
-
-def _count_statements(patch: pytest.MonkeyPatch) -> list[str]:
-    """The SQL of every statement psycopg executes from now on."""
-    seen: list[str] = []
-    execute = psycopg.Cursor.execute
-
-    def counting(self: psycopg.Cursor, query: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(str(query))
-        return execute(self, query, *args, **kwargs)
-
-    patch.setattr(psycopg.Cursor, "execute", counting)
-    return seen
 
 
 def _names(store: PostgresStore, key: str) -> list[str]:
@@ -47,7 +32,7 @@ def test_a_batchs_key_facts_follow_its_writes_forgets_and_savepoints_without_a_s
         with store.transaction():
             store.lock_keys(KEYS)  # a batch: the keys' facts read behind the locks
             assert _names(store, KEYS[0]) == ["before"]
-            statements = _count_statements(monkeypatch)
+            statements = record_sql(monkeypatch)
             first = store.add_fact(_fact("a", KEYS[0], identity="i-a"))
             store.insert_fact(_fact("b", KEYS[0]))
             store.add_fact(_fact("c", KEYS[1]))
@@ -77,7 +62,7 @@ def test_a_stream_reads_no_keys_facts_one_by_one_and_stores_what_one_event_per_t
     with Engine.open(db=second_pg) as one_by_one:
         expected = [one_by_one.process(e) for e in events]
     with Engine.open(db=pg_url) as batched:
-        statements = _count_statements(monkeypatch)
+        statements = record_sql(monkeypatch)
         assert batched.process_many(events, batch_size=500) == expected
     assert not [s for s in statements if KEY_READ in s]  # 0.21 per event before (4,000 of 19,134)
     assert len(statements) / len(events) < 0.1, len(statements) / len(events)

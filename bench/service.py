@@ -687,6 +687,22 @@ which costs about as much CPU per request (~150-230 µs: uvloop's reads and poll
 write of the answer, the HTTP parse, the signature) as the engine per event: at 32 closed-loop
 connections the loop and the writer process take turns more than they overlap, and neither core
 is saturated (the machine stays about 72% busy).
+
+The ceiling of goal (a) on this machine (measured late on 3 December, a shared host). The engine
+alone, in one process, `synchronous=FULL`, on the benchmark's tracker events, in transactions of
+22 events (the mean group at 32 connections, from `webinar_flows_commit_batch_size`) against one
+event per transaction: 6,120 against 2,241, 6,474 against 2,383 and 6,386 against 2,334 events/s,
+**2.73×**. With one event per transaction FULL adds about 185 µs of wall time to each (446 against
+262 µs per event under NORMAL): the fdatasync of the WAL's new frames and of the file's growth,
+not the 60 µs of a bare fdatasync measured before. So a server that fed its writer process
+perfectly would reach about 2.7× at this group size. The service reaches about 85% of the engine's
+rate with one commit per request and about 73% with group commit, where the writer process is busy
+92% of the time (a sampling profile counting idle time) and runs the same transactions about a
+tenth slower than in one process (it shares the two cores with the event loop and the load's
+clients). Four runs of 8 s that evening: 2.51×, 2.15×, 2.33×, 2.12×. What raises the ceiling is a
+lower cost per event in the engine, the cost per transaction staying what it is on both sides: a
+fifth less per event would put it near 3.1×. That is issue 12's work (fewer index pages per
+event, less Python per event), not the server's.
 """
 
 

@@ -1,12 +1,13 @@
-"""Schema 6 on a database the previous release wrote: it migrates, and every read returns
-what it returned before, byte for byte.
+"""The current schema on databases the previous releases wrote: each migrates (schema 5) or opens
+as it is (schema 6), and every read returns what it returned before, byte for byte.
 
-tests/data/schema5.sql is a schema-5 database as SQL (made by tests/data/make_schema5.sh with
-the release before schema 6): the example stream processed under a config with consumers,
-redeliveries, an id conflict, rejections of every kind (one too large, kept truncated),
-evaluations, two consumers' acknowledged cursors, a second config (another hash) under which a
-reprocess admitted a rejection, and two events recorded by an injected clock whose times the
-engine's own clock never writes (`.000000Z`, `+01:00`), which must stay text.
+tests/data/schema5.sql and schema6.sql are databases as SQL (made by tests/data/make_schema.sh
+with the last release at schema 5, then at schema 6; the next schema step tests its migration on
+both): the example stream processed under a
+config with consumers, redeliveries, an id conflict, rejections of every kind (one too large,
+kept truncated), evaluations, two consumers' acknowledged cursors, a second config (another
+hash) under which a reprocess admitted a rejection, and two events recorded by an injected clock
+whose times the engine's own clock never writes (`.000000Z`, `+01:00`), which must stay text.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from engine.store.sqlite import SCHEMA_VERSION, SQLiteReader
 from engine.store.timepack import pack_time, unpack_time
 
 SCHEMA5 = Path(__file__).resolve().parent / "data" / "schema5.sql"
+SCHEMA6 = Path(__file__).resolve().parent / "data" / "schema6.sql"
 CONFIG = Path(__file__).resolve().parent / "data" / "consumers_example.yaml"
 OLD_TABLES = ("inputs", "envelopes", "facts", "routes", "route_history", "actions", "outbox", "rejections",
               "evaluations", "consumer_cursors")
@@ -32,8 +34,12 @@ EVERY_TYPE = frozenset({"action.route", "action.screen", "action.reminder", "cli
 
 
 def schema5(path: Path) -> Path:
+    return load(SCHEMA5, path)
+
+
+def load(dump: Path, path: Path) -> Path:
     conn = sqlite3.connect(path)
-    conn.executescript(SCHEMA5.read_text("utf-8"))
+    conn.executescript(dump.read_text("utf-8"))
     conn.close()
     return path
 
@@ -71,6 +77,16 @@ def reads(db: Path) -> dict[str, Any]:
 @pytest.fixture
 def old_db(tmp_path: Path) -> Path:
     return schema5(tmp_path / "v5.db")
+
+
+@pytest.fixture
+def v6_db(tmp_path: Path) -> Path:
+    return load(SCHEMA6, tmp_path / "v6.db")
+
+
+@pytest.fixture(params=["schema5", "schema6"])
+def any_old_db(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return load({"schema5": SCHEMA5, "schema6": SCHEMA6}[request.param], tmp_path / "old.db")
 
 
 def version(db: Path) -> int:
@@ -117,6 +133,26 @@ def test_the_migration_stores_hashes_and_times_lean_and_keeps_odd_times_as_text(
         conn.close()
 
 
+def test_the_fixture_is_a_schema_6_database(v6_db: Path):
+    assert version(v6_db) == 6
+    conn = sqlite3.connect(v6_db)
+    try:
+        assert conn.execute("SELECT count(*) FROM stored_facts WHERE identity IS NOT NULL").fetchone()[0] > 0
+        assert conn.execute("SELECT count(*) FROM stored_facts WHERE identity IS NULL").fetchone()[0] > 0
+    finally:
+        conn.close()
+    assert len({row[-2] for row in tables(v6_db)["inputs"]}) == 2  # two config hashes
+
+
+def test_a_schema_6_database_opens_and_reads_back_the_same(v6_db: Path):
+    tables_before, reads_before = tables(v6_db), reads(v6_db)
+    with Engine.open(db=v6_db):
+        pass
+    assert version(v6_db) == SCHEMA_VERSION == 6
+    assert tables(v6_db) == tables_before
+    assert reads(v6_db) == reads_before
+
+
 def _feed(db: Path, config: Path, consumer: str) -> list[dict[str, Any]]:
     """The consumer's next items, acknowledged."""
     with Engine.open(config, db=db) as eng:
@@ -131,25 +167,27 @@ def _config(tmp_path: Path) -> Path:
     return with_consumers(tmp_path / "config", CONFIG.read_text("utf-8"))
 
 
-def test_after_the_migration_the_engine_goes_on_where_it_was(old_db: Path, tmp_path: Path):
+def test_after_the_migration_the_engine_goes_on_where_it_was(any_old_db: Path, tmp_path: Path):
     config = _config(tmp_path)
     stream = [line for line in (Path(__file__).resolve().parents[1] / "examples" / "events.jsonl")
               .read_bytes().splitlines() if line.strip()]
-    with Engine.open(config, db=old_db) as eng:
+    with Engine.open(config, db=any_old_db) as eng:
         again = eng.process_many(stream[:3])
         conflict = eng.process(stream[1].replace(b"18:01:00Z\",\"lead_id", b"18:01:09Z\",\"lead_id"))
+        resent = eng.process(stream[1].replace(b'"id":"', b'"id":"resent-', 1))  # a new id, the same fact
         route = eng.route(lead_id="lead-001", webinar_id="webinar-2026-02")
         story = eng.explain(lead_id="lead-777", webinar_id="webinar-2026-02")
     # the migrated envelopes still dedupe (the first line's emitter is not approved by this config)
     assert [(r["status"], r["reason"]) for r in again] == [
         ("rejected", "unauthorized_emitter"), ("duplicate", "same_envelope"), ("duplicate", "same_envelope")]
     assert conflict["reason"] == "id_conflict"
+    assert (resent["status"], resent["reason"]) == ("duplicate", "same_fact")  # the migrated facts still dedupe
     assert route["state"] == "form_submitted"
     assert story  # the story of a lead recorded under the second config
     # the outbox goes on from each consumer's acknowledged cursor: the reminder sender had taken 2
-    remaining = _feed(old_db, config, "reminder-sender")
+    remaining = _feed(any_old_db, config, "reminder-sender")
     assert remaining and all(item["type"] in ("action.reminder", "post_webinar_route") for item in remaining)
-    assert _feed(old_db, config, "reminder-sender") == []
+    assert _feed(any_old_db, config, "reminder-sender") == []
 
 
 @pytest.mark.parametrize("text", [

@@ -1,13 +1,16 @@
-# The schema-5 database behind schema5.sql (tests/test_migration.py): run with a checkout of the
-# release before schema 6 (git worktree add /tmp/v5 a3c6f3e) in an empty directory:
-#   bash /path/to/tests/data/make_schema5.sh /tmp/v5 && cp schema5.sql /path/to/tests/data/
+# The old-schema databases behind schemaN.sql (tests/test_migration.py): run with a checkout of the
+# last release at schema N in an empty directory; it writes schemaN.sql, N read from the database.
+#   schema 5: the release before schema 6 (git worktree add /tmp/v5 a3c6f3e)
+#   schema 6: a release at schema 6 (git archive 803cafc | tar -x -C /tmp/v6)
+#   bash /path/to/tests/data/make_schema.sh /tmp/v5 && cp schema5.sql /path/to/tests/data/
+# PYTHON names the interpreter (default: the .venv beside this checkout).
 set -e
-B=${1:?usage: make_schema5.sh CHECKOUT_OF_SCHEMA_5 (run in an empty directory)}
-PY="env PYTHONPATH=$B $(dirname "$0")/../../.venv/bin/python"
+B=${1:?usage: make_schema.sh CHECKOUT_OF_AN_OLD_RELEASE (run in an empty directory)}
+PY="env PYTHONPATH=$B ${PYTHON:-$(dirname "$0")/../../.venv/bin/python}"
 W="$PY -m cli.main"
 
 mkdir -p c1 && cp $B/events.yaml $B/emitters.yaml $B/states.yaml c1/ && cp -r $B/rules c1/ && cp $(dirname "$0")/consumers_example.yaml c1/consumers.yaml
-DB=$PWD/s5.db
+DB=$PWD/old.db
 $W process --config c1 --db $DB $B/examples/events.jsonl > out1.jsonl
 # redeliveries, an id conflict, garbage, unknown type, bad payload, a too-large line
 head -3 $B/examples/events.jsonl > more.jsonl
@@ -31,7 +34,7 @@ $PY - <<'PY'
 import json
 from engine import Engine
 ticks = iter(["2026-02-12T09:00:00.000000Z", "2026-02-12T10:00:00+01:00", "2026-02-12T09:30:00.120Z"] * 10)
-e = Engine.open("c2", db="s5.db", clock=lambda: next(ticks))
+e = Engine.open("c2", db="old.db", clock=lambda: next(ticks))
 ev = {"specversion":"1.0","id":"trk-9002","source":"client-webinar-tracker-v2","type":"client_webinar_entered","time":"2026-02-12T09:00:00Z","datacontenttype":"application/json","data":{"webinar_id":"webinar-2026-02","timestamp":"2026-02-12T09:00:00Z","lead_id":"lead-777"}}
 print(e.process(json.dumps(ev)))
 ev2 = dict(ev, id="trk-9003", type="client_webinar_completed", data={"lead_id":"lead-777","webinar_id":"webinar-2026-02","webinar_type":"live","session_id":"sess-777","completed_at":"2026-02-12T10:00:00Z"})
@@ -41,9 +44,9 @@ PY
 # the database as SQL, so that the fixture is text a reviewer can read
 $PY -c "
 import sqlite3
-conn = sqlite3.connect('s5.db')
+conn = sqlite3.connect('old.db')
 version = conn.execute('PRAGMA user_version').fetchone()[0]
-with open('schema5.sql', 'w') as out:
+with open(f'schema{version}.sql', 'w') as out:
     out.write(f'PRAGMA user_version = {version};\n')
     out.writelines(line + '\n' for line in conn.iterdump())
 "

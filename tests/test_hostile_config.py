@@ -253,6 +253,13 @@ def _float_name(root: Path) -> None:
                  "      client_webinar_entered: planned\n      1.10: planned\n")
 
 
+def _complex_key(root: Path) -> None:
+    # a YAML mapping may have a list or a map as a key; with a map as its value, the reader
+    # once crashed (an unhashable path) instead of refusing the key
+    with (root / "emitters.yaml").open("a", encoding="utf-8") as f:
+        f.write("? [lead_id, webinar_id]\n: {planned: true}\n")
+
+
 def _ref_url(root: Path) -> None:
     set_form_payload(root, "{$ref: 'http://127.0.0.1:9/form.json'}")
 
@@ -292,6 +299,8 @@ CASES = [
     Hostile("object_tag", _object_tag, "unsupported_tag", "events.yaml", _at("touch CANARY")),
     Hostile("duplicate_key", _duplicate_event, "duplicate_key", "events.yaml", _at("client_webinar_left:  # again")),
     Hostile("yaml11_float_name", _float_name, "non_string_key", "emitters.yaml", _at("1.10: planned", "emitters.yaml")),
+    Hostile("complex_key", _complex_key, "non_string_key", "emitters.yaml",
+            _at("? [lead_id, webinar_id]", "emitters.yaml")),
     Hostile("ref_url", _ref_url, "remote_ref", "events.yaml", _at("127.0.0.1:9")),
     Hostile("ref_outside", _ref_outside, "ref_outside_config", "events.yaml", _at("../outside.json")),
     Hostile("redos_nested_plus", _redos("(a+)+$", "pattern"), "unsafe_pattern", "events.yaml", _at("(a+)+$")),

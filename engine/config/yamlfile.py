@@ -105,6 +105,7 @@ class _Frame:
     path: Path_
     anchor: str | None
     nodes_at_start: int
+    mark: Any = None  # where the container starts: a problem with it as a key points there
     key: Any = None
     key_mark: Any = None
     awaiting_key: bool = True
@@ -145,7 +146,7 @@ class _Builder:
             size = self.nodes - frame.nodes_at_start
             if frame.anchor:
                 self.anchors[frame.anchor] = (frame.container, size)
-            self.add(frame.container, event.start_mark, opened=frame)
+            self.add(frame.container, frame.mark, opened=frame)
         elif isinstance(event, yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
@@ -167,7 +168,7 @@ class _Builder:
         self.count(1, event.start_mark)
         path = self.child_path(event.start_mark)
         self.doc.locations.setdefault(path, _pos(event.start_mark))
-        self.stack.append(_Frame({} if is_map else [], path, event.anchor, self.nodes))
+        self.stack.append(_Frame({} if is_map else [], path, event.anchor, self.nodes, event.start_mark))
 
     def child_path(self, mark: Any) -> Path_:  # noqa: ARG002
         if not self.stack:
@@ -177,6 +178,8 @@ class _Builder:
             return top.path + (len(top.container),)
         if top.awaiting_key:
             return top.path + ("<key>",)
+        if top.skip_value:  # the value of a refused key is dropped, and that key may be a list or a map
+            return top.path + ("<refused>",)
         return top.path + (top.key,)
 
     def add(self, value: Any, mark: Any, opened: _Frame | None = None) -> None:

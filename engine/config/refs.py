@@ -8,11 +8,11 @@ runtime validates against exactly what was hashed and never opens a file itself.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
-from urllib.request import url2pathname
 
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
@@ -20,6 +20,11 @@ from referencing.jsonschema import DRAFT202012
 
 from .patterns import unsafe_pattern
 from .yamlfile import load_yaml
+
+if os.name == "nt":
+    from nturl2path import url2pathname
+else:  # what urllib.request's url2pathname is on POSIX, without importing http.client and email
+    from urllib.parse import unquote as url2pathname
 
 
 def base_uri(root: Path) -> str:

@@ -21,6 +21,7 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from starlette.applications import Starlette
@@ -294,8 +295,8 @@ async def read_route(request: Request) -> Response:
         raise Problem(401, "unauthorized", "a consumer token of the keys file is required "
                       "(Authorization: Bearer TOKEN)", outcome="unauthorized", headers={"WWW-Authenticate": "Bearer"})
     fields = service.settings.config.route.key
-    values = request.path_params["segments"].split("/")
-    if len(values) != len(fields) or not all(values):
+    values = _route_segments(request)
+    if values is None or len(values) != len(fields) or not all(values):
         raise _no_route(f"the path is /v1/routes/{'/'.join('{' + f + '}' for f in fields)}")
     try:
         route = await run_in_threadpool(lambda: service.reader().route(**dict(zip(fields, values, strict=True))))
@@ -305,6 +306,19 @@ async def read_route(request: Request) -> Response:
         raise _no_route("no route for this key")
     info.outcome = "processed"
     return _json(route)
+
+
+def _route_segments(request: Request) -> list[str] | None:
+    """The key's values in the path, each percent-decoded on its own: the decoded path would split
+    a value holding a `/` (sent as %2F) in two. None when a value is not UTF-8."""
+    raw, marker = request.scope.get("raw_path"), b"/v1/routes/"
+    at = raw.find(marker) if isinstance(raw, bytes) else -1
+    if at < 0:  # a server that does not pass the raw path: the decoded one
+        return request.path_params["segments"].split("/")
+    try:
+        return [unquote_to_bytes(part).decode("utf-8") for part in raw[at + len(marker):].split(b"/")]
+    except UnicodeDecodeError:
+        return None
 
 
 def _no_route(detail: str) -> Problem:

@@ -17,7 +17,8 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
 @command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; keep the default behind a reverse proxy that terminates TLS.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port to listen on.")
 @click.option("--keys", "keys_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The keys file (default: $WEBINAR_FLOWS_KEYS, else $CREDENTIALS_DIRECTORY/keys.toml).")
 @config_options
@@ -25,7 +26,8 @@ _LIMITS = {"max_event_bytes", "max_batch_bytes", "max_batch_events", "queue_even
               help="Largest body of a single event (structured or binary mode)  [default: the engine's limit]")
 @click.option("--max-batch-bytes", type=click.IntRange(min=1), default=1024 * 1024, show_default=True,
               help="Largest body of a batch.")
-@click.option("--max-batch-events", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--max-batch-events", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Most events in one batched-mode request; more is 413.")
 @click.option("--queue-events", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Events waiting for the writer before new requests get 503.")
 @click.option("--commit-events", type=click.IntRange(min=1), default=500, show_default=True,

@@ -336,6 +336,23 @@ def test_routes_are_read_with_a_consumer_token(served: Server) -> None:
     assert_problem(http().get(f"{served.url}/v1/routes/{who}", headers={"Authorization": f"Bearer {TOKEN}"}), 404)
 
 
+def test_a_route_key_holding_a_slash_is_read_through_its_percent_encoded_segment(served: Server) -> None:
+    from urllib.parse import quote
+
+    from serverkit import TOKEN
+
+    who, webinar = f"{lead()}/é x", "web/9?#%"
+    assert post(served, "site-b", *structured(entered(lead=who, webinar=webinar))).status_code == 200
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    ok = http().get(f"{served.url}/v1/routes/{quote(who, safe='')}/{quote(webinar, safe='')}", headers=auth)
+    assert ok.status_code == 200 and ok.json() == route(served, who, webinar)
+    assert ok.json()["lead_id"] == who and ok.json()["webinar_id"] == webinar
+    # unencoded, the slash splits the key into three segments: no such route
+    assert_problem(http().get(f"{served.url}/v1/routes/{quote(who, safe='/')}/{quote(webinar, safe='')}",
+                             headers=auth), 404)
+    assert_problem(http().get(f"{served.url}/v1/routes/%FF/web-9", headers=auth), 404)  # not UTF-8
+
+
 def test_health_and_readiness(served: Server) -> None:
     assert http().get(f"{served.url}/healthz").json() == {"status": "ok"}
     ready = http().get(f"{served.url}/readyz")

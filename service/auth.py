@@ -29,7 +29,7 @@ def verify(secrets: Iterable[bytes], webhook_id: bytes | None, timestamp: bytes 
     """
     if not webhook_id or not timestamp or not signature:
         return False
-    if len(webhook_id) > MAX_ID_LENGTH or b"." in webhook_id:
+    if b"." in webhook_id or (len(webhook_id) > MAX_ID_LENGTH and _characters(webhook_id) > MAX_ID_LENGTH):
         return False
     if not timestamp.isdigit() or len(timestamp) > 12 or abs(int(timestamp) - now) > tolerance:
         return False
@@ -43,6 +43,12 @@ def verify(secrets: Iterable[bytes], webhook_id: bytes | None, timestamp: bytes 
         for candidate in given:
             ok |= hmac.compare_digest(expected, candidate)  # no early exit: every pair is compared
     return ok
+
+
+def _characters(text: bytes) -> int:
+    """How many characters an id's bytes are (the limit is 255 characters); a byte that is not
+    UTF-8 counts as one."""
+    return len(text.decode("utf-8", "replace"))
 
 
 def _signatures(header: bytes) -> list[bytes]:

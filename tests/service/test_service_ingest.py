@@ -229,6 +229,15 @@ def test_every_failed_authentication_is_the_same_401_and_stores_nothing(served: 
     assert stored(served)[0] == count
 
 
+def test_the_webhook_id_limit_is_255_characters_not_bytes(served: Server) -> None:
+    for msg_id, status in (("é" * 128, 200), ("é" + "a" * 254, 200), ("é" * 256, 401)):  # 256, 256, 512 bytes
+        headers, body = structured(entered(lead=lead()))
+        sent = signed(served.secret("site-b"), headers, body, msg_id=msg_id)
+        sent["webhook-id"] = msg_id.encode("utf-8")  # type: ignore[assignment]  # httpx sends str headers as ASCII
+        response = http().post(served.ingest_url("site-b"), headers=sent, content=body)
+        assert response.status_code == status, (len(msg_id), response.text)
+
+
 def test_a_non_utf8_body_with_a_bad_signature_is_401_not_500(served: Server) -> None:
     headers = {"content-type": "application/cloudevents+json", "webhook-id": "m1",
                "webhook-timestamp": str(int(time.time())), "webhook-signature": "v1,AAAA"}
@@ -277,6 +286,15 @@ def test_an_unsupported_content_mode_is_415_and_stores_nothing(served: Server, k
     headers["content-type"] = content_type
     assert_problem(post(served, key_id, headers, body), 415)
     assert stored(served)[0] == count
+
+
+def test_a_batch_from_a_key_without_batch_is_415_up_to_the_batch_size_limit(served: Server) -> None:
+    # the size check comes first and a batch's limit is 1 MiB whoever sends it: between the
+    # event limit (256 KiB) and 1 MiB, a key without batch = true is told 415, not 413
+    headers, body = batched([entered(lead=lead())])
+    padded = body[:-1] + b" " * (300 * 1024) + b"]"
+    assert_problem(post(served, "site-b", headers, padded), 415)
+    assert_problem(post(served, "site-b", headers, body[:-1] + b" " * (1024 * 1024) + b"]"), 413)
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])

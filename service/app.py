@@ -47,12 +47,16 @@ from .limits import HeaderLimit, TokenBuckets, rate_limited, read_body
 from .metrics import CONTENT_TYPE, Metrics
 from .problems import Problem, rejected, unauthorized, unavailable
 from .settings import Settings, settings_from_environment
+from .shutdown import CutAtShutdown
 from .writer import QueueFull, Writer, WriterClosed
 
 ALLOW = "POST, OPTIONS"
 READY_QUEUE_SHARE = 0.8
 FAILURE_SECONDS = 10.0
 STUCK_SECONDS = 2.0  # a commit takes milliseconds; one waiting this long means the database is not writable
+WATCH_SECONDS = 0.5  # how often the requests waiting on a stuck writer are looked at
+STUCK_DETAIL = (f"the database cannot be written now (a transaction has waited more than {STUCK_SECONDS:g} s: "
+                "a lock held elsewhere?); nothing of this request was acknowledged")
 _ENVELOPE_REASONS = ("malformed_json", "invalid_envelope")
 
 
@@ -119,6 +123,8 @@ class Service:
             return []
         if self.closing:
             raise unavailable("the server is shutting down", retry_after=5)
+        if self.writer_stuck():
+            raise unavailable(STUCK_DETAIL, retry_after=5)
         try:
             future = self.writer.submit_async(items)
         except QueueFull:
@@ -134,6 +140,20 @@ class Service:
             # may yet commit, but unanswered; the sender's resend is deduped.
             raise unavailable("the server shut down before this request's events were committed",
                               retry_after=5) from None
+
+    def writer_stuck(self) -> bool:
+        """Whether the transaction under way has waited past STUCK_SECONDS (a lock held elsewhere)."""
+        since = self.writer.busy_since
+        return since is not None and time.monotonic() - since > STUCK_SECONDS
+
+    async def _watch_writer(self) -> None:
+        """Requests waiting on a stuck writer are answered 503 (Retry-After) within about
+        STUCK_SECONDS, not when the lock ends (the database waits up to a minute for it): a
+        sender's own timeout is often shorter, and a 503 tells it when to come back."""
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            if self.writer_stuck():
+                self.writer.fail_waiting(lambda: unavailable(STUCK_DETAIL, retry_after=5))
 
     def database_writable(self) -> tuple[bool, str]:
         """Whether the writer can commit: the file and its directory are writable, the last
@@ -153,8 +173,7 @@ class Service:
         failed = self.writer.last_error
         if failed is not None and time.monotonic() - failed[1] < FAILURE_SECONDS:
             return False, failed[0]  # for a while only: unready gets no traffic, so no commit would clear it
-        since = self.writer.busy_since
-        if since is not None and time.monotonic() - since > STUCK_SECONDS:
+        if self.writer_stuck():
             return False, f"a transaction has waited more than {STUCK_SECONDS:g} s (a lock held elsewhere?)"
         return True, "writable"
 
@@ -163,10 +182,12 @@ class Service:
         await run_in_threadpool(self.writer.start)
         if self.deliverer is not None:
             self.deliverer.start()
+        watch = asyncio.get_running_loop().create_task(self._watch_writer())
         try:
             yield
         finally:
             self.closing = True
+            watch.cancel()
             await run_in_threadpool(self.shutdown)
 
     def begin_shutdown(self) -> None:
@@ -493,6 +514,7 @@ def create_app(settings: Settings) -> Starlette:
     handlers = {cls: _problem for cls in (Problem, StoreError, HTTPException, Exception)}
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers=handlers,  # type: ignore[arg-type]
                     middleware=[Middleware(AccessLog, metrics=service.metrics),
+                                Middleware(CutAtShutdown, closing=lambda: service.closing),
                                 Middleware(HeaderLimit, limit=settings.max_header_bytes),
                                 Middleware(Ingest, service=service)])  # POST /v1/ingest/{key_id}
     app.state.service = service

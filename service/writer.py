@@ -87,6 +87,7 @@ class Writer:
         self._receiving = False  # a receiver thread reads the writer process's answers
         self._receiver: threading.Thread | None = None
         self._answered_at = 0.0  # monotonic time the writer process's last answer came
+        self._committing: list[_Job] = []  # the thread writer's transaction under way
 
     @property
     def depth(self) -> int:
@@ -192,6 +193,23 @@ class Writer:
             if wake:
                 self._lock.notify()
         return job
+
+    def fail_waiting(self, exception: Callable[[], BaseException]) -> int:
+        """Answer every request waiting for a commit (queued, sent to the writer process, or in
+        the transaction under way) with `exception()` now, and drop the queued ones: for a
+        writer stuck on a lock held elsewhere, so that senders hear 503 instead of waiting
+        for it. Events already handed to the writer may still commit later; nothing was
+        acknowledged, and a resend is deduped. Calls of the console (`submit_call`) wait on."""
+        with self._lock:
+            waiting = [job for job in self._jobs if job.loop is not None and job.call is None]
+            if waiting:
+                self._jobs = deque(job for job in self._jobs if job.loop is None or job.call is not None)
+                self._depth -= sum(len(job.items) for job in waiting)
+            waiting += [job for sent in self._inflight for job in sent.jobs if job.loop is not None]
+            waiting += [job for job in self._committing if job.loop is not None]
+        waiting = [job for job in waiting if not job.future.done()]
+        _settle_all([(job, None, exception()) for job in waiting])
+        return len(waiting)
 
     def submit_call(self, fn: Callable[[Engine], Any]) -> Future:
         """Queue `fn(engine)` to run on the writer thread, alone, in turn with the events (the
@@ -395,7 +413,7 @@ class Writer:
                 self._busy_since = None
             return
         items = [item for job in jobs for item in job.items]
-        self._busy_since = time.monotonic()
+        self._busy_since, self._committing = time.monotonic(), jobs
         try:
             results = engine.process_many(items, batch_size=max(1, len(items)))
         except Exception as exc:  # noqa: BLE001 - each waiting request answers it (503 for a StoreError)
@@ -403,7 +421,7 @@ class Writer:
             _settle_all([(job, None, exc) for job in jobs])
             return
         finally:
-            self._busy_since = None
+            self._busy_since, self._committing = None, []
         self.last_error = None
         if self._on_commit is not None:
             self._on_commit(len(items))

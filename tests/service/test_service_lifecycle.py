@@ -163,28 +163,47 @@ def _wait_not_ready(server: Server, check: str) -> dict:
 
 
 def test_a_held_writer_fills_the_queue_then_503_and_not_ready_then_recovers_losing_nothing(serve_factory) -> None:
+    """A lock held elsewhere: the queue fills (503 at once for what does not fit), /readyz says
+    so, the waiting requests are answered 503 once the writer has waited STUCK_SECONDS (not when
+    the lock ends), a new request gets 503 at once; after the lock, every resend is stored once."""
     server: Server = serve_factory("held", args=("--queue-events", "4"))
     requests = [structured(entered(lead=lead())) for _ in range(10)]
     with cf.ThreadPoolExecutor(len(requests)) as pool:
         with hold_write_lock(server.db):
+            held_at = time.monotonic()
             futures = {pool.submit(post, server, "site-b", *requests[0]): requests[0]}
-            # /readyz says when the writer's transaction (holding the first request) waits on the lock
-            assert _wait_not_ready(server, "database")["queue"]["ok"] is True
+            time.sleep(0.3)  # the first request is in the writer's transaction, which waits on the lock
             futures.update({pool.submit(post, server, "site-b", *r): r for r in requests[1:]})
             # Four more wait in the queue (its capacity); the other five get 503 at once.
             deadline, done = time.monotonic() + 10, set()
             while len(done) < 5 and time.monotonic() < deadline:
-                done, _ = cf.wait(futures, timeout=0.2)
+                done, _ = cf.wait(futures, timeout=0.05)
+            assert time.monotonic() - held_at < 2.0  # refused by the full queue, before the writer counts as stuck
             refused = [f for f in done if f.result().status_code == 503]
             assert len(refused) == 5 and all(f.result().headers["retry-after"].isdigit() for f in refused)
             assert all(f.result().headers["content-type"].startswith("application/problem+json") for f in refused)
-            assert _wait_not_ready(server, "queue")["database"]["ok"] is False
-        # the lock is released: the held requests commit and are answered
-        answered = [f for f in futures if f not in refused]
-        assert all(f.result(timeout=30).status_code == 200 for f in answered)
-        for future in refused:
-            assert post(server, "site-b", *futures[future]).status_code == 200
+            assert _wait_not_ready(server, "queue")["queue"]["ok"] is False
+            # the five waiting are answered 503 soon after the writer has waited 2 s
+            waiting = [f for f in futures if f not in refused]
+            assert all(f.result(timeout=10).status_code == 503 for f in waiting)
+            assert time.monotonic() - held_at < 6.0
+            assert _wait_not_ready(server, "database")["database"]["ok"] is False
+            started = time.monotonic()
+            late = post(server, "site-b", *structured(entered(lead=lead())))
+            assert late.status_code == 503 and late.headers["retry-after"].isdigit()
+            assert time.monotonic() - started < 1.0
+            assert late.headers["content-type"].startswith("application/problem+json")
+            assert "cannot be written" in late.json()["detail"]
+        # the lock is released: ready again, and what got 503 is sent again and stored once
+        for _ in range(100):
+            if httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200:
+                break
+            time.sleep(0.1)
         assert httpx.get(f"{server.url}/readyz").status_code == 200
+        for request in requests:
+            answer = post(server, "site-b", *request)
+            assert answer.status_code == 200
+            assert answer.json()["results"][0]["status"] in ("accepted", "duplicate")
     assert stored_exactly_once(server.db, [body for _, body in requests])
 
 
@@ -275,3 +294,28 @@ def test_oversized_headers_are_refused(limited: Server) -> None:
     except httpx.HTTPError:
         pass  # the connection was closed: also refused
     assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_sigterm_while_a_body_is_still_arriving_answers_503_not_500(serve_factory) -> None:
+    """uvicorn cancels what is still running when its graceful stop runs out; a request whose
+    body never finished gets 503 problem+json with Retry-After, and no traceback is logged."""
+    server: Server = serve_factory("trickle")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as slow:
+        slow.sendall(b"POST /v1/ingest/site-b HTTP/1.1\r\nHost: x\r\nContent-Type: application/cloudevents+json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        answer = b""
+        while b"\r\n\r\n" not in answer and time.monotonic() - started < 12:  # bounded by the socket timeout too
+            chunk = slow.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert server.stop(signal.SIGTERM) == 0 and time.monotonic() - started < 10
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 503"), answer
+    assert b"retry-after: 5" in head and b"content-type: application/problem+json" in head
+    assert "Traceback" not in server.output() and "Exception in ASGI application" not in server.output()
+    assert any(line["status"] == 503 and line["outcome"] == "unavailable" for line in server.log_lines())

@@ -366,3 +366,46 @@ def test_the_loop_sends_its_requests_to_the_writer_process_itself_when_the_pipe_
         assert wakes == [1]
     finally:
         writer.stop(timeout=10)
+
+
+@pytest.mark.parametrize("where", ["process", "thread"])
+def test_fail_waiting_answers_every_waiting_request_and_what_was_handed_over_still_commits(
+        tmp_path: Path, where: str) -> None:
+    """What the server does for a writer stuck on a lock held elsewhere (service/app.py): every
+    request waiting on the loop is answered now, queued ones are dropped, and what the writer
+    already holds commits once the lock ends (unacknowledged: a resend is a duplicate)."""
+    import asyncio
+
+    db = tmp_path / f"stuck-{where}.db"
+    if where == "process":
+        writer = _process_writer(db)
+    else:
+        config = load_config(bundled_config())
+        writer = Writer(lambda: Engine.open(config=config, db=db), capacity=100, max_batch=10)
+    writer.start()
+    requests = [_received(2) for _ in range(3)]
+
+    async def scenario() -> list[BaseException | None]:
+        futures = [writer.submit_async(items) for items in requests]
+        await asyncio.sleep(0)  # the end of a turn: what it queued is handed over
+        for _ in range(200):
+            if writer.busy_since is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert writer.fail_waiting(lambda: RuntimeError("stuck")) == 3
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        return list(outcomes)
+
+    try:
+        with hold_write_lock(db):
+            outcomes = asyncio.run(scenario())
+            assert all(isinstance(o, RuntimeError) and str(o) == "stuck" for o in outcomes), outcomes
+            assert writer.depth <= 6
+        # the lock is released: the writer goes on; each event is stored once, whatever it held
+        again = [writer.submit(items).result(timeout=30) for items in requests]
+        statuses = {answer.status if where == "process" else answer["status"] for batch in again for answer in batch}
+        assert statuses <= {"accepted", "duplicate"}
+        assert writer.depth == 0 and writer.alive
+    finally:
+        writer.stop(timeout=10)
+    assert stored_exactly_once(db, [r.event for items in requests for r in items])

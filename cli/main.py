@@ -98,7 +98,12 @@ def validate(app: AppContext, fmt: str, keys_file: Path | None) -> None:
     if keys_file is not None and loaded is not None:
         from service.keys import check_keys
 
-        found = [_keys_problem(keys_file, text) for text in check_keys(keys_file, loaded)]
+        try:
+            keys_text = keys_file.read_bytes().decode("utf-8", "replace")
+        except OSError:
+            keys_text = ""
+        found = sorted((_keys_problem(keys_file, keys_text, text) for text in check_keys(keys_file, loaded)),
+                       key=lambda p: (p.line, p.column))
         problems, ok = problems + found, not found
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
@@ -118,9 +123,13 @@ def validate(app: AppContext, fmt: str, keys_file: Path | None) -> None:
                    f"config hash {loaded.hash[:12]})")
 
 
-def _keys_problem(path: Path, text: str) -> Problem:
+def _keys_problem(path: Path, keys_text: str, text: str) -> Problem:
+    from service.keys import problem_position
+
     prefix = f"{path}: "
-    return Problem(str(path), 1, 1, "error", "invalid_keys_file", text[len(prefix):] if text.startswith(prefix) else text)
+    message = text[len(prefix):] if text.startswith(prefix) else text
+    line, column = problem_position(keys_text, message)
+    return Problem(str(path), line, column, "error", "invalid_keys_file", message)
 
 
 # -- process ---------------------------------------------------------------------------------------

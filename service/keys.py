@@ -109,6 +109,49 @@ def parse_secret(text: str) -> bytes:
     return key
 
 
+_SECRET_TEXT = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
+_TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+_TABLE = re.compile(r"\[(keys|consumers)\.([^\]]+)\]|\[(handshake|console)\]")
+_FIELD = re.compile(r"\b(emitter|secrets?|batch|rate|tokens|url|origins)\b")
+
+
+def redact(text: str) -> str:
+    """`text` with anything shaped like a secret left out: a secret pasted into the wrong field
+    (an emitter, a key id, a field's name) must not come back in a message."""
+    return _SECRET_TEXT.sub("whsec_… (not shown)", text)
+
+
+def problem_position(text: str, message: str) -> tuple[int, int]:
+    """Where in the keys file (its `text`) a problem `message` of `check_keys` stands: the
+    parser's position for invalid TOML, else the line of the field it names inside the table
+    it names, else that table's header; (1, 1) when the message names neither."""
+    at = _TOML_AT.search(message)
+    if at:
+        return int(at.group(1)), int(at.group(2))
+    table = _TABLE.search(message)
+    if not table:
+        return 1, 1
+    kind, name = (table.group(1), table.group(2)) if table.group(1) else (table.group(3), None)
+    lines = text.splitlines()
+    header = re.compile(r"^\s*\[\s*" + re.escape(kind) + (
+        r"\s*\.\s*(?:\"" + re.escape(name) + r"\"|'" + re.escape(name) + r"'|" + re.escape(name) + r")" if name else "")
+        + r"\s*\]")
+    start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+    if start is None:
+        return 1, 1
+    unknown = re.search(r"unknown field '([^']*)'", message)
+    field = _FIELD.search(message[table.end():])
+    if unknown or field:
+        wanted = (re.compile(r"^\s*[\"']?" + re.escape(unknown.group(1)) + r"[\"']?\s*=") if unknown
+                  else re.compile(r"^\s*" + field.group(1).rstrip("s") + r"s?\s*="))  # type: ignore[union-attr]
+        for i in range(start + 1, len(lines)):
+            if lines[i].lstrip().startswith("["):
+                break
+            if wanted.match(lines[i]):
+                return i + 1, len(lines[i]) - len(lines[i].lstrip()) + 1
+    return start + 1, len(lines[start]) - len(lines[start].lstrip()) + 1
+
+
 def check_keys(path: Path, config: Config) -> list[str]:
     """Every problem of the keys file at `path` against `config`, each naming the file; [] if none."""
     return _read(Path(path), config)[1]
@@ -153,7 +196,7 @@ def _read(path: Path, config: Config, *, ingest: bool = True) -> tuple[Keys | No
     hashes = {name: spec["password_hash"] for name, spec in users.items()
               if isinstance(spec, dict) and isinstance(spec.get("password_hash"), str)}
     secret = console.get("session_secret") if isinstance(console.get("session_secret"), str) else None
-    return Keys(path, keys, tuple(origins), tokens, document, hashes, secret, push), problems
+    return Keys(path, keys, tuple(origins), tokens, document, hashes, secret, push), [redact(p) for p in problems]
 
 
 def _toml_message(exc: tomllib.TOMLDecodeError) -> str:

@@ -147,6 +147,46 @@ def test_list_shows_ids_emitters_and_flags_never_a_secret(tmp_path: Path) -> Non
             assert secret not in output and secret[6:20] not in output
 
 
+SHORT = "whsec_" + base64.b64encode(b"x" * 23).decode()  # decodes to 23 bytes: malformed
+
+
+def test_list_shows_what_serve_would_not_accept_as_null_and_warns(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(f'[keys.a]\nemitter = "nope"\nsecrets = ["{SHORT}"]\nbatch = "yes"\nrate = "fast"\n')
+    path.chmod(0o600)
+    result = run("keys", "list", "--keys", str(path))
+    assert result.exit_code == 0
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"id": "a", "emitter": "nope", "batch": None, "rate": None, "secrets": 1}]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any("unknown emitter 'nope'" in w for w in warnings) and any("batch must be" in w for w in warnings)
+    assert any("rate must be" in w for w in warnings) and any("secret 1 is malformed" in w for w in warnings)
+    text = run("keys", "list", "--keys", str(path), "--format", "text")
+    assert text.stdout.splitlines()[1].split() == ["a", "nope", "?", "?", "1"]
+
+
+def test_rotate_warns_when_the_secret_it_keeps_is_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(f'[keys.a]\nemitter = "{TRACKER}"\nsecrets = ["{SHORT}"]\n')
+    path.chmod(0o600)
+    result = run("keys", "rotate", "a", "--keys", str(path))
+    assert result.exit_code == 0 and _secret_ok(result.stdout.strip())
+    assert "warning:" in result.stderr and "secret 2 is malformed" in result.stderr
+    assert SHORT[6:] not in result.output
+
+
+def test_a_write_through_a_symbolic_link_replaces_the_file_it_points_at(tmp_path: Path) -> None:
+    real, link = tmp_path / "secrets" / "keys.toml", tmp_path / "keys.toml"
+    real.parent.mkdir()
+    first = run("keys", "new", "site-1", "--emitter", TRACKER, "--keys", str(real)).stdout.strip()
+    link.symlink_to(real)
+    second = run("keys", "rotate", "site-1", "--keys", str(link))
+    assert second.exit_code == 0, second.output
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert _doc(real)["keys"]["site-1"]["secrets"] == [second.stdout.strip(), first]
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+
+
 def test_a_write_keeps_the_other_tables_and_the_mode(tmp_path: Path) -> None:
     path = tmp_path / "keys.toml"
     run("keys", "new", "site-1", "--emitter", TRACKER, "--keys", str(path))

@@ -40,4 +40,41 @@ def test_a_key_for_an_internal_emitter_fails_validation(run_cli, tmp_path: Path)
     keys.chmod(0o600)
     done = run_cli("validate", "--keys", str(keys))
     assert done.exit_code == 1
-    assert f"{keys}:1:1: error invalid_keys_file:" in done.stderr and "internal" in done.stderr
+    assert f"{keys}:2:1: error invalid_keys_file:" in done.stderr and "internal" in done.stderr  # the emitter's line
+
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_each_problem_of_a_keys_file_points_at_its_line(run_cli, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text(f'[keys.a]\nemitter = "nope"\nsecrets = ["{SECRET}"]\n\n[keys."b"]\nemitter = "{TRACKER}"\n'
+                    f'secrets = ["{SECRET}"]\n  colour = "red"\nrate = -1\n\n[consumers.crm]\nurl = "ftp://x"\n')
+    keys.chmod(0o600)
+    done = run_cli("validate", "--keys", str(keys), "--format", "json")
+    assert done.exit_code == 1
+    found = [(p["line"], p["column"], p["message"].split(":")[0]) for p in json.loads(done.stdout)["problems"]
+             if p["code"] == "invalid_keys_file"]
+    # a problem of a field is on that field's line; one of the table, or of a field it lacks, on its header
+    assert [(line, column) for line, column, _ in found] == [(2, 1), (8, 3), (9, 1), (11, 1), (11, 1), (12, 1)]
+    assert [table for _, _, table in found] == ["[keys.a]", "[keys.b]", "[keys.b]", *["[consumers.crm]"] * 3]
+
+
+def test_invalid_toml_points_where_the_parser_stopped(run_cli, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text(f'[keys.a]\nemitter = "{TRACKER}"\nemitter = "again"\n')
+    keys.chmod(0o600)
+    done = run_cli("validate", "--keys", str(keys))
+    assert done.exit_code == 1 and f"{keys}:3:18: error invalid_keys_file: not valid TOML" in done.stderr
+
+
+def test_a_secret_pasted_into_the_wrong_field_is_never_printed(run_cli, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text(f'[keys.a]\nemitter = "{SECRET}"\nsecrets = ["{SECRET}"]\n"{SECRET}" = 1\n')
+    keys.chmod(0o600)
+    for args in (("validate", "--keys", str(keys)), ("keys", "list", "--keys", str(keys)),
+                 ("keys", "list", "--keys", str(keys), "--format", "text")):
+        done = run_cli(*args)
+        assert SECRET[6:] not in done.output, args
+        assert "whsec_… (not shown)" in done.output, args
+

@@ -37,7 +37,7 @@ import click
 import tomli_w
 
 from engine import Config
-from service.keys import DEFAULT_RATE, KEY_ID, MAX_SECRETS, check_keys, find_keys_file, new_secret
+from service.keys import DEFAULT_RATE, KEY_ID, MAX_SECRETS, check_keys, find_keys_file, new_secret, redact
 
 from ..context import CONTEXT, AppContext, Failed, pass_app
 from ..options import config_option
@@ -53,11 +53,13 @@ def _keys_option(f: Any) -> Any:
 
 
 def _locate(option: Path | None) -> Path:
+    """The keys file; a symbolic link is followed, so that a write replaces the file it points
+    at (a link into a secrets directory stays a link) rather than the link itself."""
     path = find_keys_file(option)
     if path is None:
         raise Failed("error: no keys file given: pass --keys FILE, or set $WEBINAR_FLOWS_KEYS (or "
                      "$CREDENTIALS_DIRECTORY, which holds keys.toml); keep the file out of git")
-    return path
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _load(path: Path, *, must_exist: bool) -> dict[str, Any]:
@@ -144,10 +146,19 @@ def _secrets(spec: dict[str, Any]) -> list[Any]:
     return list(secrets) if isinstance(secrets, list) else []
 
 
-def _report(path: Path, config: Config) -> None:
-    """Warn (stderr) about what `serve` would refuse in the written file; never fails the command."""
-    for problem in check_keys(path, config):
+def _report(path: Path, config: Config | None) -> None:
+    """Warn (stderr) about what `serve` would refuse in the file; never fails the command (without
+    a config that loads, there is nothing to check the emitters against, and nothing is said)."""
+    for problem in check_keys(path, config) if config is not None else []:
         click.echo(f"warning: {problem}", err=True)
+
+
+def _config_if_any(app: AppContext) -> Config | None:
+    """The config in force, for warnings only: a broken config does not stop `rotate` or `list`."""
+    try:
+        return app.config()
+    except Failed:
+        return None
 
 
 @click.group(context_settings=CONTEXT)
@@ -216,7 +227,9 @@ def new(app: AppContext, key_id: str, emitter: str, batch: bool, rate: float | N
 @keys.command(name="rotate", context_settings=CONTEXT)
 @click.argument("key_id", metavar="ID")
 @_keys_option
-def rotate(key_id: str, keys_file: Path | None) -> None:
+@config_option
+@pass_app
+def rotate(app: AppContext, key_id: str, keys_file: Path | None) -> None:
     """Give key ID a fresh secret, printed once; the newest old secret stays valid.
 
     The new secret goes first; of the old ones only the newest is kept, so the sender can
@@ -233,6 +246,7 @@ def rotate(key_id: str, keys_file: Path | None) -> None:
     click.echo(secret)
     click.echo(f"rotated key {key_id} in {path}: the new secret above is shown once; the previous one "
                f"stays valid until 'webinar-flows keys retire {key_id}'", err=True)
+    _report(path, _config_if_any(app))
 
 
 @keys.command(name="retire", context_settings=CONTEXT)
@@ -257,10 +271,40 @@ def retire(key_id: str, keys_file: Path | None) -> None:
 @_keys_option
 @click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json", show_default=True,
               help="json: one line per key {id, emitter, batch, rate, secrets (how many)}; text: a table.")
-def list_keys(keys_file: Path | None, fmt: str) -> None:
-    """List the keys: id, emitter, batch, rate and how many secrets; never a secret."""
+@config_option
+@pass_app
+def list_keys(app: AppContext, keys_file: Path | None, fmt: str) -> None:
+    """List the keys: id, emitter, batch, rate and how many secrets; never a secret.
+
+    A value that is not what `serve` accepts is shown as null (json) or `?` (text), and every
+    problem `serve` would refuse the file for is a warning on stderr."""
     path = _locate(keys_file)
     document = _load(path, must_exist=True)
+    rows = []
+    for key_id, spec in document.get("keys", {}).items():
+        rate = spec.get("rate", DEFAULT_RATE)
+        if isinstance(rate, bool) or not isinstance(rate, int | float):
+            rate = None
+        elif isinstance(rate, float) and rate.is_integer():
+            rate = int(rate)
+        emitter, batch = spec.get("emitter"), spec.get("batch", False)
+        rows.append({"id": redact(key_id), "emitter": redact(emitter) if isinstance(emitter, str) else None,
+                     "batch": batch if isinstance(batch, bool) else None, "rate": rate,
+                     "secrets": len(_secrets(spec))})
+    if fmt == "json":
+        for row in rows:
+            print_json(row)
+    else:
+        header = ("ID", "EMITTER", "BATCH", "RATE", "SECRETS")
+        table = [header, *[(r["id"], r["emitter"] or "?", {True: "yes", False: "no"}.get(r["batch"], "?"),
+                            "?" if r["rate"] is None else f"{r['rate']:g}", str(r["secrets"])) for r in rows]]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        for row in table:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    config = _config_if_any(app)
+    if config is not None:
+        _report(path, config)
+        return
     try:
         mode = path.stat().st_mode
     except OSError:
@@ -268,24 +312,6 @@ def list_keys(keys_file: Path | None, fmt: str) -> None:
     if mode & 0o077:
         click.echo(f"warning: {path} is accessible to group or others (mode {mode & 0o777:04o}); serve refuses "
                    f"it: run chmod 600 {path}", err=True)
-    rows = []
-    for key_id, spec in document.get("keys", {}).items():
-        rate = spec.get("rate", DEFAULT_RATE)
-        if isinstance(rate, float) and rate.is_integer():
-            rate = int(rate)
-        rows.append({"id": key_id, "emitter": spec.get("emitter"), "batch": spec.get("batch", False),
-                     "rate": rate, "secrets": len(_secrets(spec))})
-    if fmt == "json":
-        for row in rows:
-            print_json(row)
-        return
-    header = ("ID", "EMITTER", "BATCH", "RATE", "SECRETS")
-    table = [header, *[(r["id"], str(r["emitter"]), "yes" if r["batch"] is True else "no", f"{r['rate']:g}"
-                        if isinstance(r["rate"], int | float) else str(r["rate"]), str(r["secrets"]))
-                       for r in rows]]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @keys.command(name="user", context_settings=CONTEXT)

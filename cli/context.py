@@ -15,6 +15,7 @@ and catch them only to say more.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -126,6 +127,12 @@ class Command(click.Command):
             raise _noted(ctx, Failed(f"error: {exc}")) from None
         except Failed as exc:
             raise _noted(ctx, exc) from None
+        except BrokenPipeError:
+            # `webinar-flows ... | head`: the reader went away. Say so once (`process` adds what
+            # it committed), and drop the rest of the output, as Python's documentation advises.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise _noted(ctx, Failed("error: standard output was closed before the command ended (the reader "
+                                     "of the pipe went away); nothing more was written")) from None
 
 
 def _noted(ctx: click.Context, failed: Failed) -> Failed:

@@ -175,8 +175,9 @@ def _run_stream(engine: Engine, origin: str | None, name: str, stream: BinaryIO,
     items = ((raw, origin, number) for number, raw in read_lines(stream, max_bytes, name))
     done = 0
     for results in engine.iter_batches(items, batch_size):
-        for result in results:
+        for result in results:  # committed: counted before any of it is written (a closed pipe stops the writing)
             counts[result["status"]] += 1
+        for result in results:
             print_json({"file": origin, **result} if origin is not None else result)
         sys.stdout.flush()
         if stream.seekable():

@@ -47,6 +47,29 @@ def test_process_with_standard_input_unreadable_says_so(tmp_path):
     assert run.stderr.rstrip().splitlines()[-1] == "0 accepted, 0 duplicate, 0 rejected before the failure"
 
 
+def test_a_reader_that_goes_away_ends_the_run_saying_so_and_what_was_committed(tmp_path):
+    """`process ... | head -1`: the pipe closes after one line; the run stops with one clear line
+    and the counts of what it committed (the whole batch in flight), no traceback."""
+    (tmp_path / "events.jsonl").write_bytes(b"".join(jsonl(entered(id=f"p{i}", lead=f"lead-{i}"))
+                                                     for i in range(3000)))
+    run = _shell('{ "$WF" process events.jsonl --db x.db --batch-size 1000 2>err.txt; echo "status $?" >rc.txt; } '
+                 '| head -1 >/dev/null; cat rc.txt err.txt', tmp_path)
+    assert "Traceback" not in run.stdout and "Exception ignored" not in run.stdout
+    lines = run.stdout.strip().splitlines()
+    assert lines[0] == "status 1"
+    assert lines[1] == ("error: standard output was closed before the command ended (the reader of the pipe "
+                        "went away); nothing more was written")
+    committed = lines[2]
+    assert committed.endswith(" accepted, 0 duplicate, 0 rejected before the failure")
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "x.db")
+    stored = conn.execute("SELECT count(*) FROM stored_inputs").fetchone()[0]
+    conn.close()
+    assert committed == f"{stored} accepted, 0 duplicate, 0 rejected before the failure"
+    assert stored % 1000 == 0 and stored < 3000  # whole batches, and not the whole file
+
+
 def test_process_reads_files_with_standard_input_closed(tmp_path):
     (tmp_path / "events.jsonl").write_bytes(jsonl(entered(id="c1")))
     run = _shell('"$WF" process --db x.db events.jsonl <&-', tmp_path)

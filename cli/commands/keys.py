@@ -276,8 +276,9 @@ def retire(key_id: str, keys_file: Path | None) -> None:
 def list_keys(app: AppContext, keys_file: Path | None, fmt: str) -> None:
     """List the keys: id, emitter, batch, rate and how many secrets; never a secret.
 
-    A value that is not what `serve` accepts is shown as null (json) or `?` (text), and every
-    problem `serve` would refuse the file for is a warning on stderr."""
+    A value of the wrong type (an emitter that is not a string, a batch that is not true or
+    false, a rate that is not a number) is shown as null (json) or `?` (text); every problem
+    `serve` would refuse the file for is a warning on stderr."""
     path = _locate(keys_file)
     document = _load(path, must_exist=True)
     rows = []

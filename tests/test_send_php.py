@@ -57,10 +57,11 @@ def stub(tmp_path: Path):
 
 
 def twin(url: str, key_id: str = "site-1", *args: str, secret: str = SECRET, env: dict | None = None,
-         timeout: float = 60) -> subprocess.CompletedProcess:
+         timeout: float = 60, php_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     php = require_php()
-    return subprocess.run([php, str(WP / "send.php"), url, key_id, *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "WEBINAR_FLOWS_SECRET": secret, **(env or {})})
+    return subprocess.run([php, *php_args, str(WP / "send.php"), url, key_id, *args], capture_output=True,
+                          text=True, timeout=timeout, errors="surrogateescape",
+                          env={**os.environ, "WEBINAR_FLOWS_SECRET": secret, **(env or {})})
 
 
 def test_the_php_files_parse() -> None:
@@ -112,6 +113,28 @@ def test_the_twin_never_retries_other_4xx(stub, status: int) -> None:
     assert len(server.requests()) == 1
 
 
+def test_the_twin_needs_no_optional_extension_to_honour_retry_after(stub) -> None:
+    """`php -n` loads no php.ini, so no shared extension (on Debian: not ctype): what every PHP
+    build has must be enough to read Retry-After and retry."""
+    php = require_php()
+    probe = subprocess.run([php, "-n", "-r", "echo function_exists('ctype_digit') ? 'ctype' : 'none';"],
+                           capture_output=True, text=True, timeout=30)
+    server = stub([{"status": 503, "headers": {"Retry-After": "1"}, "body": "{}"}, OK])
+    proc = twin(server.url, php_args=("-n",))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(server.requests()) == 2 and "retrying in 1s" in proc.stderr
+    if probe.stdout != "none":
+        pytest.skip("this PHP has ctype built in: the run above could not show that it is not needed")
+
+
+def test_the_twin_refuses_a_lead_id_that_is_not_utf8_as_a_usage_error(stub) -> None:
+    server = stub([OK])
+    proc = twin(server.url, "site-1", "l\udce9a")  # the byte 0xE9 alone: Latin-1, not UTF-8
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot be encoded as JSON" in proc.stderr and "Fatal" not in proc.stderr + proc.stdout
+    assert server.requests() == []
+
+
 def test_the_twin_refuses_a_malformed_secret_without_printing_it(stub) -> None:
     server = stub([OK])
     proc = twin(server.url, secret="not-a-secret-xyz")
@@ -141,7 +164,7 @@ function wp_remote_retrieve_header($r, $h) { return $r['headers'][$h] ?? ''; }
 function wp_remote_retrieve_body($r) { return is_array($r) ? $r['body'] : ''; }
 function wp_schedule_single_event($ts, $hook, $args) { $GLOBALS['trace'][] = ['schedule', $ts - time(), $hook, $args]; return true; }
 require getenv('PLUGIN');
-$id = webinar_flows_send_completed('lead-1', 'webinar-1', 'live', 'sess-1', 1760000000);
+$id = webinar_flows_send_completed(getenv('LEAD') ?: 'lead-1', 'webinar-1', 'live', 'sess-1', 1760000000);
 // WP-Cron runs each scheduled retry with the arguments it was given
 for ($i = 0; $i < 5; $i++) {
     $s = null;
@@ -154,15 +177,16 @@ echo json_encode(['id' => $id, 'trace' => $GLOBALS['trace']]);
 """
 
 
-def plugin(tmp_path: Path, answers: list) -> dict:
+def plugin(tmp_path: Path, answers: list, lead: bytes = b"") -> dict:
     php = require_php()
     harness = tmp_path / "harness.php"
     harness.write_text(PLUGIN_HARNESS)
     log = tmp_path / "php-error.log"
     proc = subprocess.run([php, "-d", "log_errors=1", "-d", f"error_log={log}", str(harness)],
                           capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "WEBINAR_FLOWS_SECRET": SECRET, "ANSWERS": json.dumps(answers),
-                               "PLUGIN": str(WP / "webinar-flows-sender.php")})
+                          env={**os.environb, b"WEBINAR_FLOWS_SECRET": SECRET.encode(),
+                               b"ANSWERS": json.dumps(answers).encode(), b"LEAD": lead,
+                               b"PLUGIN": str(WP / "webinar-flows-sender.php").encode()})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)
     logged = log.read_text().splitlines() if log.exists() else []
@@ -207,6 +231,15 @@ def test_the_plugin_gives_up_on_other_4xx(tmp_path: Path, status: int) -> None:
     assert not [t for t in out["trace"] if t[0] == "schedule"]
     (log,) = [t for t in out["trace"] if t[0] == "log"]
     assert "not retried" in log[1] and SECRET not in log[1]
+
+
+def test_the_plugin_logs_an_event_it_cannot_encode_and_the_page_goes_on(tmp_path: Path) -> None:
+    """A lead id that is not UTF-8 (a Latin-1 database, say): the event is logged as not sent,
+    nothing is posted or scheduled, and the request that fired the hook does not die."""
+    out = plugin(tmp_path, [], lead=b"l\xe9a")
+    assert _posts(out) == [] and not [t for t in out["trace"] if t[0] == "schedule"]
+    (log,) = [t for t in out["trace"] if t[0] == "log"]
+    assert "cannot send event" in log[1] and "JSON" in log[1] and SECRET not in log[1]
 
 
 def test_the_docs_example_signature_is_what_the_core_computes() -> None:

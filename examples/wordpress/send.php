@@ -82,10 +82,15 @@ try {
 
 $event_id = getenv('WEBINAR_FLOWS_EVENT_ID') ?: null;
 $completed_at = getenv('WEBINAR_FLOWS_COMPLETED_AT');
-$completed_at = ($completed_at !== false && ctype_digit($completed_at)) ? (int) $completed_at : time();
+$completed_at = ($completed_at !== false && webinar_flows_is_seconds($completed_at)) ? (int) $completed_at : time();
 $event = webinar_flows_completed_event(
     $argv[3] ?? 'lead-php-1', $argv[4] ?? 'webinar-php', 'live', $argv[5] ?? 'sess-php-1', $completed_at, $event_id);
-$body = webinar_flows_body($event);
+try {
+    $body = webinar_flows_body($event); // not UTF-8, or an id the signature cannot carry: a usage error
+    webinar_flows_headers($secret, $event['id'], $body);
+} catch (InvalidArgumentException $e) {
+    webinar_flows_twin_usage($e->getMessage());
+}
 $target = webinar_flows_ingest_url($url, $key_id);
 $attempts = max(1, (int) (getenv('WEBINAR_FLOWS_ATTEMPTS') ?: 4));
 $short = [1, 2, 4, 8, 8, 8, 8, 8];
@@ -98,7 +103,7 @@ for ($attempt = 1; ; $attempt++) {
     if ($decision !== 'retry' || $delay === null) {
         break;
     }
-    if ($retry_after !== null && ctype_digit($retry_after)) {
+    if (webinar_flows_is_seconds($retry_after)) {
         $delay = min(10, max($delay, (int) $retry_after));
     }
     fwrite(STDERR, 'attempt ' . $attempt . ': ' . ($status === null ? $error : "HTTP $status")

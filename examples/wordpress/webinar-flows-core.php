@@ -3,7 +3,7 @@
  * Webinar Flows: the parts of the sender that need no WordPress.
  *
  * Building a CloudEvent, signing a request with Standard Webhooks v1 and deciding whether an
- * answer is retried. Plain PHP 7.4+ with only core extensions (hash, json, random): the
+ * answer is retried. Plain PHP 7.4+ with only what every build has (hash, json, pcre): the
  * WordPress plugin (webinar-flows-sender.php) and the command-line twin (send.php) both use
  * this file, so the signing that CI checks against a running server is the plugin's own.
  *
@@ -138,8 +138,17 @@ function webinar_flows_retry_delay(int $attempt, ?string $retry_after = null, ?a
         return null;
     }
     $delay = $schedule[$attempt - 1];
-    if ($retry_after !== null && ctype_digit(trim($retry_after))) {
+    if (webinar_flows_is_seconds($retry_after)) {
         $delay = max($delay, (int) trim($retry_after));
     }
     return $delay;
+}
+
+/**
+ * Whether a header value is a whole number of seconds (Retry-After's delay-seconds form). With
+ * pcre, which every PHP build has: ctype is an extension a host may leave out.
+ */
+function webinar_flows_is_seconds(?string $value): bool
+{
+    return $value !== null && preg_match('/^[0-9]+$/', trim($value)) === 1;
 }

@@ -57,11 +57,12 @@ add_action('webinar_flows_completed', 'webinar_flows_send_completed', 10, 5);
  */
 function webinar_flows_deliver(array $event, int $attempt = 1): void
 {
-    $body = webinar_flows_body($event); // the exact bytes signed and sent
     try {
+        $body = webinar_flows_body($event); // the exact bytes signed and sent
         $headers = webinar_flows_headers(WEBINAR_FLOWS_SECRET, $event['id'], $body);
     } catch (InvalidArgumentException $e) {
-        error_log('webinar-flows: cannot sign event ' . $event['id'] . ': ' . $e->getMessage());
+        // a lead id that is not UTF-8, a secret that is not whsec_: never a fatal error in the page
+        error_log('webinar-flows: cannot send event ' . $event['id'] . ': ' . $e->getMessage());
         return;
     }
     $response = wp_remote_post(webinar_flows_ingest_url(WEBINAR_FLOWS_URL, WEBINAR_FLOWS_KEY_ID), [

@@ -167,9 +167,17 @@ def contract(config: Any) -> dict[str, Any]:
 
 
 def preview_files(config: Any) -> list[str]:
-    """The files a preview may replace: the four config files and every rules file."""
-    rules = sorted(str(Path(f)) for f in config.files if Path(f).parts[:1] == ("rules",))
-    return [*CONFIG_FILES, *(rules or ["rules/rules.yaml"])]
+    """The files a preview may replace: the four config files and every rules file, named inside
+    the config directory (`rules/attendance.yaml`); a config without one may add `rules/rules.yaml`."""
+    root, rules = Path(config.root), []
+    for f in config.files:
+        try:
+            name = Path(f).relative_to(root)
+        except ValueError:
+            continue
+        if name.parts[:1] == ("rules",):
+            rules.append(name.as_posix())
+    return [*CONFIG_FILES, *(sorted(rules) or ["rules/rules.yaml"])]
 
 
 def _not_config(directory: str, names: list[str]) -> list[str]:

@@ -237,6 +237,24 @@ def test_preview_shows_yaml_errors_with_line_and_column_and_writes_nothing(logge
     assert after == before
 
 
+def test_preview_offers_each_rules_file_of_the_config_and_previews_it(logged: tuple[TestClient, str],
+                                                                      setup: dict[str, Any]) -> None:
+    """The config directory is an absolute path here, as the bundled one is: the rules files are
+    still offered by their names inside it (they were dropped for rules/rules.yaml, which does
+    not exist, and could not be previewed)."""
+    client, token = logged
+    root = setup["approving"]
+    rules = sorted(p.relative_to(root).as_posix() for p in (root / "rules").glob("*.yaml"))
+    assert len(rules) >= 2 and root.is_absolute()
+    files = client.get("/console/contract/preview", headers=JSON).json()["files"]
+    assert files[-len(rules):] == rules and "rules/rules.yaml" not in files
+    text = (root / rules[0]).read_text()
+    twin = client.post("/console/contract/preview", data={"file": rules[0], "text": text},
+                       headers={**JSON, "x-csrf-token": token})
+    assert twin.status_code == 200, twin.text
+    assert twin.json()["valid"] is True and twin.json()["file"] == rules[0] and twin.json()["changes"] == []
+
+
 def test_routes_search_and_one_route(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
     client, _ = logged
     found = client.get("/console/routes?lead_id=L1", headers=JSON).json()

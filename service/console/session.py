@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ class Sessions:
     def __init__(self, secret: str | None, users: dict[str, str]):
         self._serializer = URLSafeTimedSerializer(secret or secrets.token_urlsafe(32), salt="wf-console-session")
         self._users = users
+        self._ended: dict[str, float] = {}  # the CSRF token of each session logged out -> when it would expire
 
     def read(self, request: Request) -> Session:
         """The request's session; a fresh anonymous one when its cookie is missing or invalid."""
@@ -59,7 +61,7 @@ class Sessions:
                 data: Any = self._serializer.loads(value, max_age=MAX_AGE)
             except BadSignature:
                 data = None
-            if isinstance(data, dict) and isinstance(data.get("csrf"), str):
+            if isinstance(data, dict) and isinstance(data.get("csrf"), str) and data["csrf"] not in self._ended:
                 user = data.get("user")
                 if user is not None and user not in self._users:
                     user = None  # removed from the keys file since
@@ -70,6 +72,14 @@ class Sessions:
         response.set_cookie(COOKIE, self._serializer.dumps({"user": session.user, "csrf": session.csrf}),
                             max_age=MAX_AGE, path="/console", httponly=True, samesite="lax",
                             secure=request.url.scheme == "https")
+
+    def end(self, session: Session) -> None:
+        """Log `session` out for good: its cookie, wherever a copy of it is, is no session from now
+        on (until `serve` restarts: the list is kept in memory; a new `session_secret` ends every
+        session at once). A session is known by its CSRF token, random and new at each login."""
+        now = time.time()
+        self._ended = {token: until for token, until in self._ended.items() if until > now}
+        self._ended[session.csrf] = now + MAX_AGE
 
     def clear(self, response: Response, request: Request) -> None:
         response.delete_cookie(COOKIE, path="/console", httponly=True, samesite="lax",

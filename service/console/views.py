@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -53,9 +54,10 @@ _env.filters["short"] = lambda value, n=data.HASH_SHORT: (value or "")[:n]
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, token: str | None = None):
         super().__init__(message)
         self.status, self.message = status, message
+        self.token = token  # the form's CSRF token, when the part that was read holds one
 
 
 def _wants_json(request: Request) -> bool:
@@ -130,7 +132,12 @@ class Console:
             try:
                 form = await _form(request)
             except _Refused as exc:
-                return _problem(exc.status, "Bad Request", exc.message)
+                # a body that cannot be read says what is wrong with it only to a request that
+                # proves its session; any other POST without a valid token is a 403 as always
+                if not csrf_ok(session, request.headers.get(CSRF_HEADER) or exc.token):
+                    return _problem(403, "Forbidden", "the form's CSRF token is missing or does not match the "
+                                                      "session; reload the page and try again")
+                return _problem(exc.status, HTTPStatus(exc.status).phrase, exc.message)
             given = request.headers.get(CSRF_HEADER) or next((v for k, v in form if k == CSRF_FIELD), None)
             if not csrf_ok(session, given):
                 return _problem(403, "Forbidden", "the form's CSRF token is missing or does not match the session; "
@@ -182,6 +189,7 @@ class Console:
 
     async def logout(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
         response = RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
+        self.sessions.end(session)  # a copy of the cookie kept elsewhere is no session any more
         self.sessions.clear(response, request)
         return response
 
@@ -361,6 +369,14 @@ def _row_or_none(reader: Any, seq: int) -> dict[str, Any] | None:
         return None
 
 
+def _token_in(body: bytearray, kind: str) -> str | None:
+    """The CSRF field of an urlencoded form's first MAX_FORM_BYTES bytes, if it stands there."""
+    if kind != "application/x-www-form-urlencoded":
+        return None
+    head = bytes(body[:MAX_FORM_BYTES]).decode("utf-8", "ignore")
+    return next((v for k, v in parse_qsl(head, keep_blank_values=True) if k == CSRF_FIELD), None)
+
+
 async def _form(request: Request) -> list[tuple[str, str]]:
     """An urlencoded form (what the console's forms and htmx send), at most MAX_FORM_BYTES."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -368,7 +384,7 @@ async def _form(request: Request) -> list[tuple[str, str]]:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
-            raise _Refused(413, f"a form may hold at most {MAX_FORM_BYTES} bytes")
+            raise _Refused(413, f"a form may hold at most {MAX_FORM_BYTES} bytes", _token_in(body, kind))
     if not body:
         return []
     if kind != "application/x-www-form-urlencoded":

@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,18 @@ def test_a_post_without_its_csrf_token_is_403(logged: tuple[TestClient, str]) ->
         assert client.post(path, data=form).status_code == 403, path
         assert client.post(path, data={**form, "csrf": "not-the-token"}).status_code == 403, path
     assert client.post("/console/login", data={"username": USER, "password": PASSWORD}).status_code == 403
+    # whatever the body: one that is not a form, or too large, is still a 403 without the token
+    for content, kind in ((b"seq=1", "text/plain"), (b'{"seq": 1}', "application/json"),
+                          (b"seq=1&text=" + b"x" * (3 * 1024 * 1024), "application/x-www-form-urlencoded")):
+        answer = client.post("/console/quarantine/purge", content=content, headers={"content-type": kind})
+        assert answer.status_code == 403, kind
+    # with its token, the same bodies are told what is wrong with them, under their own title
+    refused = client.post("/console/quarantine/purge", content=b"seq=1",
+                          headers={"content-type": "text/plain", "x-csrf-token": token})
+    assert refused.status_code == 415 and refused.json()["title"] == "Unsupported Media Type"
+    big = client.post("/console/contract/preview", content=f"csrf={token}&file=events.yaml&text=".encode()
+                      + b"x" * (3 * 1024 * 1024), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert big.status_code == 413 and big.json()["title"] == HTTPStatus(413).phrase
     with Engine.open(config=client.app.state.service.settings.config, db=client.app.state.service.settings.db,
                      create=False) as engine:
         assert len(engine.rejections()) == 3  # nothing was re-processed or purged
@@ -152,9 +165,15 @@ def test_log_out_ends_the_session(logged: tuple[TestClient, str]) -> None:
     client, token = logged
     html = client.get("/console").text
     assert ">Log out</button>" in html
+    kept = client.cookies.get("wf_console")  # a copy of the cookie, as a stolen one would be
     answer = client.post("/console/logout", data={"csrf": token}, follow_redirects=False)
     assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
     assert client.get("/console", follow_redirects=False).status_code == 303
+    # the copy is no session either: pages, their JSON twins and actions all refuse it
+    client.cookies.set("wf_console", kept, path="/console")
+    assert client.get("/console", follow_redirects=False).status_code == 303
+    assert client.get("/console/quarantine", headers=JSON).status_code == 401
+    assert client.post("/console/quarantine/purge", data={"seq": "1", "csrf": token}).status_code == 403
 
 
 def test_a_user_removed_from_the_keys_file_loses_the_session(setup: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ PREFIX = "/console"
 LOGIN = f"{PREFIX}/login"
 MAX_FORM_BYTES = 2 * 1024 * 1024
 FAILED_LOGIN = "Invalid username or password"
+STALE_FORM = "the form's CSRF token is missing or does not match the session; reload the page and try again"
 # Login attempts (each an argon2 verify, ~0.1-1 s of CPU): per user name (unknown names share
 # one bucket) and for all together, so guessing is slow and cannot take the server's CPU.
 LOGIN_RATE, LOGIN_BURST = 1.0, 10.0
@@ -63,6 +64,11 @@ class _Refused(Exception):
 def _wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/html" not in accept
+
+
+def _wants_page(request: Request) -> bool:
+    """A browser's own form submission (no htmx, no twin): what refuses it is a page, not JSON."""
+    return "text/html" in request.headers.get("accept", "") and "hx-request" not in request.headers
 
 
 def _json(value: Any, status: int = 200, media_type: str = "application/json") -> Response:
@@ -96,6 +102,14 @@ class Console:
         if session.new:
             self.sessions.write(response, request, session)
         return response
+
+    def refuse(self, request: Request, session: Session, status: int, detail: str) -> Response:
+        """An action refused: problem+json for htmx (console.js shows its detail) and for scripts,
+        an error page for a browser's plain form submission."""
+        if _wants_page(request):
+            return self.html(request, session, "error.html", {
+                "status": status, "heading": f"{status} {HTTPStatus(status).phrase}", "message": detail}, status)
+        return _problem(status, HTTPStatus(status).phrase, detail)
 
     # -- the frame every page and action shares -----------------------------------------------
 
@@ -135,13 +149,11 @@ class Console:
                 # a body that cannot be read says what is wrong with it only to a request that
                 # proves its session; any other POST without a valid token is a 403 as always
                 if not csrf_ok(session, request.headers.get(CSRF_HEADER) or exc.token):
-                    return _problem(403, "Forbidden", "the form's CSRF token is missing or does not match the "
-                                                      "session; reload the page and try again")
-                return _problem(exc.status, HTTPStatus(exc.status).phrase, exc.message)
+                    return self.refuse(request, session, 403, STALE_FORM)
+                return self.refuse(request, session, exc.status, exc.message)
             given = request.headers.get(CSRF_HEADER) or next((v for k, v in form if k == CSRF_FIELD), None)
             if not csrf_ok(session, given):
-                return _problem(403, "Forbidden", "the form's CSRF token is missing or does not match the session; "
-                                                  "reload the page and try again")
+                return self.refuse(request, session, 403, STALE_FORM)
             if session.user is None and name != "login":
                 if _wants_json(request) or "hx-request" in request.headers:
                     return _problem(401, "Unauthorized", "log in at /console/login")
@@ -259,11 +271,11 @@ class Console:
     async def reprocess(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
         seqs = _seqs(request, form)
         if not seqs:
-            return _problem(400, "Bad Request", "check at least one rejection")
+            return self.refuse(request, session, 400, "check at least one rejection")
         try:
             results = await self._on_writer(data.reprocess_job(seqs))
         except _Refused as exc:
-            return _problem(exc.status, "Service Unavailable", exc.message)
+            return self.refuse(request, session, exc.status, exc.message)
         outcome = {seq: results.get(seq) for seq in seqs}
         if _wants_json(request):
             return _json({"results": [{"rejection": seq, **(r or {"status": None})} for seq, r in outcome.items()]})
@@ -275,11 +287,11 @@ class Console:
     async def purge(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
         seqs = _seqs(request, form)
         if not seqs:
-            return _problem(400, "Bad Request", "check at least one rejection")
+            return self.refuse(request, session, 400, "check at least one rejection")
         try:
             count = await self._on_writer(data.purge_job(seqs))
         except _Refused as exc:
-            return _problem(exc.status, "Service Unavailable", exc.message)
+            return self.refuse(request, session, exc.status, exc.message)
         if _wants_json(request):
             return _json({"purged": count, "rejections": seqs})
         if "hx-request" not in request.headers:
@@ -289,16 +301,16 @@ class Console:
     async def retry(self, request: Request, session: Session, form: list[tuple[str, str]]) -> Response:
         values = dict(form)
         if not callable(_engine_retry()):
-            return _problem(409, "Conflict", "this version keeps no push deliveries to retry")
+            return self.refuse(request, session, 409, "this version keeps no push deliveries to retry")
         consumer = values.get("consumer") or None
         if consumer is not None and consumer not in self.service.settings.config.consumers:
-            return _problem(400, "Bad Request", f"no consumer {consumer!r} in consumers.yaml")
+            return self.refuse(request, session, 400, f"no consumer {consumer!r} in consumers.yaml")
         item = values.get("item")
         item = None if item in (None, "", "*") else item
         try:
             count = await self._on_writer(data.retry_job(consumer, item))
         except _Refused as exc:
-            return _problem(exc.status, "Service Unavailable", exc.message)
+            return self.refuse(request, session, exc.status, exc.message)
         if _wants_json(request):
             return _json({"retried": count})
         return RedirectResponse(f"{PREFIX}/deliveries", status_code=303, headers=SECURITY_HEADERS)

@@ -214,6 +214,20 @@ def test_reprocess_the_checked_rows(page: tuple[Any, Watch]) -> None:
         p.locator(f"#{row_id} td.outcome").get_by_text("rejected").wait_for()
 
 
+def test_a_refused_action_says_why_on_the_page(page: tuple[Any, Watch]) -> None:
+    p, watch = page
+    p.goto("/console/quarantine?reason=malformed_json")
+    message = p.locator("#console-message")
+    assert message.is_hidden()
+    p.get_by_role("button", name="Re-process checked").click()  # nothing checked: a 400
+    message.get_by_text("check at least one rejection").wait_for()
+    assert message.get_attribute("role") == "alert"
+    # the refusal itself is what the browser and htmx log as errors, and nothing else
+    assert watch.errors and all("400" in e or "htmx" in e.lower() or "responseError" in e for e in watch.errors), \
+        watch.errors
+    watch.errors.clear()
+
+
 def test_purge_asks_for_confirmation(page: tuple[Any, Watch]) -> None:
     p, _ = page
     p.goto("/console/quarantine?reason=malformed_json")

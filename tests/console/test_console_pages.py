@@ -440,6 +440,26 @@ def test_a_route_key_field_declared_integer_is_matched_as_an_integer() -> None:
         typed_key_value(config, "webinar_id", "seven")
 
 
+def test_a_plain_form_post_refused_gets_a_page_and_scripts_get_problem_json(logged: tuple[TestClient, str]) -> None:
+    client, token = logged
+    browser = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    stale = client.post("/console/deliveries/retry", data={"consumer": "reminder-sender", "csrf": "old"},
+                        headers=browser)
+    assert stale.status_code == 403 and stale.headers["content-type"].startswith("text/html")
+    assert "403 Forbidden" in stale.text and "reload the page and try again" in stale.text
+    assert stale.headers["content-security-policy"].startswith("default-src 'self'")
+    empty = client.post("/console/quarantine/reprocess", data={"csrf": token}, headers=browser)
+    assert empty.status_code == 400 and "check at least one rejection" in empty.text
+    assert empty.headers["content-type"].startswith("text/html")
+    # htmx (which console.js reads the detail from) and scripts get problem+json as before
+    for headers in ({"hx-request": "true", "accept": "*/*"}, {"accept": "application/json"}, {}):
+        answer = client.post("/console/quarantine/reprocess", data={"csrf": token}, headers=headers)
+        assert answer.status_code == 400, headers
+        assert answer.headers["content-type"].startswith("application/problem+json"), headers
+        assert answer.json() == {"type": "about:blank", "title": "Bad Request", "status": 400,
+                                 "detail": "check at least one rejection"}
+
+
 def test_retry_needs_its_token_and_a_declared_consumer(logged: tuple[TestClient, str]) -> None:
     client, token = logged
     assert client.post("/console/deliveries/retry", data={"consumer": "reminder-sender"}).status_code == 403

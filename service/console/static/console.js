@@ -28,6 +28,29 @@
     });
   }
 
+  // An action htmx sent and the server refused (a 4xx or 5xx, problem+json) is not swapped into
+  // the page by htmx; its detail is shown here, so a click never ends in silence.
+  function say(text) {
+    var box = document.getElementById("console-message");
+    if (!box) return;
+    box.textContent = text;
+    box.hidden = !text;
+  }
+
+  document.addEventListener("htmx:beforeRequest", function () { say(""); });
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr;
+    var text = xhr.status + " " + xhr.statusText;
+    try {
+      var problem = JSON.parse(xhr.responseText);
+      if (problem && problem.detail) text = problem.detail;
+    } catch (ignored) { /* not problem+json: the status line says enough */ }
+    say(text);
+  });
+  document.addEventListener("htmx:sendError", function () {
+    say("the server could not be reached; try again");
+  });
+
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", draw);
   } else {

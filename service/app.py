@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -384,17 +385,31 @@ def _feed_consumer(service: Service, request: Request) -> str:
     return name
 
 
-def _number(request: Request, name: str, default: float, low: float, high: float) -> float:
+_DIGITS = re.compile(r"[0-9]{1,9}")
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+
+
+def _query(request: Request, name: str, form: re.Pattern[str], rule: str) -> str | None:
+    """A query parameter written as `form` says (ASCII digits: no sign, exponent or other script),
+    else a 400 that says `rule`."""
     text = request.query_params.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high:
-        raise Problem(400, "bad-request", f"{name} must be a number from {low:g} to {high:g}", outcome="bad_request")
-    return value
+    if text is not None and form.fullmatch(text) is None:
+        raise Problem(400, "bad-request", f"{name} must be {rule}, not {text[:40]!r}", outcome="bad_request")
+    return text
+
+
+def _limit(request: Request) -> int:
+    rule = f"a whole number from 1 to {FEED_LIMIT_MAX}"
+    text = _query(request, "limit", _DIGITS, rule)
+    limit = 100 if text is None else int(text)
+    if not 1 <= limit <= FEED_LIMIT_MAX:
+        raise Problem(400, "bad-request", f"limit must be {rule}, not {limit}", outcome="bad_request")
+    return limit
+
+
+def _wait(request: Request) -> float:
+    text = _query(request, "wait", _SECONDS, f"a number of seconds, 0 or more (at most {FEED_WAIT_MAX:g} are waited)")
+    return 0.0 if text is None else min(float(text), FEED_WAIT_MAX)
 
 
 async def read_feed(request: Request) -> Response:
@@ -403,8 +418,7 @@ async def read_feed(request: Request) -> Response:
     service, info = _service(request), note(request.scope)
     info.route = "/v1/feed/{consumer}"
     name = _feed_consumer(service, request)
-    limit = int(_number(request, "limit", 100, 1, FEED_LIMIT_MAX))
-    wait = min(_number(request, "wait", 0, 0, float("inf")), FEED_WAIT_MAX)
+    limit, wait = _limit(request), _wait(request)
     after = request.query_params.get("after")
     deadline = time.monotonic() + wait
     while True:

@@ -135,6 +135,26 @@ def test_feed_reads_from_the_stored_cursor_and_ack_moves_it(served: Serve) -> No
     assert get(served, "screen-mirror", TOKEN_SCREEN, limit=0).status_code == 400
 
 
+def test_a_cursor_past_the_newest_item_or_a_loose_number_is_refused(served: Serve) -> None:
+    served.process(60, seed=3)
+    head = get(served, "screen-mirror", TOKEN_SCREEN, after="", limit=1000).json()["cursor"]
+    past = str(int(head) + 5)
+    for answer in (ack(served, "screen-mirror", TOKEN_SCREEN, {"cursor": past}),
+                   get(served, "screen-mirror", TOKEN_SCREEN, after=past)):
+        assert answer.status_code == 400, answer.text
+        assert "past the newest item" in answer.json()["detail"]
+    # the stored cursor did not move: the items committed later are all still fed
+    served.process(60, seed=4)
+    fed = get(served, "screen-mirror", TOKEN_SCREEN, after=head, limit=1000).json()["items"]
+    assert fed and get(served, "screen-mirror", TOKEN_SCREEN, limit=1000).json()["items"][-len(fed):] == fed
+    for params in ({"limit": "1.5"}, {"limit": "1e1"}, {"limit": "+3"}, {"limit": " 3"}, {"limit": "\u0663"},
+                   {"after": "05"}, {"after": "\u0665"}, {"wait": "abc"}, {"wait": "-1"}, {"wait": "nan"}):
+        answer = get(served, "screen-mirror", TOKEN_SCREEN, **params)
+        assert answer.status_code == 400, params
+    assert "at most 30 are waited" in get(served, "screen-mirror", TOKEN_SCREEN, wait="soon").json()["detail"]
+    assert get(served, "screen-mirror", TOKEN_SCREEN, limit="3").json()["items"].__len__() == 3
+
+
 def test_long_poll_waits_for_new_items(served: Serve) -> None:
     cursor = get(served, "screen-mirror", TOKEN_SCREEN, after="", limit=1000).json()["cursor"]
     while True:  # past everything there is

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_consumers_config import with_consumers
 
-from engine import Engine, load_config
+from engine import Engine, UsageError, load_config
 from engine.model import Config
 from engine.store.memory import MemoryStore
 
@@ -151,6 +151,40 @@ def test_cursors_are_per_consumer_and_reset_repeats_the_same_ids(make_engine: An
     assert [i["id"] for i in again] == [i["id"] for i in first + rest]
     assert again == first + rest
     assert drain(engine, "reminder-sender") == []  # the other consumer did not move
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory", "postgres"])
+def test_a_cursor_no_feed_gave_is_refused_and_skips_nothing(backend: str, config: Config, tmp_path: Path,
+                                                            request: pytest.FixtureRequest) -> None:
+    """A cursor past the newest item would skip every item committed up to it: ack and feed
+    refuse it, as they refuse a malformed one, and the stored cursor stays where it was."""
+    if backend == "memory":
+        engine = Engine(config, MemoryStore())
+    else:
+        engine = Engine.open(config, request.getfixturevalue("pg_url") if backend == "postgres" else tmp_path / "c.db")
+    with engine:
+        with pytest.raises(UsageError, match="past the newest item"):  # an empty outbox: only "" is a cursor
+            engine.ack("screen-mirror", "3" if backend != "postgres" else "3.3")
+        engine.process_many(lines(120, 6))
+        first, head = engine.feed("screen-mirror", 1000)
+        assert first
+        if backend != "postgres":
+            past = str(int(head) + 5)
+            bad = [past, "0" + head, "\u0665"]
+        else:
+            tx, seq = head.split(".")
+            past = f"{tx}.{int(seq) + 5}"
+            bad = [past, f"{int(tx) + 10}.{seq}", f"0{tx}.{seq}", f"{tx}.\u0665"]
+        for cursor in bad:
+            with pytest.raises(UsageError, match="not an outbox cursor"):
+                engine.ack("screen-mirror", cursor)
+            with pytest.raises(UsageError, match="not an outbox cursor"):
+                engine.feed("screen-mirror", 10, cursor=cursor)
+        assert engine.backlog("screen-mirror") == len(first)  # nothing moved
+        engine.ack("screen-mirror", head)
+        engine.process_many(lines(120, 6, seed=9))
+        later, _ = engine.feed("screen-mirror", 1000)
+        assert later and engine.backlog("screen-mirror") == len(later)  # none of the later items skipped
 
 
 def test_order_per_route_key_under_interleaved_leads(make_engine: Any, config: Config) -> None:

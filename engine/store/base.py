@@ -115,9 +115,16 @@ def seq_cursor(cursor: str) -> int:
     """An outbox cursor of a one-writer store: the seq of the last item passed ("" is the beginning)."""
     if cursor == "":
         return 0
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or (cursor[0] == "0" and cursor != "0"):
         raise ValueError(f"{cursor!r} is not an outbox cursor of this database")
     return int(cursor)
+
+
+def past_head(cursor: str) -> ValueError:
+    """A cursor no feed of this database gave: past its newest item. Taking it would skip
+    every item committed up to it, which the feed promises never to do."""
+    return ValueError(f"{cursor!r} is not an outbox cursor of this database: it is past the newest item "
+                      "(a cursor comes from a feed of this database)")
 
 
 DELIVERY_STATUSES = ("pending", "failed", "done")

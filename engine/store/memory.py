@@ -21,6 +21,7 @@ import orjson
 
 from ..errors import StoreError
 from .base import (
+    past_head,
     seq_cursor,
     FACT_COLUMNS,
     INPUT_COLUMNS,
@@ -244,14 +245,19 @@ class MemoryStore(Store, HistoryReader):
             self._append(self._outbox, {"route_key": route_key, "id": item_id, "type": item_type, "body": body,
                                         "recorded_at": at})
 
+    def _check_head(self, cursor: str, after: int) -> None:
+        if after and after > next(reversed(self._outbox), 0):
+            raise past_head(cursor)
+
     def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
-        seq_cursor(cursor)
+        self._check_head(cursor, seq_cursor(cursor))
         old = self._cursors.get(consumer)
         self._cursors[consumer] = cursor
         self._did(lambda: self._cursors.pop(consumer) if old is None else self._cursors.__setitem__(consumer, old))
 
     def outbox_after(self, cursor: str, types: frozenset[str], limit: int) -> tuple[list[str], str]:
         after = seq_cursor(cursor)
+        self._check_head(cursor, after)
         if not types:
             return [], cursor
         found = [(seq, row["body"]) for seq, row in self._outbox.items() if seq > after and row["type"] in types]

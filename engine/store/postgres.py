@@ -95,6 +95,7 @@ from .base import (
     Store,
     delivery_statuses,
     matches_rejection,
+    past_head,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "describe", "is_postgres_url"]
@@ -475,7 +476,8 @@ def _outbox_cursor(cursor: str) -> tuple[int, int]:
     if cursor == "":
         return 0, 0
     tx, dot, seq = cursor.partition(".")
-    if not dot or not tx.isdigit() or not seq.isdigit() or len(tx) > 20 or len(seq) > 19:
+    if (not dot or not cursor.isascii() or not tx.isdigit() or not seq.isdigit() or len(tx) > 20 or len(seq) > 19
+            or (tx[0] == "0" and tx != "0") or (seq[0] == "0" and seq != "0")):
         raise ValueError(f"{cursor!r} is not an outbox cursor of this database")
     return int(tx), int(seq)
 
@@ -1093,9 +1095,10 @@ class PostgresStore(Store, HistoryReader):
 
     def outbox_after(self, cursor: str, types: frozenset[str], limit: int) -> tuple[list[str], str]:
         tx, seq = _outbox_cursor(cursor)
-        if not types:
-            return [], cursor
         with self.snapshot():
+            self._check_cursor(cursor, tx, seq)
+            if not types:
+                return [], cursor
             rows = self._all("SELECT tx::text, seq, body FROM outbox WHERE (tx, seq) > (%s::text::xid8, %s)"
                              " AND tx < pg_snapshot_xmin(pg_current_snapshot()) AND type = ANY(%s)"
                              " ORDER BY tx, seq LIMIT %s", (str(tx), seq, sorted(types), limit))
@@ -1443,8 +1446,16 @@ class PostgresStore(Store, HistoryReader):
             with self.transaction():
                 self._rows["outbox"].extend(rows)
 
+    def _check_cursor(self, cursor: str, tx: int, seq: int) -> None:
+        """A cursor a feed gave names a finished item (see outbox_after): any other one would skip
+        the items before it, or wait for ones that never come."""
+        if (tx, seq) != (0, 0) and not self._all(
+                "SELECT 1 FROM outbox WHERE tx = %s::text::xid8 AND seq = %s"
+                " AND tx < pg_snapshot_xmin(pg_current_snapshot())", (str(tx), seq)):
+            raise past_head(cursor)
+
     def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
-        _outbox_cursor(cursor)
+        self._check_cursor(cursor, *_outbox_cursor(cursor))
         self._exec("INSERT INTO consumer_cursors (consumer, cursor, updated_at) VALUES (%s, %s, %s)"
                    " ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor,"
                    " updated_at = excluded.updated_at", (consumer, cursor, at))

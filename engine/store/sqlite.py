@@ -35,6 +35,7 @@ from ..errors import (
 from ..timefmt import sortable
 from .base import (
     delivery_statuses,
+    past_head,
     seq_cursor,
     FACT_COLUMNS,
     INPUT_COLUMNS,
@@ -272,12 +273,17 @@ class _SQLiteReads(HistoryReader):
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
 
+    def _check_head(self, cursor: str, after: int) -> None:
+        if after and after > (self._all("SELECT max(seq) FROM outbox")[0][0] or 0):
+            raise past_head(cursor)
+
     def outbox_after(self, cursor: str, types: frozenset[str], limit: int) -> tuple[list[str], str]:
         after = seq_cursor(cursor)
-        if not types:
-            return [], cursor
         marks = ", ".join("?" * len(types))
         with self.snapshot():
+            self._check_head(cursor, after)
+            if not types:
+                return [], cursor
             rows = self._all(f"SELECT seq, body FROM outbox WHERE seq > ? AND type IN ({marks})"  # noqa: S608
                              " ORDER BY seq LIMIT ?", (after, *sorted(types), limit))
             if len(rows) < limit:  # everything up to the newest item was scanned: skip past it
@@ -686,7 +692,7 @@ class SQLiteStore(_SQLiteReads, Store):
                               [(k, i, t, b, pack_time(at)) for k, i, t, b, at in rows])
 
     def set_cursor(self, consumer: str, cursor: str, at: str) -> None:
-        seq_cursor(cursor)
+        self._check_head(cursor, seq_cursor(cursor))
         self.conn.execute("INSERT INTO consumer_cursors (consumer, cursor, updated_at) VALUES (?, ?, ?)"
                           " ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor,"
                           " updated_at = excluded.updated_at", (consumer, cursor, at))

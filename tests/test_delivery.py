@@ -203,6 +203,17 @@ def test_503_with_retry_after_then_success(receiver, config, processed) -> None:
         engine.close()
 
 
+def test_retry_after_longer_than_a_short_schedule_is_still_honoured(receiver, config, processed) -> None:
+    db, items = processed
+    first = items[0]["id"]
+    r = receiver(lambda item, attempt: (429, {"Retry-After": "2"}) if item["id"] == first and attempt == 1
+                 else (200, {}))
+    run_once(deliverer(config, db, r.url, schedule=(0.2, 0.2)))  # the cap is 10 h, not the schedule's longest
+    tries = [g for g in r.got if g["item"]["id"] == first]
+    assert [t["status"] for t in tries] == [429, 200]
+    assert tries[1]["at"] - tries[0]["at"] >= 1.9
+
+
 def test_a_retried_item_holds_back_its_key_only(receiver, config, processed) -> None:
     db, items = processed
     held = items[0]

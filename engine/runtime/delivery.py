@@ -21,6 +21,7 @@ from ..store.base import HistoryReader, Store
 
 # Standard Webhooks' retry schedule: the waits after attempts 1, 2, ... (then the item fails).
 SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+MAX_RETRY_AFTER = 36000.0  # a receiver's Retry-After is honoured up to 10 h, whatever the schedule
 TAKE_ROUNDS = 10  # outbox pages of TAKE_PAGE taken per call, so one call stays short
 TAKE_PAGE = 500
 PENDING_WINDOW = 2000  # the oldest pending items looked at for the heads of their keys
@@ -147,9 +148,9 @@ class Deliveries:
                 elif attempts > len(schedule):
                     status, kind = "failed", "failed"
                 else:
-                    cap = max(schedule) if schedule else 0.0
-                    wait = answer.retry_after if answer.retry_after is not None else schedule[attempts - 1]
-                    next_at = now + min(max(wait, 0.0), cap)
+                    wait = (schedule[attempts - 1] if answer.retry_after is None
+                            else min(max(answer.retry_after, 0.0), MAX_RETRY_AFTER))
+                    next_at = now + wait
                 if kind == "fail":
                     kind = "failed"
                 self.store.update_delivery(consumer, due.id, status, attempts, next_at, answer.status,

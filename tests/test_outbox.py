@@ -153,6 +153,17 @@ def test_cursors_are_per_consumer_and_reset_repeats_the_same_ids(make_engine: An
     assert drain(engine, "reminder-sender") == []  # the other consumer did not move
 
 
+def test_an_items_time_is_its_transactions_commit_time(make_engine: Any) -> None:
+    engine = make_engine()
+    events = lines(400, 20)
+    engine.process_many(events[:200], batch_size=200)  # one transaction
+    in_one = engine.backlog("everything")
+    engine.process_many(events[200:], batch_size=1)  # a transaction per event
+    times = [item["time"] for item in drain(engine, "everything", limit=10_000)]
+    assert in_one > 10 and len(set(times[:in_one])) == 1
+    assert len(set(times[in_one:])) > 10
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "memory", "postgres"])
 def test_a_cursor_no_feed_gave_is_refused_and_skips_nothing(backend: str, config: Config, tmp_path: Path,
                                                             request: pytest.FixtureRequest) -> None:

@@ -172,6 +172,9 @@ class Pipeline:
             name for name, spec in config.events.items()
             if set(config.route.key) <= set(spec.identity) and not set(config.route.key) & spec.datetime_fields)
         self._input_seq = 0  # the input-log row of the event applied last
+        # An outbox item's time is its commit's: one moment for every item of a transaction,
+        # read when the transaction begins (the facts and logs keep each event's own time).
+        self._commit_at = ""
         # Whether the store wants a batch's claims up front: the lists cost a little per event,
         # for nothing when its claims are local calls (SQLite, memory).
         self._prefetches = type(store).prefetch_claims is not Store.prefetch_claims
@@ -268,6 +271,7 @@ class Pipeline:
             self.store.lock_keys(keys)  # None (no envelope, or no key) is skipped
             if claims is not None:
                 self.store.prefetch_claims(*claims)
+            self._commit_at = self.clock()
             for prep, item, key, identity in zip(prepared, batch, keys, identities, strict=True):
                 result = outcome_of(prep, item[1], item[2], key, identity)
                 result["line"] = item[2]
@@ -363,7 +367,7 @@ class Pipeline:
         actions, route = self._drive(env, route_key, fact_seq, at)
         if emitted or actions:
             self.store.add_outbox(outbox.items(route_key, [env.data[f] for f in self.config.route.key], emitted,
-                                               actions, (env.source, env.id), at))
+                                               actions, (env.source, env.id), self._commit_at))
         return _result(ACCEPTED, envelope=env, emitted=emitted, actions=actions, route=route), fact_seq
 
     def _fact_row(self, event: dict[str, Any], floats: bool | None, route_key: str | None, identity: str | None,
@@ -464,6 +468,7 @@ class Pipeline:
             if not keys and len(match) == len(self.config.route.key):
                 unknown = dict(zip(self.config.route.key, match.values(), strict=True))
                 return [{**unknown, self._result_field(): None, "emitted": []}]
+            self._commit_at = self.clock()
             for route_key in keys:
                 results.append(self._evaluate_one(route_key, evaluated_at))
         return results
@@ -478,7 +483,8 @@ class Pipeline:
             with self.store.savepoint():
                 emitted = self._derive(self.rules.on_evaluation, trigger, cause, route_key, None, seq, now)
                 if emitted:
-                    self.store.add_outbox(outbox.items(route_key, list(key.values()), emitted, [], cause, now))
+                    self.store.add_outbox(outbox.items(route_key, list(key.values()), emitted, [], cause,
+                                                       self._commit_at))
         except Rejected as rejected:
             return {**key, self._result_field(): self._outcome(route_key), "emitted": [],
                     "error": {"reason": rejected.reason, "errors": rejected.errors}}

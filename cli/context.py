@@ -14,6 +14,7 @@ and catch them only to say more.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -130,9 +131,45 @@ class Command(click.Command):
         except BrokenPipeError:
             # `webinar-flows ... | head`: the reader went away. Say so once (`process` adds what
             # it committed), and drop the rest of the output, as Python's documentation advises.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _drop_output()
             raise _noted(ctx, Failed("error: standard output was closed before the command ended (the reader "
                                      "of the pipe went away); nothing more was written")) from None
+        except OSError as exc:
+            if exc.errno not in _OUTPUT_ERRORS:
+                raise
+            # `> /dev/full`, a full disk, a closed descriptor: what was not written is not acknowledged
+            # (`feed` moves its cursor only after its lines are written)
+            _drop_output()
+            raise _noted(ctx, Failed(f"error: standard output cannot be written ({exc.strerror}); nothing more "
+                                     "was written")) from None
+
+
+_OUTPUT_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF})
+
+
+def _drop_output() -> None:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    if isinstance(sys.stdout, ClosedOutput):  # its flush at exit would fail again
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
+
+
+class ClosedOutput:
+    """Standard output when the process started with descriptor 1 closed (Python then sets
+    sys.stdout to None, and a print would vanish silently): every write fails with EBADF, which
+    `Command` reports, so nothing is acknowledged as printed."""
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def flush(self) -> None:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def fileno(self) -> int:
+        return 1
+
+    @property
+    def buffer(self) -> ClosedOutput:
+        return self
 
 
 def _noted(ctx: click.Context, failed: Failed) -> Failed:

@@ -21,6 +21,7 @@ from engine import ConfigError, Engine, Problem, load_config
 from .context import (
     CONTEXT,
     AppContext,
+    ClosedOutput,
     Command,
     Failed,
     pass_app,
@@ -230,6 +231,8 @@ def route(app: AppContext, key: RouteKeyArgs) -> None:
 
 
 def main() -> None:
+    if sys.stdout is None:  # started with descriptor 1 closed
+        sys.stdout = ClosedOutput()  # type: ignore[assignment]
     cli(prog_name="webinar-flows")
 
 

@@ -143,6 +143,8 @@ class Engine(Pipeline):
 
     def retry_deliveries(self, item_id: str | None = None, consumer: str | None = None) -> int:
         """Send failed items again (one id, one consumer's, or every one); how many were failed."""
+        if consumer is not None:
+            self._consumer(consumer)
         with self.store.transaction():
             return self.store.retry_deliveries(consumer, item_id, self.clock())
 
@@ -153,11 +155,17 @@ class Engine(Pipeline):
             self.store.set_disabled(consumer, None, self.clock())
 
     def _consumer(self, name: str) -> Any:
-        spec = self.config.consumers.get(name)
-        if spec is None:
-            declared = ", ".join(sorted(self.config.consumers)) or "none"
-            raise UnknownConsumer(f"no consumer {name!r} in the config's consumers.yaml (declared: {declared})")
-        return spec
+        return consumer_of(self.config, name)
+
+
+def consumer_of(config: Config, name: str) -> Any:
+    """The consumer `name` of consumers.yaml; UnknownConsumer when the config does not declare it
+    (a command checks this before it opens the database, so the message names the consumer)."""
+    spec = config.consumers.get(name)
+    if spec is None:
+        declared = ", ".join(sorted(config.consumers)) or "none"
+        raise UnknownConsumer(f"no consumer {name!r} in the config's consumers.yaml (declared: {declared})")
+    return spec
 
 
 class UnknownConsumer(EngineError):

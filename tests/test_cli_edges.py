@@ -70,6 +70,25 @@ def test_a_reader_that_goes_away_ends_the_run_saying_so_and_what_was_committed(t
     assert stored % 1000 == 0 and stored < 3000  # whole batches, and not the whole file
 
 
+@pytest.mark.parametrize("redirect", [">/dev/full", ">&-"])
+def test_feed_that_cannot_write_says_so_and_keeps_its_cursor(tmp_path, redirect):
+    from test_consumers_config import with_consumers
+
+    with_consumers(tmp_path / "config")
+    (tmp_path / "events.jsonl").write_bytes(Path(__file__).parent.parent.joinpath("examples", "events.jsonl")
+                                            .read_bytes())
+    made = _shell('"$WF" process --config config --db x.db events.jsonl >/dev/null', tmp_path)
+    assert made.returncode == 0, made.stderr
+    before = _shell('"$WF" feed reminder-sender --config config --db x.db --no-ack', tmp_path).stdout
+    assert before.count("\n") > 1
+    run = _shell(f'"$WF" feed reminder-sender --config config --db x.db {redirect}', tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
+    assert run.stderr.rstrip().splitlines()[-1].startswith("error: standard output cannot be written (")
+    after = _shell('"$WF" feed reminder-sender --config config --db x.db --no-ack', tmp_path).stdout
+    assert after == before  # nothing was acknowledged
+
+
 def test_process_reads_files_with_standard_input_closed(tmp_path):
     (tmp_path / "events.jsonl").write_bytes(jsonl(entered(id="c1")))
     run = _shell('"$WF" process --db x.db events.jsonl <&-', tmp_path)

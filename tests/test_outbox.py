@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_consumers_config import with_consumers
 
-from engine import Engine, UsageError, load_config
+from engine import Engine, EngineError, UsageError, load_config
 from engine.model import Config
 from engine.store.memory import MemoryStore
 
@@ -248,6 +248,17 @@ def test_unknown_consumer_exit_1_from_the_console_script(config_dir: Path, tmp_p
     done = subprocess.run([str(WF), "feed", "nobody", "--config", str(config_dir), "--db", str(tmp_path / "u.db")],
                           capture_output=True, env=env, timeout=60, check=False)
     assert done.returncode == 1 and b"nobody" in done.stderr and b"Traceback" not in done.stderr
+    missing = subprocess.run([str(WF), "feed", "everything", "--config", str(config_dir), "--db",
+                              str(tmp_path / "mistyped.db")], capture_output=True, env=env, timeout=60, check=False)
+    assert missing.returncode == 1 and b"does not exist" in missing.stderr
+    assert not (tmp_path / "mistyped.db").exists()  # feed reads: it makes no database
+
+
+def test_retrying_an_undeclared_consumers_deliveries_is_refused(make_engine: Any) -> None:
+    engine = make_engine()
+    with pytest.raises(EngineError, match="no consumer 'nobody'"):
+        engine.retry_deliveries(consumer="nobody")
+    assert engine.retry_deliveries(consumer="everything") == 0
 
 
 def test_follow_prints_items_as_they_commit_and_exits_0_on_sigterm(config_dir: Path, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from engine.api import consumer_of
+
 from ..context import AppContext, command, pass_app
 from ..options import config_options
 from ..output import print_json
@@ -37,7 +39,9 @@ def feed(app: AppContext, consumer: str, limit: int | None, follow: bool, no_ack
     """
     if reset and (follow or no_ack or limit is not None):
         raise click.UsageError("--reset takes no other option")
-    with app.engine(create=not reset) as engine:
+    config = app.config()
+    consumer_of(config, consumer)  # an undeclared consumer is named as such, whatever --db says
+    with app.engine(config, create=False) as engine:  # a mistyped --db is an error, not a new empty database
         if reset:
             engine.ack(consumer, "")
             return

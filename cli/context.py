@@ -128,23 +128,30 @@ class Command(click.Command):
             raise _noted(ctx, Failed(f"error: {exc}")) from None
         except Failed as exc:
             raise _noted(ctx, exc) from None
-        except BrokenPipeError:
-            # `webinar-flows ... | head`: the reader went away. Say so once (`process` adds what
-            # it committed), and drop the rest of the output, as Python's documentation advises.
-            _drop_output()
-            raise _noted(ctx, Failed("error: standard output was closed before the command ended (the reader "
-                                     "of the pipe went away); nothing more was written")) from None
         except OSError as exc:
-            if exc.errno not in _OUTPUT_ERRORS:
+            # `webinar-flows ... | head` (the reader went away), `> /dev/full`, a closed descriptor:
+            # say so once (`process` adds what it committed); what was not written is not
+            # acknowledged (`feed` moves its cursor only after its lines are written)
+            if not is_output_error(exc):
                 raise
-            # `> /dev/full`, a full disk, a closed descriptor: what was not written is not acknowledged
-            # (`feed` moves its cursor only after its lines are written)
-            _drop_output()
-            raise _noted(ctx, Failed(f"error: standard output cannot be written ({exc.strerror}); nothing more "
-                                     "was written")) from None
+            raise _noted(ctx, output_failed(exc)) from None
 
 
-_OUTPUT_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF})
+_OUTPUT_ERRORS = frozenset({errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF})
+
+
+def is_output_error(exc: OSError) -> bool:
+    return exc.errno in _OUTPUT_ERRORS
+
+
+def output_failed(exc: OSError) -> Failed:
+    """The failure of a command whose standard output cannot be written; the rest of its output
+    is dropped, as Python's documentation advises for a closed pipe."""
+    _drop_output()
+    if isinstance(exc, BrokenPipeError):
+        return Failed("error: standard output was closed before the command ended (the reader of the pipe "
+                      "went away); nothing more was written")
+    return Failed(f"error: standard output cannot be written ({exc.strerror}); nothing more was written")
 
 
 def _drop_output() -> None:
@@ -161,11 +168,14 @@ class ClosedOutput:
     def write(self, data: Any) -> int:
         raise OSError(errno.EBADF, "standard output is closed")
 
-    def flush(self) -> None:
-        raise OSError(errno.EBADF, "standard output is closed")
+    def flush(self) -> None:  # nothing was written, so nothing is lost: a command that prints nothing runs
+        pass
 
     def fileno(self) -> int:
         return 1
+
+    def isatty(self) -> bool:
+        return False
 
     @property
     def buffer(self) -> ClosedOutput:

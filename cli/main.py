@@ -24,6 +24,8 @@ from .context import (
     ClosedOutput,
     Command,
     Failed,
+    is_output_error,
+    output_failed,
     pass_app,
     problems_text,
 )
@@ -233,7 +235,17 @@ def route(app: AppContext, key: RouteKeyArgs) -> None:
 def main() -> None:
     if sys.stdout is None:  # started with descriptor 1 closed
         sys.stdout = ClosedOutput()  # type: ignore[assignment]
-    cli(prog_name="webinar-flows")
+    try:
+        try:
+            cli(prog_name="webinar-flows")
+        finally:  # what is still buffered fails here, not in the interpreter's exit, which can only warn
+            sys.stdout.flush()
+    except OSError as exc:  # from a command outside `Command` (the keys group's), or that last flush
+        if not is_output_error(exc):
+            raise
+        failed = output_failed(exc)
+        failed.show()
+        sys.exit(failed.exit_code)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,17 @@ def test_feed_that_cannot_write_says_so_and_keeps_its_cursor(tmp_path, redirect)
     assert after == before  # nothing was acknowledged
 
 
+@pytest.mark.parametrize("redirect", [">/dev/full", ">&-"])
+def test_any_command_that_cannot_write_its_output_says_so_in_one_line(tmp_path, redirect):
+    made = _shell('"$WF" keys new site-1 --emitter client-webinar-tracker-v2 --keys k.toml >/dev/null', tmp_path)
+    assert made.returncode == 0, made.stderr
+    for command in ("keys list --keys k.toml", "validate"):
+        run = _shell(f'"$WF" {command} {redirect}', tmp_path)
+        assert run.returncode == 1, (command, run.stderr)
+        assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, command
+        assert run.stderr.rstrip().splitlines()[-1].startswith("error: standard output cannot be written ("), command
+
+
 def test_process_reads_files_with_standard_input_closed(tmp_path):
     (tmp_path / "events.jsonl").write_bytes(jsonl(entered(id="c1")))
     run = _shell('"$WF" process --db x.db events.jsonl <&-', tmp_path)

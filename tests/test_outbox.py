@@ -186,7 +186,9 @@ def test_a_cursor_no_feed_gave_is_refused_and_skips_nothing(backend: str, config
             tx, seq = head.split(".")
             past = f"{tx}.{int(seq) + 5}"
             bad = [past, f"{int(tx) + 10}.{seq}", f"0{tx}.{seq}", f"{tx}.\u0665"]
-        for cursor in bad:
+        with pytest.raises(UsageError, match="not an outbox cursor"):
+            engine.ack("screen-mirror", None)  # type: ignore[arg-type]
+        for cursor in [*bad, 5]:
             with pytest.raises(UsageError, match="not an outbox cursor"):
                 engine.ack("screen-mirror", cursor)
             with pytest.raises(UsageError, match="not an outbox cursor"):

@@ -115,7 +115,7 @@ def seq_cursor(cursor: str) -> int:
     """An outbox cursor of a one-writer store: the seq of the last item passed ("" is the beginning)."""
     if cursor == "":
         return 0
-    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or (cursor[0] == "0" and cursor != "0"):
+    if not isinstance(cursor, str) or not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or (cursor[0] == "0" and cursor != "0"):
         raise ValueError(f"{cursor!r} is not an outbox cursor of this database")
     return int(cursor)
 

@@ -475,6 +475,8 @@ def _outbox_cursor(cursor: str) -> tuple[int, int]:
     """(transaction id, seq) of an outbox cursor this store gave ("" is the beginning)."""
     if cursor == "":
         return 0, 0
+    if not isinstance(cursor, str):
+        raise ValueError(f"{cursor!r} is not an outbox cursor of this database")
     tx, dot, seq = cursor.partition(".")
     if (not dot or not cursor.isascii() or not tx.isdigit() or not seq.isdigit() or len(tx) > 20 or len(seq) > 19
             or (tx[0] == "0" and tx != "0") or (seq[0] == "0" and seq != "0")):

@@ -19,6 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from conftest import TRACKER, completed, entered, form_submitted, jsonl, registered, result_lines
 
@@ -666,3 +667,23 @@ def test_result_lines_are_compact_utf8_json_and_never_fail_to_print(capsysbinary
     out = capsysbinary.readouterr().out
     assert out == b'{"id":"\xc3\xa9","n":[1,2.5],"ok":true,"none":null}\n{"big":1180591620717411303424,"lone":"\\ud800"}\n'
     assert [json.loads(line) for line in out.splitlines()][1] == {"big": 2**70, "lone": "\ud800"}
+
+
+def test_every_command_takes_config_and_db_after_its_name() -> None:
+    """DESIGN: every command takes --config and --db (before or after its name); `send` (a client
+    of a server) and the `keys` group (a keys file) are the documented exceptions."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    runner = CliRunner()
+    missing = []
+    for name, command in cli.commands.items():
+        if isinstance(command, click.Group):
+            continue
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        wanted = set() if name == "send" else {"--config", "--db"}
+        if not wanted <= options:
+            missing.append((name, sorted(wanted - options)))
+    assert missing == []
+    assert runner.invoke(cli, ["docs", "--db", "x.db"]).exit_code == 0

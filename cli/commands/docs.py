@@ -9,12 +9,13 @@ import click
 from engine.governance.document import render_markdown
 
 from ..context import AppContext, command, pass_app
-from ..options import config_option, file_options
+from ..options import config_option, db_option, file_options
 from ..output import emit_file
 
 
 @command()
 @config_option
+@db_option("Accepted like everywhere, not used: docs reads no database.")
 @file_options("Write the document to FILE instead of stdout.",
               "Write nothing; exit 1 when FILE differs from what the config renders (for CI).")
 @pass_app

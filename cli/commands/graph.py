@@ -15,7 +15,7 @@ from engine.governance.diagram import (
 )
 
 from ..context import AppContext, Failed, command, pass_app
-from ..options import config_option, file_options
+from ..options import config_option, db_option, file_options
 from ..output import emit_file, write_file
 
 _TEXT_SUFFIXES = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot"}
@@ -35,6 +35,7 @@ def _kind(fmt: str | None, output: Path | None) -> str:
 
 @command()
 @config_option
+@db_option("Accepted like everywhere, not used: graph reads no database.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Text to write: mermaid (stateDiagram-v2, rendered by GitHub) or dot (Graphviz). "
                    "Default: from the --output suffix, else mermaid.")

@@ -7,6 +7,7 @@ governance tools (quarantine, explain) hang off the engine for callers who embed
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,10 @@ class Engine(Pipeline):
         `create=False` is for readers: a database that does not exist is then a StoreError
         instead of a new empty one that would answer every question with "nothing".
         """
+        _check_open_arguments(config, db, max_event_bytes, synchronous)
         if not isinstance(config, Config):
             config = load_config(config if config is not None else bundled_config())
-        store = open_store(db, synchronous=synchronous, create=create)
+        store = open_store(db, synchronous=synchronous.upper(), create=create)
         return cls(config, store, max_event_bytes=max_event_bytes, clock=clock)
 
     def __enter__(self) -> Engine:
@@ -156,6 +158,22 @@ class Engine(Pipeline):
 
     def _consumer(self, name: str) -> Any:
         return consumer_of(self.config, name)
+
+
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def _check_open_arguments(config: Any, db: Any, max_event_bytes: Any, synchronous: Any) -> None:
+    """What `Engine.open` was given, checked before anything is opened: a wrong type or value is a
+    UsageError here, not a file named "None" or a failure at the first event."""
+    if not (config is None or isinstance(config, str | os.PathLike | Config)):
+        raise UsageError(f"config must be a directory path, a Config or None, not {type(config).__name__}")
+    if not isinstance(db, str | os.PathLike):
+        raise UsageError(f"db must be a SQLite file path or a postgresql:// URL, not {type(db).__name__}")
+    if isinstance(max_event_bytes, bool) or not isinstance(max_event_bytes, int) or max_event_bytes < 1:
+        raise UsageError(f"max_event_bytes must be a whole number of bytes, at least 1, not {max_event_bytes!r}")
+    if not isinstance(synchronous, str) or synchronous.upper() not in SYNCHRONOUS:
+        raise UsageError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
 
 
 def consumer_of(config: Config, name: str) -> Any:

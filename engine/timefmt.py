@@ -41,6 +41,8 @@ class UtcClock:
 
 def normalise_time(value: str) -> str:
     """An RFC 3339 date-time (with its offset) as UTC; raises ValueError for anything else."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an RFC 3339 date-time text such as 2026-01-31T18:00:00Z")
     text = value.strip()
     if not _RFC3339.match(text):
         raise ValueError(f"{value!r} is not an RFC 3339 date-time such as 2026-01-31T18:00:00Z")

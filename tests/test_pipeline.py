@@ -758,3 +758,34 @@ def test_opening_a_new_database_waits_for_another_process_setting_it_up(tmp_path
     finally:
         release.join()
         holder.close()
+
+
+@pytest.mark.parametrize("arguments", [
+    {"db": None}, {"db": 5}, {"config": 5}, {"max_event_bytes": "abc"}, {"max_event_bytes": 0},
+    {"max_event_bytes": True}, {"synchronous": "bogus"}, {"synchronous": None},
+])
+def test_open_refuses_arguments_it_cannot_use_before_touching_anything(tmp_path: Path, monkeypatch: Any,
+                                                                     arguments: dict[str, Any]) -> None:
+    from engine import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError):
+        Engine.open(**{"db": tmp_path / "a.db", **arguments})
+    assert list(tmp_path.iterdir()) == []  # no file named "None" or "5", no database
+
+
+def test_api_calls_refuse_what_is_not_their_argument(tmp_path: Path) -> None:
+    import datetime
+
+    from engine import UsageError
+
+    with Engine.open(db=tmp_path / "a.db", synchronous="full") as engine:
+        engine.process(entered(id="e1"))
+        for call in (lambda: engine.evaluate(), lambda: engine.evaluate(webinar_id=None, lead_id=None),
+                     lambda: engine.evaluate(webinar_id="w1", at=datetime.datetime.now(datetime.timezone.utc)),
+                     lambda: engine.process_many(json.dumps(entered(id="e2"))),
+                     lambda: engine.process_many([entered(id="e3")], batch_size=0)):
+            with pytest.raises(UsageError):
+                call()
+        assert engine.rejections() == []  # nothing was stored by the refused calls
+        assert [r["status"] for r in engine.process_many([entered(id="e2", lead="l9")], batch_size=1)] == ["accepted"]

@@ -197,6 +197,11 @@ class Pipeline:
     def process_many(self, events: Iterable[EventInput], *, batch_size: int = DEFAULT_BATCH_SIZE,
                      origin: str | None = None, first_line: int | None = None) -> list[dict[str, Any]]:
         """Process events with one commit per `batch_size`; results equal one-by-one processing."""
+        if isinstance(events, str | bytes | bytearray | memoryview | dict):  # one event, not an iterable of them
+            raise UsageError("process_many takes an iterable of events (a list, a file's lines); "
+                             "give a single event to process()")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be a whole number, at least 1, not {batch_size!r}")
         lines = None if first_line is None else _count(first_line)
         items = ((e, origin, next(lines) if lines else None) for e in events)
         with _collector_paused():  # for the whole call: every result is kept until it returns anyway
@@ -458,6 +463,9 @@ class Pipeline:
         moment derives the same ids however often it runs.
         """
         match = self._key(key, complete=False)
+        if not match:  # a caller's None where a value was meant must not evaluate every route
+            raise UsageError(f"name at least one of the route key's fields {list(self.config.route.key)} "
+                             "to evaluate (a field given as None names nothing)")
         try:
             evaluated_at = normalise_time(at) if at is not None else self.clock()
         except ValueError as exc:

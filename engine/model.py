@@ -133,6 +133,11 @@ class RouteKey:
 # The kinds of action the scenario produces (runtime/scenario.py), in the order it reports them:
 # what the outbox carries as `action.<kind>` and what consumers.yaml may subscribe to.
 ACTION_KINDS: tuple[str, ...] = ("route", "screen", "reminder")
+# The `format` values a payload schema may name: those the engine checks, on its fast path and in
+# its explanations alike. Any other (a typo such as `date-tim`, or `uri`, which nothing here checks)
+# would let every value through unchecked, so `validate` refuses it.
+PAYLOAD_FORMATS: tuple[str, ...] = ("date-time", "date", "time", "email", "idn-email", "ipv4", "ipv6", "uuid",
+                                    "regex")
 # The consumer the engine has built in: it applies route and screen actions inside the engine,
 # so consumers.yaml does not declare it.
 ROUTE_CONSUMER = "route-consumer"

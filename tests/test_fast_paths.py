@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from engine.config import load_config
-from engine.model import DataCondition, EventSpec, FactRef, FieldMap, RuleSpec
-from engine.runtime.contract import Contract
+from engine.model import PAYLOAD_FORMATS, DataCondition, EventSpec, FactRef, FieldMap, RuleSpec
+from engine.runtime.contract import Contract, _compiled
 from engine.config.locate import bundled_config
 from engine.runtime.envelope import _ENVELOPE, _envelope_ok, canonical_json, is_date_time
 from engine.runtime.rules import NAMESPACE, _name, applies, build_data, compile_applies, compile_build, derived_id
@@ -522,3 +522,25 @@ def test_the_plain_payload_check_of_a_drawn_schema_agrees_with_jsonschema(case: 
     plain = _plain_check(schema)
     if plain is not None:
         assert plain(data) == Draft202012Validator(schema, format_checker=FORMATS).is_valid(data)
+
+
+_FORMAT_SAMPLES = ["a@b.c", "a b@c", "not", "2026-01-01", "2026-13-01", "12:00:00Z", "12:00:00", "12:00:00+01:00",
+                   "1.2.3.4", "1.2.3.256", "::1", "x::y", "550e8400-e29b-41d4-a716-446655440000", "550e8400",
+                   "^a(b", "^ab$", "", "2026-01-01T00:00:00Z", "2026-01-01 00:00:00Z", "ü@ü.de"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(fmt=st.sampled_from(PAYLOAD_FORMATS), value=st.one_of(st.sampled_from(_FORMAT_SAMPLES), st.text(max_size=12)))
+@example(fmt="time", value="12:00:00")  # the compiled validator's own `time` took it; jsonschema refuses it
+@example(fmt="email", value="a b@c")  # and its own `email` refused this one, which jsonschema takes
+def test_the_compiled_validator_checks_each_allowed_format_as_jsonschema_does(fmt: str, value: str) -> None:
+    schema = {"type": "object", "properties": {"f": {"type": "string", "format": fmt}}}
+    fast = _compiled(schema)
+    assert fast is not None
+    try:
+        fast({"f": value})
+        fast_ok = True
+    except fastjsonschema.JsonSchemaException:
+        fast_ok = False
+    assert fast_ok == Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER).is_valid(
+        {"f": value}), (fmt, value)

@@ -12,9 +12,9 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from ..errors import Problem
-from ..model import ACTION_KINDS, ROUTE_CONSUMER, Config, RuleSpec
+from ..model import ACTION_KINDS, PAYLOAD_FORMATS, ROUTE_CONSUMER, Config, RuleSpec
 from .patterns import unsafe_pattern
-from .refs import LocalFiles, check_refs, patterns_of
+from .refs import LocalFiles, check_refs, formats_of, patterns_of
 from .yamlfile import YamlDoc
 
 FORBIDDEN_WORDS = frozenset({"partner", "partners", "sale", "sales", "sell", "selling", "qualification",
@@ -87,6 +87,13 @@ def _check_events(config: Config, report: _Reporter, files: LocalFiles) -> None:
             report.error(doc, base + ("payload",) + tuple(err.absolute_path), "invalid_payload_schema",
                          f"payload of {name} is not a valid JSON Schema: {err.message}")
         props = _properties(config, name) or {}
+        required = spec.payload.get("required")
+        if spec.payload.get("additionalProperties") is False and isinstance(required, list):
+            for i, fieldname in enumerate(required):
+                if isinstance(fieldname, str) and fieldname not in props:
+                    report.error(doc, base + ("payload", "required", i), "unknown_field",
+                                 f"required field '{fieldname}' is not a payload field of {name}, and no other "
+                                 "field is allowed: no event of this type could be valid")
         for i, fieldname in enumerate(spec.identity):
             if fieldname not in props:
                 report.error(doc, base + ("identity", i), "unknown_field",
@@ -97,6 +104,11 @@ def _check_events(config: Config, report: _Reporter, files: LocalFiles) -> None:
                              f"repeatable_when field '{fieldname}' is not a payload field of {name}")
         for path, code, message in check_refs(files, spec.payload, base + ("payload",)):
             report.error(doc, path, code, message)
+        for path, fmt in formats_of(spec.payload, base + ("payload",)):
+            if fmt not in PAYLOAD_FORMATS:
+                report.error(doc, path, "unknown_format",
+                             f"format {fmt!r} is not one the engine checks ({', '.join(PAYLOAD_FORMATS)}): "
+                             "every value would pass unchecked; use one of those, or a pattern")
         for path, pattern in patterns_of(spec.payload, base + ("payload",)):
             why = unsafe_pattern(pattern)
             if why:

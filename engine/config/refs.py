@@ -165,3 +165,21 @@ def patterns_of(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
     elif isinstance(node, list):
         for i, item in enumerate(node):
             yield from patterns_of(item, path + (i,))
+
+
+def formats_of(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    """Every `format` a payload schema names (in schema positions: a property called "format" is a
+    field, not the keyword)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "format" and isinstance(value, str):
+                yield path + (key,), value
+            elif key in ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas") \
+                    and isinstance(value, dict):
+                for name, sub in value.items():
+                    yield from formats_of(sub, path + (key, name))
+            elif key not in ("enum", "const", "examples", "default"):
+                yield from formats_of(value, path + (key,))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from formats_of(item, path + (i,))

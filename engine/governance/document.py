@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import checks, load as config_module
 from .diagram import render_diagram
-from ..model import ACTION_KINDS, Config, DataCondition, EventSpec, FactRef, FieldMap, RuleSpec
+from ..model import ACTION_KINDS, PAYLOAD_FORMATS, Config, DataCondition, EventSpec, FactRef, FieldMap, RuleSpec
 
 NONE = "—"
 _FIELD_KEYWORDS = frozenset({"type", "format", "description", "title", "enum", "const", "pattern", "minLength",
@@ -347,6 +347,9 @@ def _boundaries(config: Config) -> str:
          "a payload `$ref` may point only to a file inside the config directory (`ref_outside_config`): the "
          "engine never fetches a schema over the network"),
         ("safe patterns", "unsafe_pattern", "a payload `pattern` prone to catastrophic backtracking is refused"),
+        ("checked formats only", "unknown_format",
+         f"a payload `format` must be one the engine checks ({_names(PAYLOAD_FORMATS)}): any other would let "
+         "every value through unchecked"),
         ("strict YAML, closed schemas", "unknown_key",
          "YAML 1.2 core only (duplicate keys and non-core tags refused); each file has a closed JSON Schema"),
     ]

@@ -15,7 +15,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from ..model import Config, EventSpec
+from ..model import PAYLOAD_FORMATS, Config, EventSpec
 from ..timefmt import utc_instant
 from ..reasons import Rejected, error
 from ..jsonvalue import flat_json, same
@@ -31,6 +31,16 @@ def registry_of(resources: tuple[tuple[str, Any], ...]) -> Registry:
 _REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef", "$id", "$anchor", "$dynamicAnchor")
 
 
+def _checked_as_jsonschema_does(name: str) -> Callable[[str], bool]:
+    return lambda value: Draft202012Validator.FORMAT_CHECKER.conforms(value, name)
+
+
+# The compiled validator checks each format as jsonschema does (its own differ: it took a `time`
+# without an offset, refused an `email` jsonschema takes), so the two never disagree on a verdict.
+_FORMATS = {name: is_date_time if name == "date-time" else _checked_as_jsonschema_does(name)
+            for name in PAYLOAD_FORMATS}
+
+
 def _compiled(payload: dict[str, Any]) -> Any:
     """A compiled validator for the hot path, or None where only jsonschema will do.
 
@@ -42,7 +52,7 @@ def _compiled(payload: dict[str, Any]) -> Any:
         return None
     try:
         return fastjsonschema.compile({**payload, "$schema": "https://json-schema.org/draft/2020-12/schema"},
-                                      formats={"date-time": is_date_time})
+                                      formats=_FORMATS)
     except Exception:  # noqa: BLE001 - anything it cannot compile is left to jsonschema
         return None
 

@@ -108,11 +108,13 @@ def validate(app: AppContext, fmt: str, keys_file: Path | None) -> None:
         found = sorted((_keys_problem(keys_file, keys_text, text) for text in check_keys(keys_file, loaded)),
                        key=lambda p: (p.line, p.column))
         problems, ok = problems + found, not found
+    problems = sorted(problems, key=lambda p: p.severity != "error")  # errors first, each kind in its order
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
     if fmt == "json":
         print_json({"valid": ok, "config": str(config), "config_hash": loaded.hash if loaded else None,
-                    "errors": errors, "warnings": warnings, "problems": [p.as_dict() for p in problems]})
+                    "errors": errors, "warnings": warnings, "problems": [p.as_dict() for p in problems],
+                    "events": {name: spec.status for name, spec in loaded.events.items()} if loaded else None})
     elif problems:
         click.echo(problems_text(problems), err=True)
     if not ok or loaded is None:

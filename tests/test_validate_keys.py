@@ -78,3 +78,18 @@ def test_a_secret_pasted_into_the_wrong_field_is_never_printed(run_cli, tmp_path
         assert SECRET[6:] not in done.output, args
         assert "whsec_… (not shown)" in done.output, args
 
+
+
+def test_keys_file_errors_come_before_the_configs_warnings(run_cli, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text("a = 1\n\nb = = 2\n")
+    keys.chmod(0o600)
+    done = run_cli("validate", "--keys", str(keys))
+    assert done.exit_code == 1
+    lines = [line for line in done.stderr.splitlines() if ": error " in line or ": warning " in line]
+    severities = [" error " if ": error " in line else " warning " for line in lines]
+    assert severities[0] == " error " and severities == sorted(severities)  # " error " < " warning "
+    report = json.loads(run_cli("validate", "--keys", str(keys), "--format", "json").stdout)
+    assert report["problems"][0]["severity"] == "error" and report["problems"][-1]["severity"] == "warning"
+    assert report["events"]["client_webinar_registered"] == "planned"  # the config itself loaded
+    assert report["events"]["client_webinar_completed"] == "implemented"

@@ -193,6 +193,9 @@ def test_asyncapi_declares_later_json_schema_keywords(run_cli, config_copy: Path
 
 def test_schema_usage_and_invalid_config(run_cli, config_copy: Path) -> None:
     assert run_cli("schema", "--format", "asyncapi", "--output-dir", "x").exit_code == 2
+    assert run_cli("schema", "--title", "T").exit_code == 2  # asyncapi only: not silently ignored
+    assert run_cli("schema", "--format", "asyncapi", "--base-uri", "https://x/").exit_code == 2
+    assert '"title": "T"' in run_cli("schema", "--format", "asyncapi", "--title", "T").stdout
     (config_copy / "states.yaml").write_text("key: [lead_id]\n", "utf-8")
     out = run_cli("schema", "--config", str(config_copy))
     assert out.exit_code == 1

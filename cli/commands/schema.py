@@ -33,6 +33,8 @@ def _write_dir(directory: Path, schemas: dict[str, dict[str, Any]]) -> None:
         write_file(directory / f"{name}.schema.json", _dump(schema, False))
     click.echo(f"wrote {len(schemas)} schema file(s) to {directory}", err=True)
 
+DEFAULT_TITLE = "webinar-flows event contract"
+
 
 @command()
 @config_option
@@ -44,14 +46,14 @@ def _write_dir(directory: Path, schemas: dict[str, dict[str, Any]]) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the document to this file instead of stdout (YAML when it ends in .yaml or .yml).")
 @click.option("--yaml", "as_yaml", is_flag=True, help="Write YAML instead of JSON (not with --output-dir).")
-@click.option("--base-uri", default="", metavar="URI",
-              help="Prefix of each schema's $id, e.g. https://example.com/schemas/ (default: none, so the $id "
-                   "is the bare file name, resolved against wherever the file is published).")
-@click.option("--title", default="webinar-flows event contract", show_default=True,
-              help="asyncapi only: the document's info.title.")
+@click.option("--base-uri", default=None, metavar="URI",
+              help="json-schema only: prefix of each schema's $id, e.g. https://example.com/schemas/ (default: "
+                   "none, so the $id is the bare file name, resolved against wherever the file is published).")
+@click.option("--title", default=None, metavar="TEXT",
+              help=f"asyncapi only: the document's info.title (default: {DEFAULT_TITLE!r}).")
 @pass_app
 def schema(app: AppContext, fmt: str, output_dir: Path | None,
-           output: Path | None, as_yaml: bool, base_uri: str, title: str) -> None:
+           output: Path | None, as_yaml: bool, base_uri: str | None, title: str | None) -> None:
     """Export the event contract for other tools.
 
     json-schema (default): a JSON Schema (draft 2020-12) per event describing the whole
@@ -68,11 +70,15 @@ def schema(app: AppContext, fmt: str, output_dir: Path | None,
     """
     if output_dir is not None and (fmt != "json-schema" or output is not None or as_yaml):
         raise click.UsageError("--output-dir goes with --format json-schema, without --output or --yaml")
+    if title is not None and fmt != "asyncapi":
+        raise click.UsageError("--title goes with --format asyncapi (a JSON Schema export has no document title)")
+    if base_uri is not None and fmt != "json-schema":
+        raise click.UsageError("--base-uri goes with --format json-schema (it prefixes each schema's $id)")
     config = app.config()
     if fmt == "asyncapi":
-        document = asyncapi(config, title=title)
+        document = asyncapi(config, title=title or DEFAULT_TITLE)
     else:
-        document = event_schemas(config, base_uri=base_uri)
+        document = event_schemas(config, base_uri=base_uri or "")
         if output_dir is not None:
             _write_dir(output_dir, document)
             return

@@ -789,3 +789,12 @@ def test_api_calls_refuse_what_is_not_their_argument(tmp_path: Path) -> None:
                 call()
         assert engine.rejections() == []  # nothing was stored by the refused calls
         assert [r["status"] for r in engine.process_many([entered(id="e2", lead="l9")], batch_size=1)] == ["accepted"]
+
+
+def test_a_python_object_with_no_json_form_is_rejected_with_its_own_code(tmp_path: Path) -> None:
+    with Engine.open(db=tmp_path / "a.db") as engine:
+        nan = engine.process({**entered(id="n1"), "x": float("nan")})
+        assert (nan["reason"], [e["code"] for e in nan["errors"]]) == ("malformed_json", ["non_finite_number"])
+        odd = engine.process({**entered(id="n2"), "x": {1, 2}})
+        assert (odd["reason"], [e["code"] for e in odd["errors"]]) == ("malformed_json", ["not_json"])
+        assert len(engine.rejections()) == 2  # both kept, as any rejected input

@@ -105,14 +105,18 @@ def _as_bytes(event: EventInput) -> bytes | Oversized:
         text = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return text.encode("utf-8", "surrogatepass")
     except (TypeError, ValueError, RecursionError) as exc:
-        raise _NotJson(reprlib.repr(event).encode("utf-8", "backslashreplace"),
-                       f"not JSON-serialisable: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raw = reprlib.repr(event).encode("utf-8", "backslashreplace")
+        if isinstance(exc, ValueError) and "Out of range float" in str(exc):  # NaN or an infinity
+            raise _NotJson(raw, "NaN and Infinity are not JSON numbers", "non_finite_number") from None
+        raise _NotJson(raw, f"not JSON-serialisable: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 class _NotJson(Exception):
-    def __init__(self, raw: bytes, message: str):
+    """A Python object given to the API that has no JSON form (a set, bytes inside a dict, a cycle)."""
+
+    def __init__(self, raw: bytes, message: str, code: str = "not_json"):
         super().__init__(message)
-        self.raw, self.message = raw, message
+        self.raw, self.message, self.code = raw, message, code
 
 
 class _Retry:
@@ -296,7 +300,7 @@ class Pipeline:
         try:
             raw = _as_bytes(event)
         except _NotJson as bad:
-            return bad.raw, Rejected("malformed_json", [error("", "not_json", bad.message)]), {}
+            return bad.raw, Rejected("malformed_json", [error("", bad.code, bad.message)]), {}
         envelope = None
         try:
             envelope = read_envelope(raw, self.max_event_bytes)

@@ -266,3 +266,19 @@ def test_diff_counts_the_routes_of_the_database_its_path_names(tmp_path, folder)
     counts = route_counts(db)
     assert sum(counts.values()) > 0
     assert diff_configs(config, config, db) == []
+
+
+@pytest.mark.parametrize("url", ["postgresql://alice:Hunter2%ZZ@127.0.0.1/t2",
+                                 "postgres://alice:Hunter2Secret@[::1/t2",
+                                 "postgresql://alice:Hunter2%@db.example:6543/t2"])
+def test_an_unparsable_postgresql_url_is_refused_without_its_password(url: str) -> None:
+    """libpq's parse error quotes the token it choked on, which may be the password."""
+    from engine import Engine, StoreError
+
+    with pytest.raises(StoreError) as caught:
+        Engine.open(db=url)
+    message = str(caught.value)
+    assert "Hunter2" not in message and "not a usable PostgreSQL URL" in message
+    assert message == message.strip()
+    if "[" not in url:
+        assert '"t2"' in message  # still named by what can be read of it

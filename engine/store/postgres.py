@@ -66,6 +66,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain, repeat
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import orjson
 import psycopg
@@ -121,10 +122,23 @@ def describe(url: str) -> str:
     try:
         info = conninfo_to_dict(url)
     except psycopg.Error:
-        return "PostgreSQL database (unparsable URL)"
+        return _describe_unparsable(url)
     host = info.get("host") or info.get("hostaddr") or "localhost"
     port = info.get("port") or "5432"
     return f'PostgreSQL database "{info.get("dbname") or info.get("user") or "postgres"}" on {host}:{port}'
+
+
+def _describe_unparsable(url: str) -> str:
+    """A URL libpq cannot read, named by what a plain URL parser still finds in it (never its
+    password: libpq's own message quotes the token it choked on, which may be the password)."""
+    try:
+        parts = urlsplit(url)
+        host, port, name = parts.hostname, parts.port, parts.path.lstrip("/")
+    except ValueError:
+        return "PostgreSQL database (an unparsable URL)"
+    if not host and not name:
+        return "PostgreSQL database (an unparsable URL)"
+    return f'PostgreSQL database "{name or "postgres"}" on {host or "localhost"}:{port or 5432} (an unparsable URL)'
 
 
 def key_lock(route_key: str) -> int:
@@ -528,7 +542,8 @@ class PostgresStore(Store, HistoryReader):
         try:
             conninfo = self._conninfo()
         except psycopg.Error as exc:
-            raise StoreError(f"{self.path}: not a usable PostgreSQL URL: {exc}") from None
+            raise StoreError(f"{self.path}: not a usable PostgreSQL URL (write it as postgresql://USER:PASSWORD@HOST:"
+                             "PORT/DBNAME, with a % or @ in the password written %25 or %40)") from None
         try:
             self.conn = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:

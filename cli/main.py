@@ -73,7 +73,8 @@ def cli() -> None:
     a config directory (events.yaml, emitters.yaml, rules/, states.yaml) and check it
     with `validate`. Services pipe CloudEvents through `process`; operators read routes
     with `route` and run explicit evaluations with `evaluate`. Everything is kept in one
-    SQLite file that several processes may share.
+    database (a SQLite file, or PostgreSQL with --db postgresql://...) that several
+    processes may share.
     """
 
 

@@ -42,6 +42,22 @@ def test_a_missing_database_is_a_clear_error_naming_it(pg_url: str) -> None:
         open_store(url)
 
 
+def test_someone_elses_tables_are_refused_alike_by_every_command(pg_url: str) -> None:
+    """Tables named as ours without our version table: `process` and the read-only commands all
+    say it is not a webinar-flows database (a reader advised to "process some events first")."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE facts (x int); CREATE TABLE inputs (y int)")
+    for args in (("process", "-"), ("route", "--lead", "a", "--webinar", "b"), ("rejections",)):
+        done = run(*args, "--db", pg_url, input=jsonl(entered(id="f1")))
+        err = done.stderr.decode()
+        assert done.returncode == 1 and "not a webinar-flows database" in err, (args, err)
+        assert "process some events first" not in err
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # left untouched
+        assert conn.execute("SELECT count(*) FROM facts").fetchone()[0] == 0
+
+
 def test_a_server_that_does_not_answer_is_exit_1_naming_it() -> None:
     import socket
 

@@ -585,6 +585,8 @@ class PostgresStore(Store, HistoryReader):
                 raise StoreError(f"{self.path}: the database has schema version {version}, newer than this "
                                  f"webinar-flows understands ({SCHEMA_VERSION}); upgrade webinar-flows")
             if not create or self._read_only:
+                if version is None:
+                    self._refuse_foreign_tables()
                 raise DatabaseMissing(f"{self.path}: the database holds no webinar-flows tables yet "
                                       "(process some events first, or check --db / $WEBINAR_FLOWS_DB)")
             self._migrate()
@@ -607,6 +609,15 @@ class PostgresStore(Store, HistoryReader):
             " ON n.oid = c.relnamespace WHERE c.relname = %s AND n.nspname = current_schema())",
             (table,)).fetchone()[0])
 
+    def _refuse_foreign_tables(self) -> None:
+        """Tables named as ours without our version table are someone else's: never touch them
+        (and never advise processing events into them)."""
+        taken = [t for t in OUR_TABLES if self._exists(t)]
+        if taken:
+            raise NotADatabase(f"{self.path}: not a webinar-flows database (it holds tables named "
+                               f"{', '.join(taken)} without webinar-flows' schema version); use another "
+                               "database or schema")
+
     def _migrate(self) -> None:
         """Create or upgrade the schema; processes starting together wait for the first one."""
         assert self.conn is not None
@@ -614,11 +625,7 @@ class PostgresStore(Store, HistoryReader):
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             version = self._version()
             if version is None:
-                taken = [t for t in OUR_TABLES if self._exists(t)]
-                if taken:
-                    raise NotADatabase(f"{self.path}: not a webinar-flows database (it holds tables named "
-                                       f"{', '.join(taken)} without webinar-flows' schema version); use another "
-                                       "database or schema")
+                self._refuse_foreign_tables()
                 self.conn.execute(f"CREATE TABLE {VERSION_TABLE} (version INTEGER NOT NULL,"
                                   " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
                 version = 0

@@ -282,6 +282,13 @@ def _check_route(config: Config, report: _Reporter) -> None:
     if route.initial not in route.states:
         report.error(doc, ("initial",), "unknown_state", f"initial state '{route.initial}' is not declared")
     inputs = config.input_events()
+    triggers = {t.trigger for t in route.transitions if t.trigger in config.events and t.trigger in inputs}
+    # a key field no trigger carries is a typo in the key: said once, at the key, not at every transition
+    nowhere = [f for f in route.key if triggers and not any(f in (_properties(config, t) or {}) for t in triggers)]
+    for fieldname in nowhere:
+        report.error(doc, ("key", route.key.index(fieldname)), "unknown_field",
+                     f"route key field '{fieldname}' is a payload field of no trigger "
+                     f"({', '.join(sorted(triggers))})")
     for i, t in enumerate(route.transitions):
         path = ("transitions", i)
         for s in t.sources:
@@ -298,7 +305,7 @@ def _check_route(config: Config, report: _Reporter) -> None:
         else:
             props = _properties(config, t.trigger) or {}
             for fieldname in route.key:
-                if fieldname not in props:
+                if fieldname not in props and fieldname not in nowhere:
                     report.error(doc, path + ("trigger",), "unknown_field",
                                  f"route key field '{fieldname}' is not a payload field of trigger '{t.trigger}'")
     if route.initial in route.states:

@@ -169,12 +169,15 @@ def trigger_fields(config: Config, rule: RuleSpec) -> dict[str, Any] | None:
 
 
 def _check_rules(config: Config, report: _Reporter) -> None:
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}  # rule id -> where it was first declared
     for rule, (doc, path) in zip(config.rules, _rule_locations(report), strict=True):
         _vocabulary(report, doc, path + ("id",), "rule", rule.id)
         if rule.id in seen:
-            report.error(doc, path + ("id",), "duplicate_rule_id", f"rule id '{rule.id}' is used twice")
-        seen[rule.id] = 1
+            report.error(doc, path + ("id",), "duplicate_rule_id",
+                         f"rule id '{rule.id}' is used twice (first at {seen[rule.id]})")
+        else:
+            line, column = doc.where(path + ("id",))
+            seen[rule.id] = f"{doc.file}:{line}:{column}"
         if rule.on_event is not None and rule.on_event not in config.events:
             report.error(doc, path + ("on", "event"), "unknown_event", f"rule '{rule.id}' triggers on unknown event '{rule.on_event}'")
         for kind, refs in (("has", rule.has), ("lacks", rule.lacks)):

@@ -205,12 +205,15 @@ def _build(root: Path, docs: dict[str, YamlDoc], config_hash: str) -> Config:
     }
     rules: list[RuleSpec] = []
     evaluation: EvaluationResult | None = None
+    first_evaluation = ""
     for doc in _doc(docs, "rules"):
         data = doc.data or {}
         if "evaluation_result" in data:
             if evaluation is not None:
                 doc.problem(("evaluation_result",), "duplicate_evaluation_result",
-                            "evaluation_result is declared in more than one rules file")
+                            f"evaluation_result is declared in more than one rules file (first in {first_evaluation})")
+            else:
+                first_evaluation = doc.file
             evaluation = EvaluationResult(**data["evaluation_result"])
         rules += [_rule(r, doc.file) for r in data.get("rules", [])]
     return Config(root=root, hash=config_hash, events=events, emitters=emitters, rules=tuple(rules),

@@ -687,3 +687,13 @@ def test_every_command_takes_config_and_db_after_its_name() -> None:
             missing.append((name, sorted(wanted - options)))
     assert missing == []
     assert runner.invoke(cli, ["docs", "--db", "x.db"]).exit_code == 0
+
+
+def test_evaluate_takes_any_rfc3339_fraction_as_payloads_do(run_cli):
+    """RFC 3339 allows any number of fraction digits, and payload date-times take them: so does --at
+    (the evaluation time is kept to the microsecond)."""
+    _seed(run_cli)
+    out = run_cli("evaluate", "--webinar", "w1", "--lead", "a", "--at", "2026-02-02T00:00:00.123456789Z")
+    assert out.exit_code == 0, out.stderr
+    emitted = result_lines(out.stdout)[0]["emitted"]
+    assert emitted and emitted[0]["data"]["timestamp"] == "2026-02-02T00:00:00.123456Z"

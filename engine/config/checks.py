@@ -6,10 +6,12 @@ boundary it protects, so an architect learns why, not only what.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from ..errors import Problem
 from ..model import ACTION_KINDS, PAYLOAD_FORMATS, ROUTE_CONSUMER, Config, RuleSpec
@@ -212,6 +214,31 @@ def _check_rules(config: Config, report: _Reporter) -> None:
             report.error(doc, ("evaluation_result", "field"), "unknown_field", f"'{er.field}' is not a payload field of {er.event}")
 
 
+def _check_constants(report: _Reporter, rule: RuleSpec, fm: Any, schema: Any, doc: YamlDoc, path: tuple) -> None:
+    """A value a rule writes as written in YAML (`value: yes` is the string "yes") that the field's
+    schema refuses: every event the rule fires on is then rejected `rule_failed`. A warning, not an
+    error: such a config still loads, and the run-time guard is what decides."""
+    if not isinstance(schema, dict) or _mentions_ref(schema):
+        return  # a $ref is resolved at run time, where rule_failed still guards it
+    constants = [fm.value] if fm.kind == "value" else [v for _, v in fm.cases] + ([fm.default] if fm.has_default else [])
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    for value in constants:
+        refusal = best_match(validator.iter_errors(value))
+        if refusal is not None:
+            report.warning(doc, path, "invalid_rule_value",
+                           f"rule '{rule.id}' writes {json.dumps(value)} into '{fm.field}', which its schema "
+                           f"refuses: {refusal.message} (every event the rule fires on will be rejected rule_failed)")
+            return
+
+
+def _mentions_ref(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "$ref" in node or "$dynamicRef" in node or any(_mentions_ref(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions_ref(v) for v in node)
+    return False
+
+
 def _check_emit(config: Config, report: _Reporter, rule: RuleSpec, doc: YamlDoc, path: tuple) -> None:
     props = _properties(config, rule.emit_event)
     if props is None:
@@ -221,6 +248,8 @@ def _check_emit(config: Config, report: _Reporter, rule: RuleSpec, doc: YamlDoc,
         if fm.field not in props:
             report.error(doc, path + ("emit", "data", fm.field), "unknown_field",
                          f"'{fm.field}' is not a payload field of {rule.emit_event}")
+        else:
+            _check_constants(report, rule, fm, props[fm.field], doc, path + ("emit", "data", fm.field))
     emitter = config.emitters.get(rule.emit_source)
     if emitter is None:
         report.error(doc, path + ("emit", "source"), "unknown_emitter", f"rule '{rule.id}' emits as unknown emitter '{rule.emit_source}'")

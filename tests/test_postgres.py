@@ -25,6 +25,8 @@ def test_messages_name_host_port_and_database_never_the_password() -> None:
     assert describe("postgresql://alice:s3cret@db.example:6543/flows") == 'PostgreSQL database "flows" on db.example:6543'
     assert "s3cret" not in describe("postgres://alice:s3cret@db.example/flows?sslmode=require")
     assert describe("postgresql:///flows?host=/run/postgresql") == 'PostgreSQL database "flows" on /run/postgresql:5432'
+    assert describe("postgresql:///flows") == 'PostgreSQL database "flows" on the local socket:5432'  # not "localhost"
+    assert describe("postgres://u:s3cret@h1,h2:5433/db") == 'PostgreSQL database "db" on h1:5432, h2:5433'
 
 
 def test_a_missing_database_is_a_clear_error_naming_it(pg_url: str) -> None:

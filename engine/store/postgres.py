@@ -123,9 +123,11 @@ def describe(url: str) -> str:
         info = conninfo_to_dict(url)
     except psycopg.Error:
         return _describe_unparsable(url)
-    host = info.get("host") or info.get("hostaddr") or "localhost"
-    port = info.get("port") or "5432"
-    return f'PostgreSQL database "{info.get("dbname") or info.get("user") or "postgres"}" on {host}:{port}'
+    hosts = (info.get("host") or info.get("hostaddr") or "").split(",")
+    ports = (info.get("port") or "").split(",")
+    ports = ports if len(ports) == len(hosts) else ports[:1] * len(hosts)  # one port for every host
+    where = ", ".join(f"{host or 'the local socket'}:{port or 5432}" for host, port in zip(hosts, ports, strict=True))
+    return f'PostgreSQL database "{info.get("dbname") or info.get("user") or "postgres"}" on {where}'
 
 
 def _describe_unparsable(url: str) -> str:

@@ -798,3 +798,13 @@ def test_a_python_object_with_no_json_form_is_rejected_with_its_own_code(tmp_pat
         odd = engine.process({**entered(id="n2"), "x": {1, 2}})
         assert (odd["reason"], [e["code"] for e in odd["errors"]]) == ("malformed_json", ["not_json"])
         assert len(engine.rejections()) == 2  # both kept, as any rejected input
+
+
+def test_a_misspelt_rejection_reason_is_refused_not_an_empty_selection(tmp_path: Path) -> None:
+    from engine import UsageError
+
+    with Engine.open(db=tmp_path / "a.db") as engine:
+        engine.process(b"{not json")
+        with pytest.raises(UsageError, match="unknown rejection reason"):
+            engine.rejections(reasons=["malformed-json"])
+        assert [r["reason"] for r in engine.rejections(reasons=["malformed_json"])] == ["malformed_json"]

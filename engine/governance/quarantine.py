@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..reasons import REJECTED, error
+from ..reasons import REJECTED, REJECTION_REASONS, error
 from ..runtime.envelope import KEEP_HEAD_BYTES
 from ..store.base import REJECTION_STATES, RejectionFilter, Row
 
@@ -54,6 +54,9 @@ class Selection:
         for name in ("reasons", "sources", "types"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value or ()))
+        unknown = [r for r in self.reasons if r not in REJECTION_REASONS]
+        if unknown:  # a misspelt reason would select nothing, silently
+            raise UsageError(f"unknown rejection reason(s) {unknown}; the reasons are {list(REJECTION_REASONS)}")
 
     @property
     def narrowed(self) -> bool:
@@ -164,7 +167,7 @@ def purge(engine: Engine, selection: Selection, *, everything: bool = False) -> 
         raise UsageError("purge: give filters or everything (--all), not both")
     if not everything and not selection.narrowed:
         raise UsageError("purge needs a filter (reason, emitter, type, since, until, or state resolved), "
-                         "or --all to purge every rejection in the chosen state")
+                         "or everything (--all) to purge every rejection in the chosen state")
     with engine.store.transaction():
         seqs = [row["seq"] for row in engine.store.rejections(selection.filter())]
         return engine.store.purge_rejections(seqs)

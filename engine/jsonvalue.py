@@ -80,3 +80,17 @@ def same(a: Any, b: Any) -> bool:
 def pointer(path: Sequence[str | int]) -> str:
     """A JSON Pointer (RFC 6901) for a path of keys and indexes."""
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def mentions(node: Any, keys: tuple[str, ...]) -> bool:
+    """Whether any object inside a JSON value (a schema, say) holds one of `keys`."""
+    todo = [node]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            if any(k in item for k in keys):
+                return True
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False

@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from ..errors import Problem
+from ..jsonvalue import mentions
 from ..model import ACTION_KINDS, PAYLOAD_FORMATS, ROUTE_CONSUMER, Config, RuleSpec
 from .patterns import unsafe_pattern
 from .refs import LocalFiles, check_refs, formats_of, patterns_of
@@ -218,7 +219,7 @@ def _check_constants(report: _Reporter, rule: RuleSpec, fm: Any, schema: Any, do
     """A value a rule writes as written in YAML (`value: yes` is the string "yes") that the field's
     schema refuses: every event the rule fires on is then rejected `rule_failed`. A warning, not an
     error: such a config still loads, and the run-time guard is what decides."""
-    if not isinstance(schema, dict) or _mentions_ref(schema):
+    if not isinstance(schema, dict) or mentions(schema, ("$ref", "$dynamicRef")):
         return  # a $ref is resolved at run time, where rule_failed still guards it
     constants = [fm.value] if fm.kind == "value" else [v for _, v in fm.cases] + ([fm.default] if fm.has_default else [])
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
@@ -229,14 +230,6 @@ def _check_constants(report: _Reporter, rule: RuleSpec, fm: Any, schema: Any, do
                            f"rule '{rule.id}' writes {json.dumps(value)} into '{fm.field}', which its schema "
                            f"refuses: {refusal.message} (every event the rule fires on will be rejected rule_failed)")
             return
-
-
-def _mentions_ref(node: Any) -> bool:
-    if isinstance(node, dict):
-        return "$ref" in node or "$dynamicRef" in node or any(_mentions_ref(v) for v in node.values())
-    if isinstance(node, list):
-        return any(_mentions_ref(v) for v in node)
-    return False
 
 
 def _check_emit(config: Config, report: _Reporter, rule: RuleSpec, doc: YamlDoc, path: tuple) -> None:

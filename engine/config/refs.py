@@ -150,36 +150,28 @@ def ref_problem(root: Path, ref: str, base: str | None = None) -> tuple[str, str
     return None
 
 
-def patterns_of(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
-    """Every regular expression a payload schema would run: `pattern` values, `patternProperties` keys."""
+def keyword_values(node: Any, path: tuple, keyword: str) -> Iterator[tuple[tuple, Any]]:
+    """Every value a schema gives `keyword`, with its path (values of enum, const, examples and
+    default are data, not schemas, and are not looked into)."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "pattern" and isinstance(value, str):
+            if key == keyword:
                 yield path + (key,), value
-            elif key == "patternProperties" and isinstance(value, dict):
-                for regex, sub in value.items():
-                    yield path + (key, regex), regex
-                    yield from patterns_of(sub, path + (key, regex))
-            elif key not in ("enum", "const", "examples", "default"):
-                yield from patterns_of(value, path + (key,))
+            if key not in ("enum", "const", "examples", "default"):
+                yield from keyword_values(value, path + (key,), keyword)
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            yield from patterns_of(item, path + (i,))
+            yield from keyword_values(item, path + (i,), keyword)
+
+
+def patterns_of(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    """Every regular expression a payload schema would run: `pattern` values, `patternProperties` keys."""
+    yield from ((where, value) for where, value in keyword_values(node, path, "pattern") if isinstance(value, str))
+    for where, value in keyword_values(node, path, "patternProperties"):
+        if isinstance(value, dict):
+            yield from ((where + (regex,), regex) for regex in value)
 
 
 def formats_of(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
-    """Every `format` a payload schema names (in schema positions: a property called "format" is a
-    field, not the keyword)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "format" and isinstance(value, str):
-                yield path + (key,), value
-            elif key in ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas") \
-                    and isinstance(value, dict):
-                for name, sub in value.items():
-                    yield from formats_of(sub, path + (key, name))
-            elif key not in ("enum", "const", "examples", "default"):
-                yield from formats_of(value, path + (key,))
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from formats_of(item, path + (i,))
+    """Every `format` a payload schema names."""
+    return ((where, value) for where, value in keyword_values(node, path, "format") if isinstance(value, str))

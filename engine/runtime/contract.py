@@ -18,7 +18,7 @@ from referencing.jsonschema import DRAFT202012
 from ..model import PAYLOAD_FORMATS, Config, EventSpec
 from ..timefmt import utc_instant
 from ..reasons import Rejected, error
-from ..jsonvalue import flat_json, same
+from ..jsonvalue import flat_json, mentions, same
 from .envelope import is_date_time, schema_errors
 
 
@@ -48,7 +48,7 @@ def _compiled(payload: dict[str, Any]) -> Any:
     schemas with references stay with jsonschema, which resolves them through the local
     registry. Tests hold the two to the same verdicts.
     """
-    if _mentions(payload, _REF_KEYS):
+    if mentions(payload, _REF_KEYS):
         return None
     try:
         return fastjsonschema.compile({**payload, "$schema": "https://json-schema.org/draft/2020-12/schema"},
@@ -111,17 +111,6 @@ def _plain_check(payload: dict[str, Any]) -> Callable[[dict[str, Any]], bool] | 
     return plain
 
 
-def _mentions(node: Any, keys: tuple[str, ...]) -> bool:
-    todo = [node]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, dict):
-            if any(k in item for k in keys):
-                return True
-            todo.extend(item.values())
-        elif isinstance(item, list):
-            todo.extend(item)
-    return False
 
 
 class Contract:

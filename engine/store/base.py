@@ -115,9 +115,14 @@ def seq_cursor(cursor: str) -> int:
     """An outbox cursor of a one-writer store: the seq of the last item passed ("" is the beginning)."""
     if cursor == "":
         return 0
-    if not isinstance(cursor, str) or not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or (cursor[0] == "0" and cursor != "0"):
+    if not isinstance(cursor, str) or not plain_number(cursor, 19):
         raise ValueError(f"{cursor!r} is not an outbox cursor of this database")
     return int(cursor)
+
+
+def plain_number(text: str, longest: int) -> bool:
+    """Whether `text` is a whole number as a cursor writes one: ASCII digits, no sign, no leading zero."""
+    return 0 < len(text) <= longest and text.isascii() and text.isdigit() and (text[0] != "0" or text == "0")
 
 
 def past_head(cursor: str) -> ValueError:

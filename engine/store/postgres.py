@@ -97,6 +97,7 @@ from .base import (
     delivery_statuses,
     matches_rejection,
     past_head,
+    plain_number,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "describe", "is_postgres_url"]
@@ -127,7 +128,11 @@ def describe(url: str) -> str:
     ports = (info.get("port") or "").split(",")
     ports = ports if len(ports) == len(hosts) else ports[:1] * len(hosts)  # one port for every host
     where = ", ".join(f"{host or 'the local socket'}:{port or 5432}" for host, port in zip(hosts, ports, strict=True))
-    return f'PostgreSQL database "{info.get("dbname") or info.get("user") or "postgres"}" on {where}'
+    return _label(info.get("dbname") or info.get("user") or "postgres", where)
+
+
+def _label(name: str, where: str) -> str:
+    return f'PostgreSQL database "{name}" on {where}'
 
 
 def _describe_unparsable(url: str) -> str:
@@ -140,7 +145,7 @@ def _describe_unparsable(url: str) -> str:
         return "PostgreSQL database (an unparsable URL)"
     if not host and not name:
         return "PostgreSQL database (an unparsable URL)"
-    return f'PostgreSQL database "{name or "postgres"}" on {host or "localhost"}:{port or 5432} (an unparsable URL)'
+    return _label(name or "postgres", f"{host or 'the local socket'}:{port or 5432} (an unparsable URL)")
 
 
 def key_lock(route_key: str) -> int:
@@ -494,8 +499,7 @@ def _outbox_cursor(cursor: str) -> tuple[int, int]:
     if not isinstance(cursor, str):
         raise ValueError(f"{cursor!r} is not an outbox cursor of this database")
     tx, dot, seq = cursor.partition(".")
-    if (not dot or not cursor.isascii() or not tx.isdigit() or not seq.isdigit() or len(tx) > 20 or len(seq) > 19
-            or (tx[0] == "0" and tx != "0") or (seq[0] == "0" and seq != "0")):
+    if not dot or not plain_number(tx, 20) or not plain_number(seq, 19):
         raise ValueError(f"{cursor!r} is not an outbox cursor of this database")
     return int(tx), int(seq)
 

@@ -9,7 +9,9 @@ until issue 12 keeps no outbox and agrees on counts and routes.
 
 from __future__ import annotations
 
-from bench.run import disagreement, lines_of, time_engine, time_floor, time_loose
+from bench.run import STATUSES, disagreement, engine_outcome, lines_of, time_engine, time_floor, time_loose
+from bench.specialised import Specialised
+from engine.config.locate import bundled_config
 
 
 def test_floors_and_engine_agree_on_a_generated_stream(tmp_path):
@@ -26,6 +28,22 @@ def test_floors_and_engine_agree_on_a_generated_stream(tmp_path):
         items = [t for ids, _ in engine["outbox"].values() for _, t in ids]
         assert len(items) > 3000 and {"post_webinar_route", "action.reminder"} <= set(items)
         assert len(engine["rejections"]) > 5
+
+
+def test_the_specialised_pipeline_reaches_the_floors_outcome(tmp_path):
+    """bench/specialised.py measures what a pipeline generated per config could reach: only while
+    it stores what the engine stores and decides what the floor decides."""
+    lines = lines_of(3000, 300, seed=11)
+    for batch in (1000, 1):
+        side = Specialised(tmp_path / f"specialised-{batch}.db", bundled_config())
+        results = side.run(lines, batch)
+        side.close()
+        counts = {s: sum(r["status"] == s for r in results) for s in STATUSES}
+        ours = engine_outcome(tmp_path / f"specialised-{batch}.db", counts)
+        _, floor = time_floor(lines, tmp_path / f"floor-{batch}.db", batch)
+        assert disagreement(ours, floor) is None
+        assert counts == floor["counts"] and counts["rejected"] > 5
+        assert sum(len(ids) for ids, _ in ours["outbox"].values()) > 3000
 
 
 def test_a_difference_in_the_outbox_is_found(tmp_path):

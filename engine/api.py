@@ -150,11 +150,16 @@ class Engine(Pipeline):
         with self.store.transaction():
             return self.store.retry_deliveries(consumer, item_id, self.clock())
 
-    def enable_consumer(self, consumer: str) -> None:
-        """Deliver to a consumer a 410 disabled, again."""
+    def enable_consumer(self, consumer: str) -> bool:
+        """Deliver to a consumer a 410 disabled, again; False when it was not disabled (nothing
+        changes), so that a mistaken name or a pull-only consumer is not reported as enabled."""
         self._consumer(consumer)
         with self.store.transaction():
+            state = self.store.delivery_consumer(consumer)
+            if state is None or state["disabled_at"] is None:
+                return False
             self.store.set_disabled(consumer, None, self.clock())
+        return True
 
     def _consumer(self, name: str) -> Any:
         return consumer_of(self.config, name)

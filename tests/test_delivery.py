@@ -262,6 +262,8 @@ def test_410_disables_the_consumer_until_enabled(receiver, config, config_dir, p
     db, items = processed
     gone = {"on": True}
     r = receiver(lambda item, attempt: (410, {}) if gone["on"] else (200, {}))
+    untouched = run_cli("deliveries", "--enable", "everything", "--config", str(config_dir), "--db", str(db))
+    assert untouched.exit_code == 0 and "was not disabled: nothing changed" in untouched.stderr
     d = deliverer(config, db, r.url)
     d.run(once=True)
     d.run(once=True)
@@ -269,7 +271,8 @@ def test_410_disables_the_consumer_until_enabled(receiver, config, config_dir, p
     listed = run_cli("deliveries", "--config", str(config_dir), "--db", str(db))
     assert json.loads(listed.stdout.splitlines()[0])["status"] == "disabled"
     gone["on"] = False
-    assert run_cli("deliveries", "--enable", "everything", "--config", str(config_dir), "--db", str(db)).exit_code == 0
+    enabled = run_cli("deliveries", "--enable", "everything", "--config", str(config_dir), "--db", str(db))
+    assert enabled.exit_code == 0 and "enabled delivery to everything" in enabled.stderr
     run_once(deliverer(config, db, r.url))
     assert set(r.ok_ids()) == {i["id"] for i in items}
     assert per_key([g["item"] for g in r.got]) == per_key(items)

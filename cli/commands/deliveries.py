@@ -31,8 +31,10 @@ def deliveries(app: AppContext, failed: bool, consumer: str | None, retry_id: st
         raise click.UsageError("--retry, --retry-all and --enable are used one at a time")
     with app.engine(create=False) as engine:
         if enable:
-            engine.enable_consumer(enable)
-            click.echo(f"enabled delivery to {enable}", err=True)
+            if engine.enable_consumer(enable):
+                click.echo(f"enabled delivery to {enable}", err=True)
+            else:
+                click.echo(f"delivery to {enable} was not disabled: nothing changed", err=True)
             return
         if retry_id or retry_all:
             count = engine.retry_deliveries(retry_id, consumer)

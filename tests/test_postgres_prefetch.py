@@ -131,3 +131,23 @@ def test_prefetched_claims_send_fewer_statements_per_event(pg_url: str, second_p
     assert stored(pg_url) == stored(second_pg)
     assert counts[True] < 0.3 * counts[False], counts  # 0.25 against 1.94 when written
     assert counts[True] < 0.5, counts
+
+
+def test_rejections_found_inside_a_prefetched_batch_keep_the_order_of_their_lines(
+        config_copy: Path, pg_url: str, second_pg: str) -> None:  # noqa: F811
+    """A batch draws the numbers of its lines' rejections before it runs; an id_conflict or a failed
+    rule is only found inside it. Those are numbered among the others in the order of their lines,
+    as one event per transaction (and SQLite) numbers them: `rejections` lists the oldest first."""
+    add_broken_rule(config_copy)
+    events = _hard_stream()
+    with Engine.open(config=config_copy, db=second_pg) as one_by_one:
+        for event in events:
+            one_by_one.process(event)
+        want = [(r["reason"], r["sha256"]) for r in one_by_one.rejections()]
+    assert {"id_conflict", "rule_failed", "malformed_json"} <= {reason for reason, _ in want}
+    with Engine.open(config=config_copy, db=pg_url) as batched:
+        claimed = _count_prefetches(batched)
+        batched.process_many(events, batch_size=60)
+        got = [(r["reason"], r["sha256"]) for r in batched.rejections()]
+    assert claimed["batches"] >= 3
+    assert got == want

@@ -476,6 +476,7 @@ _REJECTIONS_SEEN = (
     " SELECT ARRAY(SELECT raw_sha256 FROM seen), ARRAY(SELECT seq FROM seen),"
     " ARRAY(SELECT nextval(pg_get_serial_sequence('rejections', 'seq')::regclass) FROM d"
     " WHERE d.x NOT IN (SELECT raw_sha256 FROM seen))")
+_NEXT_REJECTION_SEQ = "SELECT nextval(pg_get_serial_sequence('rejections', 'seq')::regclass)"
 _CHECKED = " ON CONFLICT DO NOTHING RETURNING 1"
 _CLAIM_ENVELOPES = _Bulk("envelopes", (("source", _T), ("id", _T), ("body", _T), ("config_hash", _T)),
                                 _CHECKED)
@@ -1426,9 +1427,20 @@ class PostgresStore(Store, HistoryReader):
 
     def record_rejection(self, row: dict[str, Any]) -> int:
         digest = row["raw_sha256"]
+        if digest not in self._rejected and self._rejection_seqs:
+            self._reserve_for(digest)
         if digest in self._rejected:
             return self._claim_rejection(digest, row)
         return self._exec(_RECORD_REJECTION, {**row, "raw": bytes(row["raw"])}).fetchone()[0]
+
+    def _reserve_for(self, digest: str) -> None:
+        """A rejection found inside a batch (an id_conflict, a failed rule) while seqs are reserved for
+        later lines' rejections: it is claimed like those, so a new one takes the next reserved seq and
+        the last line gets one drawn now. Its seq then follows its line, as without the prefetch."""
+        found = self._exec("SELECT seq FROM rejections WHERE raw_sha256 = %s", (digest,)).fetchone()
+        self._rejected[digest] = found[0] if found else None
+        if found is None:
+            self._rejection_seqs.append(self._exec(_NEXT_REJECTION_SEQ, ()).fetchone()[0])
 
     def _claim_rejection(self, digest: str, row: dict[str, Any]) -> int:
         """A prefetched rejection: seen before, its update waits; new, it takes a reserved seq and waits."""

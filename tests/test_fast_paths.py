@@ -22,10 +22,16 @@ from engine.config.locate import bundled_config
 from engine.runtime.envelope import _ENVELOPE, _envelope_ok, canonical_json, is_date_time
 from engine.runtime.rules import NAMESPACE, _name, applies, build_data, compile_applies, compile_build, derived_id
 import calendar
+from pathlib import Path
 from collections import Counter
 from datetime import datetime
 
 import fastjsonschema
+import pytest
+import yaml
+from conftest import form_submitted
+
+from engine import Engine
 
 CONFIG = load_config(bundled_config())
 CONTRACT = Contract(CONFIG)
@@ -544,3 +550,32 @@ def test_the_compiled_validator_checks_each_allowed_format_as_jsonschema_does(fm
         fast_ok = False
     assert fast_ok == Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER).is_valid(
         {"f": value}), (fmt, value)
+
+
+# Draft 2020-12 keywords fastjsonschema does not read as jsonschema does: a form's answers that
+# each refuses and fastjsonschema would let through.
+DRAFT_2020_ONLY = {
+    "unevaluatedProperties": ({"properties": {"q1": {}}, "unevaluatedProperties": False}, {"q1": "a", "other": 1}),
+    "dependentRequired": ({"dependentRequired": {"q1": ["q2"]}}, {"q1": "a"}),
+    "dependentSchemas": ({"dependentSchemas": {"q1": {"required": ["q2"]}}}, {"q1": "a"}),
+    "prefixItems": ({"properties": {"q1": {"prefixItems": [{"type": "string"}]}}}, {"q1": [1]}),
+    "minContains": ({"properties": {"q1": {"contains": {"type": "string"}, "minContains": 2}}}, {"q1": ["a"]}),
+    "maxContains": ({"properties": {"q1": {"contains": {"type": "string"}, "maxContains": 1}}}, {"q1": ["a", "b"]}),
+    "multipleOf": ({"properties": {"q1": {"multipleOf": 0.1}}}, {"q1": 0.3}),
+    "unevaluatedItems": ({"properties": {"q1": {"prefixItems": [{}], "unevaluatedItems": False}}}, {"q1": [1, 2]}),
+}
+
+
+@pytest.mark.parametrize("keyword", sorted(DRAFT_2020_ONLY))
+def test_a_payload_keyword_fastjsonschema_reads_otherwise_is_judged_by_jsonschema(
+        keyword: str, config_copy: Path, tmp_path: Path) -> None:
+    answers_schema, answers = DRAFT_2020_ONLY[keyword]
+    schema = {"type": "object", **answers_schema}
+    events = yaml.safe_load((config_copy / "events.yaml").read_text())
+    events["events"]["client_webinar_form_submitted"]["payload"]["properties"]["form_payload"] = schema
+    (config_copy / "events.yaml").write_text(yaml.safe_dump(events, sort_keys=False))
+    assert _compiled(events["events"]["client_webinar_form_submitted"]["payload"]) is None
+    with Engine.open(config=config_copy, db=tmp_path / "x.db") as eng:
+        result = eng.process(form_submitted(answers=answers))
+    assert (result["status"], result["reason"]) == ("rejected", "invalid_payload"), result
+    assert all(e["path"].startswith("/data/form_payload") for e in result["errors"])

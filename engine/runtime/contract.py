@@ -18,7 +18,7 @@ from referencing.jsonschema import DRAFT202012
 from ..model import PAYLOAD_FORMATS, Config, EventSpec
 from ..timefmt import utc_instant
 from ..reasons import Rejected, error
-from ..jsonvalue import flat_json, mentions, same
+from ..jsonvalue import flat_json, same
 from .envelope import is_date_time, schema_errors
 
 
@@ -28,7 +28,42 @@ def registry_of(resources: tuple[tuple[str, Any], ...]) -> Registry:
         (uri, Resource.from_contents(data, default_specification=DRAFT202012)) for uri, data in resources)
 
 
-_REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef", "$id", "$anchor", "$dynamicAnchor")
+# The keywords on which fastjsonschema's "valid" is jsonschema's under draft 2020-12. It knows the
+# drafts up to 7 and lets through what it does not know (unevaluatedProperties, dependentRequired,
+# prefixItems, minContains, ...) where jsonschema refuses; its multipleOf takes 0.3 as a multiple
+# of 0.1, and references are resolved only by jsonschema's local registry. A schema using anything
+# else is left to jsonschema. Values (enum, const, required, ...) are not walked; subschemas are.
+_ALIKE_VALUES = frozenset((
+    "type", "enum", "const", "required", "minProperties", "maxProperties", "minItems", "maxItems", "uniqueItems",
+    "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "$schema", "title", "description", "examples", "$comment", "default", "deprecated", "readOnly", "writeOnly"))
+_ALIKE_SUBSCHEMA = frozenset(("additionalProperties", "propertyNames", "items", "contains", "not", "if", "then",
+                              "else"))
+_ALIKE_SUBSCHEMA_MAPS = frozenset(("properties", "patternProperties"))
+_ALIKE_SUBSCHEMA_LISTS = frozenset(("allOf", "anyOf", "oneOf"))
+
+
+def _compiles_alike(schema: Any) -> bool:
+    """Whether every keyword of the schema and of its subschemas is one of the above."""
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if type(node) is bool:
+            continue
+        if type(node) is not dict:
+            return False  # `items` as a list (the drafts' tuple form), or no schema at all
+        for key, value in node.items():
+            if key in _ALIKE_VALUES:
+                continue
+            if key in _ALIKE_SUBSCHEMA:
+                todo.append(value)
+            elif key in _ALIKE_SUBSCHEMA_MAPS and type(value) is dict:
+                todo.extend(value.values())
+            elif key in _ALIKE_SUBSCHEMA_LISTS and type(value) is list:
+                todo.extend(value)
+            else:
+                return False
+    return True
 
 
 def _checked_as_jsonschema_does(name: str) -> Callable[[str], bool]:
@@ -45,10 +80,10 @@ def _compiled(payload: dict[str, Any]) -> Any:
     """A compiled validator for the hot path, or None where only jsonschema will do.
 
     fastjsonschema is about twenty times faster; it gets the formats jsonschema checks, and
-    schemas with references stay with jsonschema, which resolves them through the local
-    registry. Tests hold the two to the same verdicts.
+    only schemas whose every keyword it reads as draft 2020-12 does (`_compiles_alike`): others,
+    and those with references, stay with jsonschema. Tests hold the two to the same verdicts.
     """
-    if mentions(payload, _REF_KEYS):
+    if not _compiles_alike(payload):
         return None
     try:
         return fastjsonschema.compile({**payload, "$schema": "https://json-schema.org/draft/2020-12/schema"},

@@ -698,6 +698,22 @@ def test_unsafe_pattern_behind_a_local_ref_is_refused(tmp_path: Path):
     assert "unsafe_pattern" in {code for _, _, code in problem_lines(run.stderr)}
 
 
+@pytest.mark.parametrize("fmt", ["date-tim", "uri"])
+def test_a_format_nothing_checks_behind_a_local_ref_is_refused(tmp_path: Path, fmt: str):
+    """The format lives in schemas/session.yaml, which the payload `$ref`s: as inline, every value
+    would pass unchecked (jsonschema checks no format it does not know), so validate refuses it."""
+    root = copy_default(tmp_path / "config")
+    (root / "schemas").mkdir()
+    (root / "schemas" / "session.yaml").write_text(f"type: string\nformat: {fmt}\n", "utf-8")
+    set_session_schema(root, "{$ref: 'schemas/session.yaml'}")
+    run = run_measured([CLI, "validate", "--config", str(root)], cwd=tmp_path)
+    assert run.returncode == 1, f"validate accepted format {fmt!r} behind a $ref"
+    assert ("events.yaml", "unknown_format") in {(Path(f).name, code) for f, _, code in problem_lines(run.stderr)}
+    assert f"format '{fmt}' in session.yaml" in run.stderr
+    (root / "schemas" / "session.yaml").write_text("type: string\nformat: uuid\n", "utf-8")
+    assert run_measured([CLI, "validate", "--config", str(root)], cwd=tmp_path).returncode == 0
+
+
 def test_dynamic_ref_to_a_url_is_refused(tmp_path: Path):
     root = copy_default(tmp_path / "config")
     set_form_payload(root, "{$dynamicRef: 'http://127.0.0.1:9/form.json#meta'}")

@@ -17,7 +17,7 @@ from ..errors import Problem
 from ..jsonvalue import mentions
 from ..model import ACTION_KINDS, PAYLOAD_FORMATS, ROUTE_CONSUMER, Config, RuleSpec
 from .patterns import unsafe_pattern
-from .refs import LocalFiles, check_refs, formats_of, patterns_of
+from .refs import LocalFiles, check_refs, formats_of, patterns_of, unknown_format
 from .yamlfile import YamlDoc
 
 FORBIDDEN_WORDS = frozenset({"partner", "partners", "sale", "sales", "sell", "selling", "qualification",
@@ -109,9 +109,7 @@ def _check_events(config: Config, report: _Reporter, files: LocalFiles) -> None:
             report.error(doc, path, code, message)
         for path, fmt in formats_of(spec.payload, base + ("payload",)):
             if fmt not in PAYLOAD_FORMATS:
-                report.error(doc, path, "unknown_format",
-                             f"format {fmt!r} is not one the engine checks ({', '.join(PAYLOAD_FORMATS)}): "
-                             "every value would pass unchecked; use one of those, or a pattern")
+                report.error(doc, path, "unknown_format", unknown_format(fmt))
         for path, pattern in patterns_of(spec.payload, base + ("payload",)):
             why = unsafe_pattern(pattern)
             if why:

@@ -18,6 +18,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from ..model import PAYLOAD_FORMATS
 from .patterns import unsafe_pattern
 from .yamlfile import load_yaml
 
@@ -123,10 +124,14 @@ def check_refs(files: LocalFiles, payload: dict[str, Any], path: tuple) -> Itera
             if problem is not None and not (keyword == "$id" and problem[0] == "unknown_ref"):
                 yield where, *problem
         if file_base != base:
+            name = file_base.rsplit('/', 1)[-1]
             for _, pattern in patterns_of(schema, ()):
                 why = unsafe_pattern(pattern)
                 if why:
-                    yield where_from, "unsafe_pattern", f"pattern {pattern!r} in {file_base.rsplit('/', 1)[-1]} is refused: {why}"
+                    yield where_from, "unsafe_pattern", f"pattern {pattern!r} in {name} is refused: {why}"
+            for _, fmt in formats_of(schema, ()):
+                if fmt not in PAYLOAD_FORMATS:
+                    yield where_from, "unknown_format", unknown_format(fmt, f" in {name}")
 
 
 def ref_problem(root: Path, ref: str, base: str | None = None) -> tuple[str, str] | None:
@@ -170,6 +175,12 @@ def patterns_of(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
     for where, value in keyword_values(node, path, "patternProperties"):
         if isinstance(value, dict):
             yield from ((where + (regex,), regex) for regex in value)
+
+
+def unknown_format(fmt: str, where: str = "") -> str:
+    """The message of `unknown_format`: a format nothing checks would let every value through."""
+    return (f"format {fmt!r}{where} is not one the engine checks ({', '.join(PAYLOAD_FORMATS)}): "
+            "every value would pass unchecked; use one of those, or a pattern")
 
 
 def formats_of(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:

@@ -24,6 +24,8 @@ class EventSpec:
     identity: tuple[str, ...]
     repeatable_when: dict[str, tuple[Any, ...]]
     datetime_fields: frozenset[str]  # identity fields compared as instants
+    # the payload's fields, name -> schema, through its references and allOf/anyOf/oneOf branches
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TRACKER, envelope
+from conftest import TRACKER, entered, envelope
 from engine import Engine, load_config
 from test_hostile_config import copy_default, set_form_payload
 
@@ -73,3 +73,56 @@ def test_processing_reads_no_file_after_loading(config_with_ref: Path, tmp_path:
     assert ok["status"] == "accepted"
     assert (too_long["reason"], too_long["errors"][0]["path"]) == ("invalid_payload", "/data/session_id")
     assert not [name for name in opened if "config" in name]
+
+
+def _completed_payload(root: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((root / "events.yaml").read_text())["events"]["client_webinar_completed"]["payload"]
+
+
+def _set_completed_payload(root: Path, payload: dict) -> None:
+    import yaml
+
+    events = yaml.safe_load((root / "events.yaml").read_text())
+    events["events"]["client_webinar_completed"]["payload"] = payload
+    (root / "events.yaml").write_text(yaml.safe_dump(events, sort_keys=False))
+
+
+@pytest.mark.parametrize("form", ["a whole $ref", "allOf", "allOf of a $ref"])
+def test_fields_declared_through_a_ref_or_allof_are_the_payloads_fields(tmp_path: Path, form: str) -> None:
+    """Identity, rules and the route key name payload fields; a payload written as a `$ref` to a
+    shared file, or as `allOf` branches, declares the same fields as written inline."""
+    root = copy_default(tmp_path / "config")
+    inline = _completed_payload(root)
+    (root / "shared.json").write_text(json.dumps({"$defs": {"completed": inline}}))
+    payload = {"a whole $ref": {"$ref": "shared.json#/$defs/completed"},
+               "allOf": {"allOf": [inline]},
+               "allOf of a $ref": {"allOf": [{"$ref": "shared.json#/$defs/completed"}]}}[form]
+    _set_completed_payload(root, payload)
+    config = load_config(root)  # raised unknown_field for lead_id, webinar_id, session_id, ... before
+    assert set(config.events["client_webinar_completed"].fields) == set(inline["properties"])
+    with Engine.open(config=config, db=tmp_path / "x.db") as eng:
+        first = eng.process(_completed("s1"))
+        extra = eng.process(envelope("client_webinar_completed", {**_completed("s2")["data"], "other": 1},
+                                     source=TRACKER))
+    assert first["status"] == "accepted" and first["route"]["state"] == "completed"
+    assert [e["type"] for e in first["emitted"]] == ["client_webinar_attendance_classified", "post_webinar_route"]
+    assert (extra["status"], extra["reason"]) == ("rejected", "invalid_payload")
+
+
+def test_a_date_time_identity_field_behind_a_ref_compares_as_an_instant(tmp_path: Path) -> None:
+    """entered's identity holds its timestamp; written as a `$ref` to a date-time, the same moment
+    in another offset is still the same fact."""
+    from test_hostile_config import replace_in_event
+
+    root = copy_default(tmp_path / "config")
+    (root / "at.json").write_text(json.dumps({"type": "string", "format": "date-time"}))
+    replace_in_event(root, "client_webinar_entered", r"^        timestamp:", "        timestamp: {$ref: 'at.json'}\n")
+    config = load_config(root)
+    assert config.events["client_webinar_entered"].datetime_fields == {"timestamp"}
+
+    with Engine.open(config=config, db=tmp_path / "x.db") as eng:
+        assert eng.process(entered("l1", "w1", ts="2026-02-01T18:00:00Z", id="e1"))["status"] == "accepted"
+        again = eng.process(entered("l1", "w1", ts="2026-02-01T19:00:00+01:00", id="e2"))
+    assert (again["status"], again["reason"]) == ("duplicate", "same_fact")

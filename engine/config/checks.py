@@ -73,8 +73,7 @@ def _properties(config: Config, event: str) -> dict[str, Any] | None:
     spec = config.events.get(event)
     if spec is None:
         return None
-    props = spec.payload.get("properties")
-    return props if isinstance(props, dict) else {}
+    return spec.fields
 
 
 def _check_events(config: Config, report: _Reporter, files: LocalFiles) -> None:

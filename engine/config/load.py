@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match, relevance
 
 from . import checks
-from .refs import LocalFiles
+from .refs import LocalFiles, declared_fields
 from ..errors import ConfigError, Problem
 from ..model import (
     Config,
@@ -165,8 +165,8 @@ def load_config(root: str | Path, *, display: str | None = None) -> Config:
         doc.problems = []
     if any(p.severity == "error" for p in problems):
         raise ConfigError(problems + _despite(root, docs, config_hash, problems))
-    config = _build(root, docs, config_hash)
     files = LocalFiles(root)
+    config = _build(root, docs, config_hash, files)
     problems += checks.run(config, docs, files)
     for doc in docs.values():
         problems += doc.problems
@@ -196,8 +196,8 @@ def _doc(docs: dict[str, YamlDoc], kind: str) -> list[YamlDoc]:
     return [d for d in docs.values() if d.kind == kind]
 
 
-def _build(root: Path, docs: dict[str, YamlDoc], config_hash: str) -> Config:
-    events = {name: _event(name, spec) for name, spec in _doc(docs, "events")[0].data["events"].items()}
+def _build(root: Path, docs: dict[str, YamlDoc], config_hash: str, files: LocalFiles | None = None) -> Config:
+    events = {name: _event(name, spec, root, files) for name, spec in _doc(docs, "events")[0].data["events"].items()}
     emitters = {
         name: EmitterSpec(name, spec["kind"], spec.get("description", ""), bool(spec.get("internal", False)),
                           dict(spec["events"]))
@@ -241,12 +241,13 @@ def _consumers(docs: list[YamlDoc]) -> dict[str, ConsumerSpec]:
     return found
 
 
-def _event(name: str, spec: dict[str, Any]) -> EventSpec:
+def _event(name: str, spec: dict[str, Any], root: Path, files: LocalFiles | None) -> EventSpec:
     identity = tuple(spec.get("identity", ()))
-    props = spec["payload"].get("properties", {}) if isinstance(spec["payload"].get("properties"), dict) else {}
+    props = declared_fields(spec["payload"], root, files)
     datetimes = frozenset(f for f in identity if isinstance(props.get(f), dict) and props[f].get("format") == "date-time")
     repeatable = {k: tuple(v) for k, v in spec.get("repeatable_when", {}).items()}
-    return EventSpec(name, spec["status"], spec.get("description", ""), spec["payload"], identity, repeatable, datetimes)
+    return EventSpec(name, spec["status"], spec.get("description", ""), spec["payload"], identity, repeatable, datetimes,
+                     props)
 
 
 def _factref(ref: Any) -> FactRef:

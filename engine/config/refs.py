@@ -177,6 +177,63 @@ def patterns_of(node: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
             yield from ((where + (regex,), regex) for regex in value)
 
 
+_MAX_FIELD_NODES = 1000  # schemas visited for one payload's fields; validate bounds schemas anyway
+
+
+def declared_fields(payload: Any, root: Path, files: LocalFiles | None) -> dict[str, Any]:
+    """The fields a payload schema declares, name -> its schema: its own `properties`, those of a
+    schema it `$ref`s and of every `allOf`, `anyOf` and `oneOf` branch (the first declaration of a
+    name wins); a field that is a `$ref` is given as what it points to, so that a date-time behind
+    a reference still compares as an instant. References resolve only to files inside the config
+    (through `files`; None: none are read), and one that does not resolve declares nothing: the
+    reference checks say why."""
+    if not isinstance(payload, dict):
+        return {}
+    base = base_uri(root)
+    registry = (files.registry() if files is not None else Registry()).with_resource(
+        base, Resource.from_contents(payload, default_specification=DRAFT202012))
+    found: dict[str, Any] = {}
+    todo = [(payload, registry.resolver(base_uri=base))]
+    visited = 0
+    while todo and visited < _MAX_FIELD_NODES:
+        node, resolver = todo.pop(0)
+        visited += 1
+        if not isinstance(node, dict):
+            continue
+        target = _lookup(resolver, node.get("$ref"))
+        if target is not None:
+            todo.append(target)
+        props = node.get("properties")
+        if isinstance(props, dict):
+            for name, schema in props.items():
+                if name not in found:
+                    found[name] = _followed(schema, resolver)
+        for key in ("allOf", "anyOf", "oneOf"):
+            if isinstance(node.get(key), list):
+                todo += [(branch, resolver) for branch in node[key]]
+    return found
+
+
+def _lookup(resolver: Any, ref: Any) -> tuple[Any, Any] | None:
+    if not isinstance(ref, str):
+        return None
+    try:
+        resolved = resolver.lookup(ref)
+    except (Unresolvable, ValueError, OSError):
+        return None
+    return resolved.contents, resolved.resolver
+
+
+def _followed(schema: Any, resolver: Any) -> Any:
+    """A field's schema, or what it points to when it is a `$ref` (followed a few steps at most)."""
+    for _ in range(8):
+        target = _lookup(resolver, schema.get("$ref")) if isinstance(schema, dict) else None
+        if target is None:
+            return schema
+        schema, resolver = target
+    return schema
+
+
 def unknown_format(fmt: str, where: str = "") -> str:
     """The message of `unknown_format`: a format nothing checks would let every value through."""
     return (f"format {fmt!r}{where} is not one the engine checks ({', '.join(PAYLOAD_FORMATS)}): "

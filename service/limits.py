@@ -25,20 +25,29 @@ class TokenBuckets:
     Used on the event loop only, so it needs no lock.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, keep: int = 1024):
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
+        self._keep = keep
+        self._buckets: dict[str, tuple[float, float, float, float]] = {}  # key -> (tokens, when, rate, burst)
 
     def take(self, key_id: str, rate: float, burst: float) -> float:
         """0 when the request may go on, else the seconds until a token is back."""
         now = self._clock()
-        tokens, then = self._buckets.get(key_id, (burst, now))
+        tokens, then, _, _ = self._buckets.get(key_id, (burst, now, rate, burst))
         tokens = min(burst, tokens + (now - then) * rate)
+        if len(self._buckets) >= self._keep and key_id not in self._buckets:
+            self._forget_full(now)
         if tokens >= 1:
-            self._buckets[key_id] = (tokens - 1, now)
+            self._buckets[key_id] = (tokens - 1, now, rate, burst)
             return 0.0
-        self._buckets[key_id] = (tokens, now)
+        self._buckets[key_id] = (tokens, now, rate, burst)
         return (1 - tokens) / rate
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have filled again: a new key gets a full one anyway. Keys that
+        anyone may choose (login names) then hold memory only while they are being drained."""
+        self._buckets = {key: bucket for key, bucket in self._buckets.items()
+                         if bucket[0] + (now - bucket[1]) * bucket[2] < bucket[3]}
 
 
 def rate_limited(wait: float) -> Problem:

@@ -106,6 +106,31 @@ def test_login_attempts_are_rate_limited_per_user(client: TestClient) -> None:
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
 
 
+def test_a_drained_login_count_does_not_tell_which_names_exist(client: TestClient) -> None:
+    """Each name has its own count, a user's or not: after one unknown name is drained, a user's
+    name and another unknown name answer alike (were unknown names counted together, the unknown
+    one would get 429 and the user's 200, and a prober would learn the user's name)."""
+    token = csrf_of(client.get("/console/login").text)
+
+    def attempt(name: str) -> int:
+        return client.post("/console/login", data={"username": name, "password": "guess", "csrf": token}).status_code
+
+    assert 429 in [attempt("mallory") for _ in range(13)][-2:]
+    assert (attempt(USER), attempt("nobody"), attempt("root")) == (200, 200, 200)
+
+
+def test_login_counts_of_names_that_filled_again_are_forgotten() -> None:
+    from service.limits import TokenBuckets
+
+    now = [0.0]
+    buckets = TokenBuckets(clock=lambda: now[0], keep=4)
+    for n in range(50):  # each name is drained a little, then the clock moves on
+        assert buckets.take(f"user:{n}", 1.0, 2.0) == 0.0
+        now[0] += 5.0
+    assert len(buckets._buckets) <= 4
+    assert buckets.take("user:49", 1.0, 2.0) == 0.0  # a kept count goes on from where it was
+
+
 def test_login_sets_a_hardened_cookie_and_leads_to_the_overview(client: TestClient) -> None:
     token = csrf_of(client.get("/console/login").text)
     answer = client.post("/console/login", data={"username": USER, "password": PASSWORD, "csrf": token},

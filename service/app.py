@@ -22,7 +22,6 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import orjson
 from starlette.applications import Starlette
@@ -46,6 +45,7 @@ from .engine_process import Answered, EngineProcess
 from .jsonbytes import dumps
 from .limits import HeaderLimit, TokenBuckets, rate_limited, read_body
 from .metrics import CONTENT_TYPE, Metrics
+from .paths import key_segments
 from .problems import Problem, rejected, unauthorized, unavailable
 from .settings import Settings, settings_from_environment
 from .shutdown import CutAtShutdown
@@ -316,7 +316,7 @@ async def read_route(request: Request) -> Response:
         raise Problem(401, "unauthorized", "a consumer token of the keys file is required "
                       "(Authorization: Bearer TOKEN)", outcome="unauthorized", headers={"WWW-Authenticate": "Bearer"})
     fields = service.settings.config.route.key
-    values = _route_segments(request)
+    values = key_segments(request.scope, b"/v1/routes/", request.path_params["segments"])
     if values is None or len(values) != len(fields) or not all(values):
         raise _no_route(f"the path is /v1/routes/{'/'.join('{' + f + '}' for f in fields)}")
     try:
@@ -327,19 +327,6 @@ async def read_route(request: Request) -> Response:
         raise _no_route("no route for this key")
     info.outcome = "processed"
     return _json(route)
-
-
-def _route_segments(request: Request) -> list[str] | None:
-    """The key's values in the path, each percent-decoded on its own: the decoded path would split
-    a value holding a `/` (sent as %2F) in two. None when a value is not UTF-8."""
-    raw, marker = request.scope.get("raw_path"), b"/v1/routes/"
-    at = raw.find(marker) if isinstance(raw, bytes) else -1
-    if at < 0:  # a server that does not pass the raw path: the decoded one
-        return request.path_params["segments"].split("/")
-    try:
-        return [unquote_to_bytes(part).decode("utf-8") for part in raw[at + len(marker):].split(b"/")]
-    except UnicodeDecodeError:
-        return None
 
 
 def _no_route(detail: str) -> Problem:

@@ -31,6 +31,8 @@ from engine import (
 from engine.governance.quarantine import ORIGIN, iter_rejections
 from engine.model import key_value
 
+from ..paths import key_path
+
 Service = Any  # service.app.Service; not imported: the app imports the console
 
 WINDOWS = (("hour", timedelta(hours=1)), ("day", timedelta(days=1)), ("all", None))
@@ -249,7 +251,7 @@ def find_routes(config: Any, reader: Engine, query: dict[str, str]) -> dict[str,
     for key, (state, screen) in found:
         values = codec.decode(key)
         routes.append({**values, "state": state, "screen": screen,
-                       "path": "/".join(str(values[f]) for f in fields)})
+                       "path": key_path(values[f] for f in fields)})
     return {"fields": fields, "query": given, "routes": routes, "total": total, "limit": ROUTES_LIMIT}
 
 

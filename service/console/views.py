@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..accesslog import note
 from ..limits import TokenBuckets
+from ..paths import key_segments
 from ..writer import QueueFull, WriterClosed
 from . import data
 from .session import CSRF_FIELD, CSRF_HEADER, Session, Sessions, csrf_ok
@@ -228,8 +229,10 @@ class Console:
         return data.find_routes(self.service.settings.config, self._reader(), dict(request.query_params))
 
     def load_route(self, request: Request) -> Any:
-        return data.one_route(self.service.settings.config, self._reader(),
-                              request.path_params["segments"].split("/"))
+        values = key_segments(request.scope, f"{PREFIX}/routes/".encode(), request.path_params["segments"])
+        if values is None:
+            raise data.NotFound("a route key value in the path is not UTF-8")
+        return data.one_route(self.service.settings.config, self._reader(), values)
 
     def load_quarantine(self, request: Request) -> Any:
         return data.quarantine(self._reader(), dict(request.query_params))

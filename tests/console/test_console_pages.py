@@ -17,6 +17,7 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 from starlette.testclient import TestClient
 
+from conftest import completed
 from consolekit import PASSWORD, USER, configs, csrf_of, log_in, seed, write_keys
 from engine import Engine, load_config
 from service.app import create_app
@@ -317,6 +318,21 @@ def test_routes_search_and_one_route(logged: tuple[TestClient, str], setup: dict
     assert 'data-current="completed"' in html and "client_webinar_completed" in html
     assert client.get("/console/routes/L9/W9").status_code == 404
     assert client.get("/console/routes/only-one").status_code == 404
+
+
+def test_a_route_whose_key_holds_a_slash_opens_from_the_routes_list(logged: tuple[TestClient, str],
+                                                                   setup: dict[str, Any]) -> None:
+    """The list links each value as one percent-encoded segment (a `/` as %2F); the route page
+    decodes each segment on its own, as /v1/routes does (the decoded path split `org/7` in two)."""
+    client, _ = logged
+    with Engine.open(config=setup["approving"], db=setup["db"], create=False) as engine:
+        assert engine.process(completed(lead="org/7", webinar="W 1?x", id="c-slash"))["status"] == "accepted"
+    [found] = client.get("/console/routes?lead_id=org/7", headers=JSON).json()["routes"]
+    assert found["path"] == "org%2F7/W%201%3Fx"
+    assert 'href="/console/routes/org%2F7/W%201%3Fx"' in client.get("/console/routes?lead_id=org/7").text
+    one = client.get("/console/routes/" + found["path"], headers=JSON).json()
+    assert (one["key"], one["state"]) == ({"lead_id": "org/7", "webinar_id": "W 1?x"}, "completed")
+    assert client.get("/console/routes/org/7/W%201%3Fx").status_code == 404  # three segments: no such key
 
 
 def test_quarantine_lists_newest_first_and_filters(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:

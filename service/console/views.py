@@ -278,13 +278,18 @@ class Console:
         seqs = _seqs(request, form)
         if not seqs:
             return self.refuse(request, session, 400, "check at least one rejection")
+        before = await run_in_threadpool(lambda: {seq: _row_or_none(self._reader(), seq) for seq in seqs})
+        if not any(before.values()):
+            return self.refuse(request, session, 404, f"no rejection {seqs[0]}" if len(seqs) == 1
+                               else "none of the checked rejections exists any more")
         try:
             results = await self._on_writer(data.reprocess_job(seqs))
         except _Refused as exc:
             return self.refuse(request, session, exc.status, exc.message)
-        outcome = {seq: results.get(seq) for seq in seqs}
+        # one not re-processed says why, so that a click never ends in silence
+        outcome = {seq: results.get(seq) or {"status": None, "note": _not_reprocessed(before[seq])} for seq in seqs}
         if _wants_json(request):
-            return _json({"results": [{"rejection": seq, **(r or {"status": None})} for seq, r in outcome.items()]})
+            return _json({"results": [{"rejection": seq, **r} for seq, r in outcome.items()]})
         if "hx-request" not in request.headers:
             return RedirectResponse(request.headers.get("referer") or f"{PREFIX}/quarantine", status_code=303)
         rows = await run_in_threadpool(lambda: {seq: _row_or_none(self._reader(), seq) for seq in seqs})
@@ -378,6 +383,17 @@ def _seqs(request: Request, form: list[tuple[str, str]]) -> list[int]:
         if value.isdigit():
             seqs.append(int(value))
     return list(dict.fromkeys(seqs))
+
+
+def _not_reprocessed(row: dict[str, Any] | None) -> str:
+    """Why the writer re-ran nothing for a rejection."""
+    if row is None:
+        return "purged: nothing is left to re-process"
+    if row["truncated"]:
+        return "kept only in part (too_large): it cannot be re-processed"
+    if row["resolved_at"]:
+        return "already resolved"
+    return "purged or resolved meanwhile"
 
 
 def _row_or_none(reader: Any, seq: int) -> dict[str, Any] | None:

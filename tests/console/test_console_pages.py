@@ -392,6 +392,25 @@ def test_reprocess_goes_through_the_writer_and_swaps_the_row(logged: tuple[TestC
     assert {r["rejection"]: r["status"] for r in twin["results"]} == {s: "rejected" for s in others}
 
 
+def test_reprocess_says_why_it_ran_nothing(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
+    """A too_large rejection kept only its first bytes: no button, and a request for it answers with
+    a note in the row (it showed an empty cell); an id that never existed is a 404, not a row."""
+    client, token = logged
+    with Engine.open(config=setup["approving"], db=setup["db"], create=False, max_event_bytes=64) as engine:
+        assert engine.process(completed(lead="L-big", id="big"))["reason"] == "too_large"
+    [big] = client.get("/console/quarantine?reason=too_large", headers=JSON).json()["rejections"]
+    page = client.get(f"/console/quarantine/{big['seq']}").text
+    assert f'/quarantine/{big["seq"]}/reprocess' not in page
+    twin = client.post(f"/console/quarantine/{big['seq']}/reprocess", data={"csrf": token}, headers=JSON).json()
+    assert twin["results"] == [{"rejection": big["seq"], "status": None,
+                                "note": "kept only in part (too_large): it cannot be re-processed"}]
+    fragment = client.post(f"/console/quarantine/{big['seq']}/reprocess", data={"csrf": token},
+                           headers={"hx-request": "true"}).text
+    assert "it cannot be re-processed" in fragment
+    missing = client.post("/console/quarantine/99999/reprocess", data={"csrf": token}, headers=JSON)
+    assert missing.status_code == 404 and "no rejection 99999" in missing.text
+
+
 def test_purge_deletes_the_checked_rows(logged: tuple[TestClient, str], setup: dict[str, Any]) -> None:
     client, token = logged
     rows = client.get("/console/quarantine", headers=JSON).json()["rejections"]

@@ -508,6 +508,24 @@ def test_every_error_kind_is_reported_at_once(config_copy: Path):
     assert severities == sorted(severities, key=lambda s: s != "error")
 
 
+@pytest.mark.parametrize("reminder, refused", [
+    ("notifypartner", True), ("sync_to_hubspotcrm", True), ("crmsync", True), ("qualifying_call", True),
+    ("presale_offer", True), ("pushToSalesforce", True), ("dealflow", True), ("upsell", True),
+    ("partnership_offer", True),
+    ("ideal_time", False), ("counsellor_call", False), ("rejoin_webinar_now", False)])
+def test_forbidden_vocabulary_inside_a_longer_word(config_copy: Path, reminder: str, refused: bool):
+    """The spec keeps partner, sales, qualification, CRM and deal logic out; a compound name does
+    not bring it back in (it passed when only whole words counted), and ideal or counsellor pass."""
+    apply_edits(config_copy, [{"file": "states.yaml", "replace": {
+        "old": "reminders: [rejoin_webinar]", "new": f"reminders: [{reminder}]"}}])
+    if not refused:
+        load_config(config_copy)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(config_copy)
+    assert [p.code for p in info.value.errors] == ["forbidden_vocabulary"]
+
+
 # ------------------------------------------------------------------------ finding the config
 
 def _copy_config(target: Path) -> Path:

@@ -22,6 +22,10 @@ from .yamlfile import YamlDoc
 
 FORBIDDEN_WORDS = frozenset({"partner", "partners", "sale", "sales", "sell", "selling", "qualification",
                              "qualifications", "qualify", "qualified", "crm", "deal", "deals"})
+# Inside a longer word too (notifypartner, hubspotcrm, qualifying, presale, dealflow, upsell); `deal`
+# and `sell` only where a word starts (`sell`: or ends) with them, so ideal and counsellor pass.
+FORBIDDEN_INSIDE = ("partner", "crm", "qualif", "sale")
+FORBIDDEN_START, FORBIDDEN_END = ("deal", "sell"), ("sell",)
 EVALUATION_FIELDS = ("evaluated_at",)
 _META = Draft202012Validator(Draft202012Validator.META_SCHEMA)
 
@@ -61,8 +65,14 @@ def words(name: str) -> set[str]:
     return {w.lower() for w in re.findall(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+", name)}
 
 
+def forbidden_words(name: str) -> set[str]:
+    """The words of a name that belong to the vocabulary the spec keeps out of the scenario layer."""
+    return {w for w in words(name) if w in FORBIDDEN_WORDS or any(stem in w for stem in FORBIDDEN_INSIDE)
+            or w.startswith(FORBIDDEN_START) or w.endswith(FORBIDDEN_END)}
+
+
 def _vocabulary(report: _Reporter, doc: YamlDoc, path: tuple, what: str, name: str) -> None:
-    bad = words(name) & FORBIDDEN_WORDS
+    bad = forbidden_words(name)
     if bad:
         report.error(doc, path, "forbidden_vocabulary",
                      f"{what} '{name}' names {', '.join(sorted(bad))} logic: the spec forbids partner, sales, "

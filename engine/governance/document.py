@@ -335,7 +335,8 @@ def _boundaries(config: Config) -> str:
          "actions are routing, screens and reminders"),
         ("no forbidden vocabulary", "forbidden_vocabulary",
          f"an event, emitter, rule, state, screen or reminder name containing any of the words "
-         f"{_names(sorted(checks.FORBIDDEN_WORDS))} is refused, in any case style"),
+         f"{_names(sorted(checks.FORBIDDEN_WORDS))} is refused, in any case style, also inside a longer word "
+         "(notifypartner, crmsync, qualifying, presale; a word starting with deal or sell, or ending with sell)"),
         ("triggers are input events", "trigger_not_input",
          f"a transition trigger must be an input event; today: {_names(sorted(config.input_events()))}"),
         ("internal events are not sendable from outside", "internal_event_external_emitter",

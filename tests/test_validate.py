@@ -405,6 +405,21 @@ def test_invalid_utf8_is_a_syntax_error(write):
     root = write("emitters.yaml", text.replace(b"WordPress", b"Word\xffPress"))
     p = only_error(root)
     assert (p.code, rel(p, root)) == ("yaml_syntax", "emitters.yaml")
+    line = next(n for n, text in enumerate(text.splitlines(), 1) if b"WordPress" in text)
+    assert (p.line, p.column) == (line, text.splitlines()[line - 1].index(b"WordPress") + 5)
+    assert "0xff" in p.message and "\n" not in str(p)
+
+
+@pytest.mark.parametrize("char", ["\x07", "\x00", "\x1b", "\x7f", "\ufffe"])
+def test_a_character_yaml_refuses_is_one_line_at_its_place(write, char: str):
+    """PyYAML's reader error has no mark and a two-line text: the problem said 1:1 on two lines,
+    breaking `FILE:LINE:COL: SEVERITY CODE: message`."""
+    text = (bundled_config() / "emitters.yaml").read_text("utf-8")
+    root = write("emitters.yaml", text.replace("WordPress", f"Word{char}Press").encode("utf-8"))
+    p = only_error(root)
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "WordPress" in row)
+    assert (p.code, p.line, p.column) == ("yaml_syntax", line, text.splitlines()[line - 1].index("WordPress") + 5)
+    assert f"#x{ord(char):04x}" in p.message and "\n" not in str(p)
 
 
 def test_ref_through_symlink_leaving_the_config(config_copy: Path, tmp_path: Path):

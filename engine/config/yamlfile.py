@@ -221,6 +221,12 @@ def _pos(mark: Any) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
+def _line_col(text: Any, at: int, newline: Any) -> tuple[int, int]:
+    """1-based line and column of index `at` of a text (or of bytes: the column counts bytes)."""
+    start = text.rfind(newline, 0, at) + 1
+    return text.count(newline, 0, at) + 1, at - start + 1
+
+
 def load_yaml(text: bytes | str, file: str) -> YamlDoc:
     """Read one YAML document; problems are collected on the returned doc, never raised."""
     doc = YamlDoc(file)
@@ -233,7 +239,9 @@ def load_yaml(text: bytes | str, file: str) -> YamlDoc:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            doc.problems.append(Problem(file, 1, 1, "error", "yaml_syntax", f"not UTF-8: {exc}"))
+            line, col = _line_col(text, exc.start, b"\n")
+            doc.problems.append(Problem(file, line, col, "error", "yaml_syntax",
+                                        f"not UTF-8: byte 0x{text[exc.start]:02x} ({exc.reason})"))
             return doc
     builder = _Builder(doc)
     try:
@@ -242,6 +250,12 @@ def load_yaml(text: bytes | str, file: str) -> YamlDoc:
     except _Abort as abort:
         line, col = _pos(abort.mark)
         doc.problems.append(Problem(file, line, col, "error", abort.code, abort.message))
+        doc.data = None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
+        line, col = _line_col(text, exc.position, "\n")
+        doc.problems.append(Problem(file, line, col, "error", "yaml_syntax",
+                                    f"invalid YAML: unacceptable character #x{exc.character:04x}: "
+                                    "control characters and noncharacters are not allowed"))
         doc.data = None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)

@@ -105,7 +105,8 @@ class HeaderLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            size = len(scope.get("raw_path") or b"") + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            size = (len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+                    + sum(len(k) + len(v) + 4 for k, v in scope["headers"]))  # the request line's target too
             if size > self.limit:
                 problem = Problem(431, "headers-too-large", f"the request head is larger than {self.limit} bytes",
                                   outcome="too_large", headers={"Connection": "close"})

@@ -296,6 +296,14 @@ def test_oversized_headers_are_refused(limited: Server) -> None:
     assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
+def test_a_long_query_string_counts_toward_the_head_limit(limited: Server) -> None:
+    """The limit is the request line and headers: a query string past it is a 431 too (it was
+    not counted, and a page echoed 60 KB of it back)."""
+    response = httpx.get(f"{limited.url}/healthz?x=" + "a" * 6000)
+    assert response.status_code == 431 and response.headers["content-type"] == "application/problem+json"
+    assert httpx.get(f"{limited.url}/healthz?x=" + "a" * 100).status_code == 200
+
+
 def test_sigterm_while_a_body_is_still_arriving_answers_503_not_500(serve_factory) -> None:
     """uvicorn cancels what is still running when its graceful stop runs out; a request whose
     body never finished gets 503 problem+json with Retry-After, and no traceback is logged."""

@@ -10,6 +10,7 @@ partials (a quarantine row); scripts and styles are files under static/, so the 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -45,6 +46,7 @@ STALE_FORM = "the form's CSRF token is missing or does not match the session; re
 # names and not for users, and tell which names exist.
 LOGIN_RATE, LOGIN_BURST = 1.0, 10.0
 LOGIN_RATE_ALL, LOGIN_BURST_ALL = 5.0, 20.0
+_SEQ = re.compile(r"[1-9][0-9]{0,17}")
 MAX_NAME = 256  # characters of a login name that key its count
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -238,10 +240,9 @@ class Console:
         return data.quarantine(self._reader(), dict(request.query_params))
 
     def load_rejection(self, request: Request) -> Any:
-        try:
-            seq = int(request.path_params["seq"])
-        except ValueError:
-            raise data.NotFound("a rejection's id is a number") from None
+        seq = _seq(request.path_params["seq"])
+        if seq is None:
+            raise data.NotFound("a rejection's id is a number, as `rejections` lists it")
         return data.rejection(self._reader(), seq)
 
     def load_deliveries(self, request: Request) -> Any:
@@ -380,9 +381,16 @@ def _seqs(request: Request, form: list[tuple[str, str]]) -> list[int]:
     given = [request.path_params["seq"]] if "seq" in request.path_params else [v for k, v in form if k == "seq"]
     seqs = []
     for value in given:
-        if value.isdigit():
-            seqs.append(int(value))
+        seq = _seq(value)
+        if seq is not None:
+            seqs.append(seq)
     return list(dict.fromkeys(seqs))
+
+
+def _seq(value: str) -> int | None:
+    """A rejection's id as `rejections` writes it (ASCII digits, no sign, space or leading zero):
+    one URL per rejection, not `0013`, `1_3` or other scripts' digits."""
+    return int(value) if _SEQ.fullmatch(value) else None
 
 
 def _not_reprocessed(row: dict[str, Any] | None) -> str:

@@ -366,6 +366,10 @@ def test_one_rejection_shows_text_or_hex_and_pointers(logged: tuple[TestClient, 
     hexed = [client.get(f"/console/quarantine/{r['seq']}", headers=JSON).json() for r in not_utf8]
     assert any(h["encoding"] == "hex" and "ff" in h["hex"].split() for h in hexed)
     assert client.get("/console/quarantine/999").status_code == 404
+    seq = not_utf8[0]["seq"]
+    assert client.get(f"/console/quarantine/{seq}", headers=JSON).status_code == 200
+    for other in (f"0{seq}", f"%20{seq}", f"+{seq}", "".join(chr(0xFF10 + int(d)) for d in str(seq))):
+        assert client.get(f"/console/quarantine/{other}", headers=JSON).status_code == 404, other
 
 
 def test_reprocess_goes_through_the_writer_and_swaps_the_row(logged: tuple[TestClient, str],

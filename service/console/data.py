@@ -232,10 +232,23 @@ def typed_key_value(config: Any, name: str, value: str) -> Any:
         raise BadInput(str(exc)) from None
 
 
-def find_routes(config: Any, reader: Engine, query: dict[str, str]) -> dict[str, Any]:
+def _single(query: dict[str, list[str]], allowed: tuple[str, ...], alternatives: tuple[str, ...] = ()
+            ) -> dict[str, list[str]]:
+    """The query checked: only `allowed` parameters, each once unless it takes `alternatives`
+    (a filter's values are alternatives, as for `webinar-flows rejections`); empty values dropped."""
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise BadInput(f"unknown parameter(s) {', '.join(unknown)}; this page takes {', '.join(allowed)}")
+    twice = sorted(k for k, v in query.items() if len(v) > 1 and k not in alternatives)
+    if twice:
+        raise BadInput(f"{', '.join(twice)} given more than once; give each at most once")
+    return {k: [x for x in v if x] for k, v in query.items() if any(v)}
+
+
+def find_routes(config: Any, reader: Engine, query: dict[str, list[str]]) -> dict[str, Any]:
     """Routes whose key fields equal the given ones (any subset of the route key's fields)."""
     fields = list(config.route.key)
-    given = {f: query[f] for f in fields if query.get(f)}
+    given = {f: v[0] for f, v in _single(query, tuple(fields)).items()}
     codec = config.route.route_key
     with reader.store.snapshot():
         if given:
@@ -281,18 +294,20 @@ def one_route(config: Any, reader: Engine, values: list[str]) -> dict[str, Any]:
 # -- quarantine --------------------------------------------------------------------------------
 
 
-def _selection(filters: dict[str, str]) -> Selection:
+QUARANTINE_FILTERS = ("reason", "emitter", "type", "since")
+
+
+def _selection(filters: dict[str, list[str]]) -> Selection:
     try:
-        return Selection(reasons=tuple(v for v in [filters.get("reason")] if v),
-                         sources=tuple(v for v in [filters.get("emitter")] if v),
-                         types=tuple(v for v in [filters.get("type")] if v),
-                         since=filters.get("since") or None)
+        return Selection(reasons=tuple(filters.get("reason", ())), sources=tuple(filters.get("emitter", ())),
+                         types=tuple(filters.get("type", ())), since=(filters.get("since") or [None])[0])
     except UsageError as exc:
         raise BadInput(str(exc)) from None
 
 
-def quarantine(reader: Engine, filters: dict[str, str]) -> dict[str, Any]:
-    """Open rejections matching the filters, newest first."""
+def quarantine(reader: Engine, query: dict[str, list[str]]) -> dict[str, Any]:
+    """Open rejections matching the filters, newest first (a filter's several values: any of them)."""
+    filters = _single(query, QUARANTINE_FILTERS, alternatives=("reason", "emitter", "type"))
     selection = _selection(filters)
     rows = list(iter_rejections(reader, selection, raw=False))
     rows.sort(key=lambda r: (_parse_time(r["last_seen_at"]), r["seq"]), reverse=True)  # seen again: on top
@@ -301,7 +316,7 @@ def quarantine(reader: Engine, filters: dict[str, str]) -> dict[str, Any]:
     choices = {"reason": sorted({r["reason"] for r in everything}),
                "emitter": sorted({r["source"] for r in everything if r["source"]}),
                "type": sorted({r["type"] for r in everything if r["type"]})}
-    return {"filters": {k: filters.get(k) or "" for k in ("reason", "emitter", "type", "since")},
+    return {"filters": {k: ", ".join(filters.get(k, ())) for k in QUARANTINE_FILTERS},
             "total": len(rows), "rejections": rows[:QUARANTINE_LIMIT], "limit": QUARANTINE_LIMIT,
             "choices": choices}
 

@@ -228,7 +228,7 @@ class Console:
                 "text": None, "result": None}
 
     def load_routes(self, request: Request) -> Any:
-        return data.find_routes(self.service.settings.config, self._reader(), dict(request.query_params))
+        return data.find_routes(self.service.settings.config, self._reader(), _query(request))
 
     def load_route(self, request: Request) -> Any:
         values = key_segments(request.scope, f"{PREFIX}/routes/".encode(), request.path_params["segments"])
@@ -237,7 +237,7 @@ class Console:
         return data.one_route(self.service.settings.config, self._reader(), values)
 
     def load_quarantine(self, request: Request) -> Any:
-        return data.quarantine(self._reader(), dict(request.query_params))
+        return data.quarantine(self._reader(), _query(request))
 
     def load_rejection(self, request: Request) -> Any:
         seq = _seq(request.path_params["seq"])
@@ -385,6 +385,14 @@ def _seqs(request: Request, form: list[tuple[str, str]]) -> list[int]:
         if seq is not None:
             seqs.append(seq)
     return list(dict.fromkeys(seqs))
+
+
+def _query(request: Request) -> dict[str, list[str]]:
+    """The query's parameters, each with every value it was given (a repeated one is not cut to its last)."""
+    values: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        values.setdefault(key, []).append(value)
+    return values
 
 
 def _seq(value: str) -> int | None:

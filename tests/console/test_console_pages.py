@@ -348,6 +348,14 @@ def test_quarantine_lists_newest_first_and_filters(logged: tuple[TestClient, str
     assert by_type["total"] == 1
     assert client.get("/console/quarantine?since=2999-01-01T00:00:00Z", headers=JSON).json()["total"] == 0
     assert client.get("/console/quarantine?since=yesterday", headers=JSON).status_code == 400
+    # a filter's several values are alternatives, as for `rejections`; nothing is dropped unsaid
+    both = client.get("/console/quarantine?reason=unauthorized_emitter&reason=malformed_json", headers=JSON).json()
+    assert {r["reason"] for r in both["rejections"]} == {"malformed_json", "unauthorized_emitter"} and both["total"] == 3
+    for query in ("foo=bar", "since=2026-01-01T00:00:00Z&since=2027-01-01T00:00:00Z"):
+        refused = client.get(f"/console/quarantine?{query}", headers=JSON)
+        assert refused.status_code == 400, query
+    for query in ("foo=bar", "lead_id=L1&lead_id=L2"):
+        assert client.get(f"/console/routes?{query}", headers=JSON).status_code == 400, query
     html = client.get("/console/quarantine").text
     assert html.count('type="checkbox" name="seq"') == 3 and html.count(">Re-process</button>") == 3
     assert ">Purge</button>" in html and "hx-confirm" in html

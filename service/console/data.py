@@ -108,10 +108,15 @@ def deliveries(service: Service, reader: Engine) -> dict[str, Any]:
         if callable(backlog) and callable(cursor_of):
             entry["cursor"], entry["backlog"] = cursor_of(name), backlog(name)
         if pushes:
-            entry["push"] = state_of(name)
+            state = state_of(name)
             entry["failed"] = [{k: item.get(k) for k in ("id", "type", "subject", "attempts", "last_status",
                                                           "last_answer", "updated_at")}
                                for item in failed_of(name, failed=True, limit=FAILED_LIMIT)]
+            # a consumer with no url reads the feed: no push counts (its "not taken yet" would never
+            # drain), unless deliveries of an earlier url are still recorded
+            entry["pull_only"] = name not in service.settings.keys.push and not (
+                entry["failed"] or any(state.get(k) for k in ("pending", "done", "failed", "disabled")))
+            entry["push"] = None if entry["pull_only"] else state
         consumers.append(entry)
     return {"consumers": consumers, "failed_total": sum(len(c["failed"]) for c in consumers),
             "available": callable(backlog) and callable(cursor_of), "failed_available": pushes}

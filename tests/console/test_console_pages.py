@@ -452,6 +452,9 @@ def test_deliveries_page_lists_the_consumers(logged: tuple[TestClient, str], set
             assert consumer["failed"] == []
         html = other.get("/console/deliveries").text
         assert "reminder-sender" in html
+        # no url in the keys file: it reads the feed, and no push counts are shown for it
+        assert consumer["pull_only"] is True and consumer["push"] is None
+        assert "no url in the keys file, this consumer reads the feed" in html and "not taken yet" not in html
         overview = other.get("/console", headers=JSON).json()
         assert overview["failed_deliveries"]["consumers"] == {"reminder-sender": len(consumer["failed"])}
 

@@ -250,6 +250,7 @@ def _check_emit(config: Config, report: _Reporter, rule: RuleSpec, doc: YamlDoc,
                          f"'{fm.field}' is not a payload field of {rule.emit_event}")
         else:
             _check_constants(report, rule, fm, props[fm.field], doc, path + ("emit", "data", fm.field))
+    _check_output_shape(config, report, rule, doc, path)
     emitter = config.emitters.get(rule.emit_source)
     if emitter is None:
         report.error(doc, path + ("emit", "source"), "unknown_emitter", f"rule '{rule.id}' emits as unknown emitter '{rule.emit_source}'")
@@ -260,6 +261,36 @@ def _check_emit(config: Config, report: _Reporter, rule: RuleSpec, doc: YamlDoc,
         report.error(doc, path + ("emit", "source"), "external_rule_source",
                      f"rule '{rule.id}' emits as '{rule.emit_source}', which is not an internal emitter: "
                      "derived events come from the engine's own services")
+
+
+def _check_output_shape(config: Config, report: _Reporter, rule: RuleSpec, doc: YamlDoc, path: tuple) -> None:
+    """What a rule writes against what its event requires and allows, where the answer holds for
+    every event the rule fires on: a required field no mapping sets and the trigger does not hold,
+    or `copy_data` copying a field the trigger always has into a closed event that lacks it. Each
+    means every such event is rejected `rule_failed`: a warning, as configs built to reach
+    `rule_failed` must still load (the run-time guard decides)."""
+    target = config.events[rule.emit_event].payload
+    offered = trigger_fields(config, rule) or {}
+    trigger = config.events.get(rule.on_event) if rule.on_event is not None else None
+    always = (set(trigger.payload.get("required", ())) & set(offered) if trigger is not None
+              else set(offered))  # an evaluation's trigger always holds the key and its time
+    mapped = {fm.field for fm in rule.fields}
+    may_hold = mapped | (set(offered) if rule.copy_data else set())
+    required = target.get("required")
+    if isinstance(required, list):
+        for fieldname in required:
+            if isinstance(fieldname, str) and fieldname not in may_hold:
+                report.warning(doc, path + ("id",), "rule_output_invalid",
+                               f"rule '{rule.id}' never sets '{fieldname}', which {rule.emit_event} requires: "
+                               "every event the rule fires on would be rejected rule_failed")
+    if rule.copy_data and target.get("additionalProperties") is False:
+        allowed = config.events[rule.emit_event].fields
+        extra = sorted(always - set(allowed) - mapped)
+        if extra:
+            report.warning(doc, path + ("emit", "copy_data"), "rule_output_invalid",
+                           f"rule '{rule.id}' copies {', '.join(repr(f) for f in extra)} from its trigger into "
+                           f"{rule.emit_event}, which allows no such field: every event the rule fires on would be "
+                           "rejected rule_failed")
 
 
 def _check_cycles(config: Config, report: _Reporter) -> None:

@@ -110,7 +110,7 @@ def _boundary_keys(doc: YamlDoc, node: Any, path: tuple, names: bool = False) ->
             _boundary_keys(doc, value, path + (key,))
     elif isinstance(node, dict):
         for key in list(node):
-            if key in TIME_KEYS and doc.kind != "events":
+            if key in TIME_KEYS:
                 doc.problem(path + (key,), "time_logic",
                             f"'{key}' is time logic: the spec forbids timers, delays and schedules "
                             "in the scenario layer (no time logic)")

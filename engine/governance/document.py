@@ -328,8 +328,9 @@ def _boundaries(config: Config) -> str:
     internal = sorted(config.internal_events() | config.emitted_by_rules())
     items = [
         ("no time logic", "time_logic",
-         f"keys {_names(sorted(config_module.TIME_KEYS))} are refused wherever they stand in emitters.yaml, "
-         "the rules and states.yaml (timers, delays and schedules belong outside the scenario layer)"),
+         f"keys {_names(sorted(config_module.TIME_KEYS))} are refused wherever they stand in the config "
+         "(in events.yaml outside payloads, whose keys are field names; timers, delays and schedules belong "
+         "outside the scenario layer)"),
         ("no callbacks", "callback_refused",
          f"keys {_names(sorted(config_module.CALLBACK_KEYS))} are refused: no code runs from YAML; the allowed "
          "actions are routing, screens and reminders"),

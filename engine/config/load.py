@@ -12,6 +12,7 @@ from dataclasses import replace
 import hashlib
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,16 @@ def _read(root: Path, display: str) -> tuple[dict[str, YamlDoc], list[Problem], 
     return docs, problems, digest.hexdigest()
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def _names_a_callback(value: Any) -> bool:
+    """`after` is both a transitions callback (`after: notify`, a function's name or a list of
+    them) and the word of a delay (`after: 30`, `after: 5m`): the value tells which boundary."""
+    names = value if isinstance(value, list) and value else [value]
+    return all(isinstance(v, str) and _IDENTIFIER.fullmatch(v) for v in names)
+
+
 def _boundary_keys(doc: YamlDoc, node: Any, path: tuple, names: bool = False) -> None:
     """Flag, and drop from `node`, keys that are time logic or callbacks, wherever they stand."""
     if isinstance(node, dict) and names:
@@ -110,7 +121,13 @@ def _boundary_keys(doc: YamlDoc, node: Any, path: tuple, names: bool = False) ->
             _boundary_keys(doc, value, path + (key,))
     elif isinstance(node, dict):
         for key in list(node):
-            if key in TIME_KEYS:
+            if key == "after" and _names_a_callback(node[key]):
+                doc.problem(path + (key,), "callback_refused",
+                            "'after' here names a function to call (a transitions callback): the route machine "
+                            "takes no callbacks, so no code runs from YAML (allowed actions are routing, screens "
+                            "and reminders only)")
+                del node[key]
+            elif key in TIME_KEYS:
                 doc.problem(path + (key,), "time_logic",
                             f"'{key}' is time logic: the spec forbids timers, delays and schedules "
                             "in the scenario layer (no time logic)")

@@ -300,30 +300,29 @@ def _check_cycles(config: Config, report: _Reporter) -> None:
             edges.setdefault(rule.on_event, set()).add(rule.emit_event)
     locations = _rule_locations(report)
     state: dict[str, int] = {}
+    stack: list[str] = []
+    loops: list[list[str]] = []
 
-    def visit(node: str, trail: list[str]) -> list[str] | None:
+    def visit(node: str) -> None:
+        """Depth first; each edge back into the stack closes one cycle, and every one is kept."""
         state[node] = 1
+        stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return trail + [node, nxt]
-            if nxt not in state:
-                found = visit(nxt, trail + [node])
-                if found:
-                    return found
+                loops.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
         state[node] = 2
-        return None
 
     for start in sorted(edges):
         if start not in state:
-            cycle = visit(start, [])
-            if cycle:
-                first = cycle.index(cycle[-1])
-                loop = cycle[first:]
-                rule_i = next(i for i, r in enumerate(config.rules) if r.on_event == loop[-2] and r.emit_event == loop[-1])
-                doc, path = locations[rule_i]
-                report.error(doc, path + ("emit", "event"), "rule_cycle",
-                             f"rules form a cycle: {' -> '.join(loop)} (a derived event would trigger itself forever)")
-                return
+            visit(start)
+    for loop in loops:
+        rule_i = next(i for i, r in enumerate(config.rules) if r.on_event == loop[-2] and r.emit_event == loop[-1])
+        doc, path = locations[rule_i]
+        report.error(doc, path + ("emit", "event"), "rule_cycle",
+                     f"rules form a cycle: {' -> '.join(loop)} (a derived event would trigger itself forever)")
 
 
 def _check_route(config: Config, report: _Reporter) -> None:

@@ -196,16 +196,23 @@ def _check_rules(config: Config, report: _Reporter) -> None:
                 if props is None:
                     report.error(doc, path + ("when", kind, i), "unknown_event", f"rule '{rule.id}' {kind} unknown event '{ref.event}'")
                     continue
-                for fieldname, _ in ref.where:
+                for fieldname, value in ref.where:
                     if fieldname not in props:
                         report.error(doc, path + ("when", kind, i, "where", fieldname), "unknown_field",
                                      f"'{fieldname}' is not a payload field of {ref.event}")
+                    else:
+                        _check_comparison(report, rule, fieldname, [value], props[fieldname], doc,
+                                          path + ("when", kind, i, "where", fieldname))
         offered = trigger_fields(config, rule)
         if offered is not None:
             for cond in rule.data:
                 if cond.field not in offered:
                     report.error(doc, path + ("when", "data", cond.field), "unknown_field",
                                  f"'{cond.field}' is not a field of the trigger of rule '{rule.id}'")
+                elif cond.kind in ("equals", "in"):
+                    values = [cond.value] if cond.kind == "equals" else list(cond.value or ())
+                    _check_comparison(report, rule, cond.field, values, offered[cond.field], doc,
+                                      path + ("when", "data", cond.field))
             for fm in rule.fields:
                 if fm.source is not None and fm.source not in offered:
                     report.error(doc, path + ("emit", "data", fm.field), "unknown_field",
@@ -220,6 +227,21 @@ def _check_rules(config: Config, report: _Reporter) -> None:
             report.error(doc, ("evaluation_result", "event"), "unknown_event", f"evaluation_result names unknown event '{er.event}'")
         elif er.field not in props:
             report.error(doc, ("evaluation_result", "field"), "unknown_field", f"'{er.field}' is not a payload field of {er.event}")
+
+
+def _check_comparison(report: _Reporter, rule: RuleSpec, fieldname: str, values: list[Any], schema: Any,
+                      doc: YamlDoc, path: tuple) -> None:
+    """A condition comparing a field with values its schema refuses (`where: {attended: 'yes'}` on a
+    boolean, `in: [lve]` on an enum) can never hold for a valid fact: the rule then never fires (or,
+    under `lacks`, always does). A warning: the config is consistent, only surely not what was meant."""
+    if not values or not isinstance(schema, dict) or mentions(schema, ("$ref", "$dynamicRef")):
+        return
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    refused = [v for v in values if not validator.is_valid(v)]
+    if refused:
+        report.warning(doc, path, "condition_never_matches",
+                       f"rule '{rule.id}' compares '{fieldname}' with {', '.join(json.dumps(v) for v in refused)}, "
+                       "which its schema refuses: no valid event holds such a value, so this comparison never holds")
 
 
 def _check_constants(report: _Reporter, rule: RuleSpec, fm: Any, schema: Any, doc: YamlDoc, path: tuple) -> None:

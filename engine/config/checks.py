@@ -114,6 +114,15 @@ def _check_events(config: Config, report: _Reporter, files: LocalFiles) -> None:
             if fieldname not in props:
                 report.error(doc, base + ("repeatable_when", fieldname), "unknown_field",
                              f"repeatable_when field '{fieldname}' is not a payload field of {name}")
+            else:
+                _check_repeatable(report, name, fieldname, list(spec.repeatable_when[fieldname]), props[fieldname],
+                                  doc, base + ("repeatable_when", fieldname))
+        kinds = spec.payload.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if isinstance(kinds, list) and "object" not in kinds:
+            report.warning(doc, base + ("payload", "type"), "payload_never_valid",
+                           f"the payload of {name} must be of type {' or '.join(map(str, kinds))}, but an event's "
+                           "data is always an object: every event of this type would be rejected invalid_payload")
         for path, code, message in check_refs(files, spec.payload, base + ("payload",)):
             report.error(doc, path, code, message)
         for path, fmt in formats_of(spec.payload, base + ("payload",)):
@@ -242,6 +251,20 @@ def _check_comparison(report: _Reporter, rule: RuleSpec, fieldname: str, values:
         report.warning(doc, path, "condition_never_matches",
                        f"rule '{rule.id}' compares '{fieldname}' with {', '.join(json.dumps(v) for v in refused)}, "
                        "which its schema refuses: no valid event holds such a value, so this comparison never holds")
+
+
+def _check_repeatable(report: _Reporter, event: str, fieldname: str, values: list[Any], schema: Any, doc: YamlDoc,
+                      path: tuple) -> None:
+    """A repeatable_when value the field's schema refuses never occurs in a valid event: the facts
+    it was meant to let repeat are deduplicated after all."""
+    if not values or not isinstance(schema, dict) or mentions(schema, ("$ref", "$dynamicRef")):
+        return
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    refused = [v for v in values if not validator.is_valid(v)]
+    if refused:
+        report.warning(doc, path, "condition_never_matches",
+                       f"repeatable_when of {event} lists {', '.join(json.dumps(v) for v in refused)} for "
+                       f"'{fieldname}', which its schema refuses: no valid event holds such a value")
 
 
 def _check_constants(report: _Reporter, rule: RuleSpec, fm: Any, schema: Any, doc: YamlDoc, path: tuple) -> None:

@@ -238,15 +238,21 @@ def _check_rules(config: Config, report: _Reporter) -> None:
             report.error(doc, ("evaluation_result", "field"), "unknown_field", f"'{er.field}' is not a payload field of {er.event}")
 
 
+def _refused(values: list[Any], schema: Any) -> list[Any]:
+    """The values a field's schema refuses (none when the schema is a reference, resolved only at
+    run time): a value no valid event can hold."""
+    if not values or not isinstance(schema, dict) or mentions(schema, ("$ref", "$dynamicRef")):
+        return []
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return [v for v in values if not validator.is_valid(v)]
+
+
 def _check_comparison(report: _Reporter, rule: RuleSpec, fieldname: str, values: list[Any], schema: Any,
                       doc: YamlDoc, path: tuple) -> None:
     """A condition comparing a field with values its schema refuses (`where: {attended: 'yes'}` on a
     boolean, `in: [lve]` on an enum) can never hold for a valid fact: the rule then never fires (or,
     under `lacks`, always does). A warning: the config is consistent, only surely not what was meant."""
-    if not values or not isinstance(schema, dict) or mentions(schema, ("$ref", "$dynamicRef")):
-        return
-    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-    refused = [v for v in values if not validator.is_valid(v)]
+    refused = _refused(values, schema)
     if refused:
         report.warning(doc, path, "condition_never_matches",
                        f"rule '{rule.id}' compares '{fieldname}' with {', '.join(json.dumps(v) for v in refused)}, "
@@ -257,10 +263,7 @@ def _check_repeatable(report: _Reporter, event: str, fieldname: str, values: lis
                       path: tuple) -> None:
     """A repeatable_when value the field's schema refuses never occurs in a valid event: the facts
     it was meant to let repeat are deduplicated after all."""
-    if not values or not isinstance(schema, dict) or mentions(schema, ("$ref", "$dynamicRef")):
-        return
-    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-    refused = [v for v in values if not validator.is_valid(v)]
+    refused = _refused(values, schema)
     if refused:
         report.warning(doc, path, "condition_never_matches",
                        f"repeatable_when of {event} lists {', '.join(json.dumps(v) for v in refused)} for "

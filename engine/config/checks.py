@@ -320,8 +320,11 @@ def _check_output_shape(config: Config, report: _Reporter, rule: RuleSpec, doc: 
     target = config.events[rule.emit_event].payload
     offered = trigger_fields(config, rule) or {}
     trigger = config.events.get(rule.on_event) if rule.on_event is not None else None
-    always = (set(trigger.payload.get("required", ())) & set(offered) if trigger is not None
-              else set(offered))  # an evaluation's trigger always holds the key and its time
+    if trigger is None:
+        always = set(offered)  # an evaluation's trigger always holds the key and its time
+    else:
+        given = trigger.payload.get("required")  # a malformed one is invalid_payload_schema already
+        always = {f for f in given if isinstance(f, str)} & set(offered) if isinstance(given, list) else set()
     mapped = {fm.field for fm in rule.fields}
     may_hold = mapped | (set(offered) if rule.copy_data else set())
     required = target.get("required")

@@ -241,10 +241,22 @@ def _check_rules(config: Config, report: _Reporter) -> None:
 def _refused(values: list[Any], schema: Any) -> list[Any]:
     """The values a field's schema refuses (none when the schema is a reference, resolved only at
     run time): a value no valid event can hold."""
-    if not values or not isinstance(schema, dict) or mentions(schema, ("$ref", "$dynamicRef")):
+    if not values or not _checkable(schema):
         return []
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-    return [v for v in values if not validator.is_valid(v)]
+    try:
+        return [v for v in values if not validator.is_valid(v)]
+    except Exception:  # noqa: BLE001 - a pattern that does not compile: unsafe_pattern says so
+        return []
+
+
+def _checkable(schema: Any) -> bool:
+    """Whether values can be held to a field's schema here: not a reference (resolved at run time)
+    and a valid schema (an invalid one, `type: nosuchtype`, is invalid_payload_schema already, and
+    checking a value against it would raise)."""
+    if not isinstance(schema, dict) or mentions(schema, ("$ref", "$dynamicRef")):
+        return False
+    return _META.is_valid(schema)
 
 
 def _check_comparison(report: _Reporter, rule: RuleSpec, fieldname: str, values: list[Any], schema: Any,
@@ -274,12 +286,15 @@ def _check_constants(report: _Reporter, rule: RuleSpec, fm: Any, schema: Any, do
     """A value a rule writes as written in YAML (`value: yes` is the string "yes") that the field's
     schema refuses: every event the rule fires on is then rejected `rule_failed`. A warning, not an
     error: such a config still loads, and the run-time guard is what decides."""
-    if not isinstance(schema, dict) or mentions(schema, ("$ref", "$dynamicRef")):
+    if not _checkable(schema):
         return  # a $ref is resolved at run time, where rule_failed still guards it
     constants = [fm.value] if fm.kind == "value" else [v for _, v in fm.cases] + ([fm.default] if fm.has_default else [])
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     for value in constants:
-        refusal = best_match(validator.iter_errors(value))
+        try:
+            refusal = best_match(validator.iter_errors(value))
+        except Exception:  # noqa: BLE001 - a pattern that does not compile: unsafe_pattern says so
+            return
         if refusal is not None:
             report.warning(doc, path, "invalid_rule_value",
                            f"rule '{rule.id}' writes {json.dumps(value)} into '{fm.field}', which its schema "

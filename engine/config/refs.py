@@ -219,8 +219,8 @@ def _lookup(resolver: Any, ref: Any) -> tuple[Any, Any] | None:
         return None
     try:
         resolved = resolver.lookup(ref)
-    except (Unresolvable, ValueError, OSError):
-        return None
+    except Exception:  # noqa: BLE001 - unresolvable, or a schema referencing cannot walk (properties: 'x'):
+        return None    # the reference checks and the metaschema say what is wrong
     return resolved.contents, resolved.resolver
 
 

@@ -323,6 +323,9 @@ class Console:
             count = await self._on_writer(data.retry_job(consumer, item))
         except _Refused as exc:
             return self.refuse(request, session, exc.status, exc.message)
+        if item is not None and count == 0:  # as `deliveries --retry ID`, which exits 1 then
+            return self.refuse(request, session, 404, f"no failed delivery with id {item!r}"
+                               + (f" for {consumer}" if consumer else ""))
         if _wants_json(request):
             return _json({"retried": count})
         return RedirectResponse(f"{PREFIX}/deliveries", status_code=303, headers=SECURITY_HEADERS)

@@ -570,6 +570,9 @@ def test_failed_push_deliveries_are_shown_counted_and_retried(logged: tuple[Test
     answer = client.post("/console/deliveries/retry", data={"consumer": "reminder-sender", "item": due[0].id,
                                                             "csrf": token}, follow_redirects=False)
     assert answer.status_code == 303
+    again = client.post("/console/deliveries/retry", data={"consumer": "reminder-sender", "item": due[0].id,
+                                                           "csrf": token}, headers=JSON)
+    assert again.status_code == 404 and "no failed delivery with id" in again.text  # it is pending now
     with Engine.open(config=setup["approving"], db=setup["db"], create=False) as engine:
         assert engine.deliveries("reminder-sender", failed=True) == []
         assert engine.delivery_state("reminder-sender")["failed"] == 0

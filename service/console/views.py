@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -55,7 +55,6 @@ SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "n
 
 _env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                    trim_blocks=True, lstrip_blocks=True)
-_env.filters["segment"] = lambda value: quote(str(value), safe="")
 _env.filters["tojson_pretty"] = data.as_json
 _env.filters["short"] = lambda value, n=data.HASH_SHORT: (value or "")[:n]
 
